@@ -1,0 +1,139 @@
+"""The machine and software a number was measured on, recorded with every result."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+import torchvision
+
+import cnnbench
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _git_commit() -> str | None:
+    here = Path(cnnbench.__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _static_environment() -> dict[str, object]:
+    env: dict[str, object] = {
+        "env.host": socket.gethostname(),
+        "env.os": platform.platform(),
+        "env.python": platform.python_version(),
+        "env.cpu_model": _cpu_model(),
+        "env.cpu_cores": os.cpu_count(),
+        "env.cpu_cores_usable": _usable_cores(),
+        "env.torch_threads": torch.get_num_threads(),
+        "env.ram_gib": round(_ram_bytes() / 2**30, 1) if _ram_bytes() else None,
+        "env.torch": torch.__version__,
+        "env.torchvision": torchvision.__version__,
+        "env.cnnbench": cnnbench.__version__,
+        "env.git_commit": _git_commit(),
+        "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "env.cuda": torch.version.cuda,
+        "env.cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "env.gpu_count": 0,
+        "env.gpu_name": None,
+        "env.gpu_memory_gib": None,
+        "env.gpu_driver": None,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(
+            {
+                "env.gpu_count": torch.cuda.device_count(),
+                "env.gpu_name": props.name,
+                "env.gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                "env.gpu_driver": _nvidia_driver(),
+            }
+        )
+    return env
+
+
+def collect() -> dict[str, object]:
+    return {**_static_environment(), "env.timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def header_lines(env: dict[str, object]) -> list[str]:
+    gpu = f"{env['env.gpu_count']} x {env['env.gpu_name']} ({env['env.gpu_memory_gib']} GiB, driver {env['env.gpu_driver']})" if env["env.gpu_count"] else "none"
+    return [
+        f"host = {env['env.host']}  ({env['env.os']})",
+        f"cpu = {env['env.cpu_model']}, {env['env.cpu_cores_usable']} usable cores, {env['env.ram_gib']} GiB RAM",
+        f"gpu = {gpu}",
+        f"torch = {env['env.torch']}, torchvision = {env['env.torchvision']}, cuda = {env['env.cuda']}, cudnn = {env['env.cudnn']}",
+        f"cnnbench = {env['env.cnnbench']} (commit {env['env.git_commit']})",
+    ]
+
+
+def process_start_time() -> float:
+    """Wall-clock (time.time) moment this process started, from the OS where it tells; else cnnbench's import."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of proc(5), counted after the ')' that ends the command name
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        boot = _dt.datetime.now().timestamp() - uptime
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORT_TIME
+
+
+_IMPORT_TIME = _dt.datetime.now().timestamp()
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak accelerator memory allocated by PyTorch on CUDA; on the CPU the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

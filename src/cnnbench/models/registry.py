@@ -1,0 +1,153 @@
+"""Name -> builder, default input size, expected preprocessing and training hyper-parameters.
+
+Names match case-insensitively. A path to a JSON spec file (the synNet format) is also accepted,
+so generated networks run through the same commands as the built-in ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from cnnbench.errors import UsageError
+from cnnbench.models import synnet, torchvision_models
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[[int], nn.Module]  # image size -> a randomly initialised model with 1000 logits
+    input_size: int
+    # Smallest input the network accepts (densenet121 29, googlenet 15, measured); the ResNets take
+    # anything, but below 32 px their last stage sees less than one pixel, so 32 is the floor.
+    min_input_size: int
+    # Which normalisation the model's weights expect; the data module maps this name to a transform.
+    preprocessing: str
+    # Learning rate as a function of the batch size (the original's per-model rule).
+    learning_rate: Callable[[int], float]
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_decay_power: float = 2.0
+    spec_path: Path | None = None
+    torchvision_name: str | None = None
+    notes: dict = field(default_factory=dict)
+
+
+def _constant(value: float) -> Callable[[int], float]:
+    return lambda batch_size: value
+
+
+def _linear_scaling(batch_size: int) -> float:
+    # ResNets: learning rate = batch size / 1024, the AI Matrix original's rule (0.1 at batch 102.4,
+    # i.e. Goyal et al.'s 0.1 per 256 images, scaled down for the original's single-GPU batches).
+    return batch_size / 1024
+
+
+BUILTIN_SPEC = "synNet.json"
+
+
+_REGISTRY: dict[str, ModelEntry] = {
+    "densenet121": ModelEntry(
+        "densenet121", torchvision_models.builder("densenet121"), 224, 29, "imagenet", _constant(0.001),
+        torchvision_name="densenet121",
+    ),
+    # The original trained GoogLeNet with 0.04 (nvcnn.py's per-model table).
+    "googlenet": ModelEntry(
+        "googlenet", torchvision_models.builder("googlenet"), 224, 15, "imagenet", _constant(0.04),
+        torchvision_name="googlenet",
+    ),
+    "resnet152": ModelEntry(
+        "resnet152", torchvision_models.builder("resnet152"), 224, 32, "imagenet", _linear_scaling,
+        torchvision_name="resnet152",
+    ),
+    "resnet50": ModelEntry(
+        "resnet50", torchvision_models.builder("resnet50"), 224, 32, "imagenet", _linear_scaling,
+        torchvision_name="resnet50",
+    ),
+}
+
+
+def _spec_entry(path: Path) -> ModelEntry:
+    spec = synnet.load_spec(path)
+    training = spec.get("training") or {}
+    lr = float(training.get("learning_rate", 0.001))
+    return ModelEntry(
+        name=spec.get("name") or path.stem,
+        build=lambda image_size: synnet.build_from_spec(spec, image_size),
+        input_size=int(spec["input"]["height"]),
+        min_input_size=synnet.min_input_size(spec),
+        preprocessing="minus_one_to_one",
+        learning_rate=_constant(lr),
+        momentum=_parse_momentum(training.get("optimizer"), 0.9),
+        weight_decay=float(training.get("weight_decay", 1e-4)),
+        lr_decay_power=float(training.get("lr_decay_power", 2.0)),
+        spec_path=path,
+    )
+
+
+def _parse_momentum(optimizer: object, default: float) -> float:
+    if isinstance(optimizer, dict):
+        return float(optimizer.get("momentum", default))
+    return default
+
+
+def model_names() -> list[str]:
+    return sorted([*_REGISTRY, "synNet"], key=str.lower)
+
+
+def resolve_entry(name_or_path: str) -> ModelEntry:
+    """Look a model up by name (any case) or load a spec file; an unknown name lists the known ones."""
+    key = name_or_path.lower()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    if key == "synnet":
+        with resources.as_file(resources.files("cnnbench.models") / "specs" / BUILTIN_SPEC) as path:
+            return _spec_entry(Path(path))
+    path = Path(name_or_path)
+    if path.suffix.lower() == ".json" or path.exists():
+        if not path.is_file():
+            raise UsageError(f"model spec file {name_or_path} does not exist; give a JSON spec file or one of: {', '.join(model_names())}")
+        return _spec_entry(path)
+    raise UsageError(f"unknown model {name_or_path!r}; known models: {', '.join(model_names())} (or a path to a JSON spec file)")
+
+
+def get_model(name_or_path: str, image_size: int | None = None) -> nn.Module:
+    entry = resolve_entry(name_or_path)
+    size = image_size or entry.input_size
+    check_image_size(entry, size)
+    return entry.build(size)
+
+
+def check_image_size(entry: ModelEntry, image_size: int) -> None:
+    if image_size < entry.min_input_size:
+        raise UsageError(
+            f"--image-size {image_size} is too small for {entry.name}: it needs at least {entry.min_input_size} px "
+            f"(its default is {entry.input_size})"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(entry: ModelEntry, image_size: int | None = None) -> int:
+    """Forward FLOPs for one image, a multiply-add counted as 2 FLOPs (torch.utils.flop_counter's convention).
+
+    Counted on the meta device: shapes only, no memory and no arithmetic.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = image_size or entry.input_size
+    with torch.device("meta"):
+        model = entry.build(size).eval()
+        x = torch.empty(1, 3, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return int(counter.get_total_flops())
+

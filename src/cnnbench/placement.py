@@ -1,0 +1,105 @@
+"""Device, precision and memory format: each resolved here, from one string, and nowhere else.
+
+Everything downstream receives a `Placement` and never inspects the option strings again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from cnnbench.errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+TRAIN_PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    precision: str
+    channels_last: bool
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """fp16 and bf16 are autocast mixed precision: weights stay fp32, eligible ops run reduced."""
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        # fp16's narrow exponent underflows small gradients; bf16 has fp32's range and needs no scaling.
+        return self.precision == "fp16"
+
+    def autocast(self):
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait until the device has finished all queued work, so that a clock read after it is honest."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def apply_global_settings(self) -> None:
+        """tf32 is a global switch in PyTorch; set it explicitly either way so an earlier run cannot leak into this one."""
+        if self.device.type == "cuda":
+            allow = self.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            torch.backends.cudnn.allow_tf32 = allow
+            # cuDNN picks the fastest convolution algorithm for the fixed shapes of a benchmark, as TF did by default.
+            torch.backends.cudnn.benchmark = True
+
+    def describe(self) -> str:
+        return f"{self.device} {self.precision}{' channels-last' if self.channels_last else ''}"
+
+
+def resolve_device(name: str) -> torch.device:
+    name = name.lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {name} was asked for but CUDA is not available on this machine; use --device cpu or --device auto"
+            )
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                "pick one below that or set CUDA_VISIBLE_DEVICES"
+            )
+        return device
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UsageError(f"unknown --device {name!r}; use one of: {', '.join(DEVICES)} (or cuda:N)")
+
+
+def resolve_placement(
+    device: str, precision: str, channels_last: bool, allowed_precisions: tuple[str, ...] = TRAIN_PRECISIONS
+) -> Placement:
+    resolved = resolve_device(device)
+    precision = precision.lower()
+    if precision not in allowed_precisions:
+        raise UsageError(f"unknown --precision {precision!r}; use one of: {', '.join(allowed_precisions)}")
+    if precision == "tf32" and resolved.type != "cuda":
+        raise UsageError("--precision tf32 needs a CUDA device (TensorFloat-32 is an NVIDIA tensor-core format); use fp32 on the CPU")
+    if precision == "fp16" and resolved.type == "cpu" and not _cpu_supports_fp16_autocast():
+        raise UsageError("--precision fp16 is not supported by this PyTorch build on the CPU; use bf16 or fp32")
+    return Placement(device=resolved, precision=precision, channels_last=channels_last)
+
+
+def _cpu_supports_fp16_autocast() -> bool:
+    try:
+        with torch.autocast(device_type="cpu", dtype=torch.float16):
+            pass
+        return True
+    except RuntimeError:
+        return False
