@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the original's 500 batches / 20 warm-up on a GPU, the bounded CPU plan on a CPU; "
                         "explicit --num-batches/--warmup/--duration override the plan")
     add_train_options(p)
+    p.set_defaults(warmup=None, num_batches=None)  # None: the plan decides
     p.add_argument("--results-dir", default="results_train", help="moved aside to <dir>_<timestamp> if it exists (default results_train)")
     p.set_defaults(func=cmd_train_all)
     return parser
@@ -131,7 +132,10 @@ def cmd_train_all(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's --help and its (one-line) usage errors
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except errors.CnnbenchError as exc:

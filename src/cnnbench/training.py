@@ -51,10 +51,12 @@ class StepDisplay:
         self.every, self.batch_size, self.images_per_epoch, self.optimizer = every, batch_size, images_per_epoch, optimizer
         self.global_step = first_step
         self.window: list[float] = []
+        self.first_loss: torch.Tensor | None = None
         self.last_loss: torch.Tensor | None = None
 
     def __call__(self, index: int, steady: bool, loss: torch.Tensor, seconds: float) -> None:
         self.global_step += 1
+        self.first_loss = loss if self.first_loss is None else self.first_loss
         self.last_loss = loss
         if not steady:
             return
@@ -134,7 +136,7 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
             step, placement.synchronize, warmup=cfg.measure.warmup, max_steps=cfg.measure.num_batches,
             duration=cfg.measure.duration, min_steps=cfg.measure.min_steady_steps, after_step=display,
         )
-        final_loss = display.last_loss.item() if display.last_loss is not None else None
+        losses = [None if t is None else t.item() for t in (display.first_loss, display.last_loss)]
         if not times.interrupted:
             checkpoints.save(log_dir, model_name=entry.name, step=display.global_step, model=model,
                              optimizer=optimizer, scheduler=scheduler, scaler=scaler)
@@ -150,7 +152,7 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
     record.update(
         status="interrupted" if times.interrupted else "ok",
         reason="interrupted by the user (Ctrl-C)" if times.interrupted else None,
-        final_loss=final_loss, start_step=start_step, end_step=display.global_step,
+        initial_loss=losses[0], final_loss=losses[1], start_step=start_step, end_step=display.global_step,
         resumed=resume is not None, checkpoint=None if times.interrupted else str(ckpt_path),
         compile_seconds=times.warmup_seconds[0] if cfg.compile and times.warmup_seconds else None,
         peak_memory_mib=environment.peak_memory_mib(placement.device),

@@ -1,0 +1,20 @@
+# Sourced by the root scripts: find cnnbench (the repository's .venv first) and check NUM_ACCELERATORS.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -x "$ROOT/.venv/bin/cnnbench" ]; then
+    CNNBENCH="$ROOT/.venv/bin/cnnbench"
+elif command -v cnnbench >/dev/null 2>&1; then
+    CNNBENCH=cnnbench
+else
+    echo "cnnbench is not installed: run ./setup.sh first" >&2
+    exit 2
+fi
+
+NUM_ACCELERATORS="${NUM_ACCELERATORS:-1}"
+if ! [[ "$NUM_ACCELERATORS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "NUM_ACCELERATORS must be a positive integer, got '$NUM_ACCELERATORS'" >&2
+    exit 2
+fi
+if [ "$NUM_ACCELERATORS" -gt 1 ]; then
+    echo "NUM_ACCELERATORS=$NUM_ACCELERATORS: multi-accelerator training is not supported yet; unset NUM_ACCELERATORS or set it to 1" >&2
+    exit 2
+fi

@@ -1,0 +1,254 @@
+"""`cnnbench train-all`: models x batch sizes, each configuration in its own process.
+
+One process per configuration, as the original's scripts ran one nvcnn.py per configuration: a crash
+or an out-of-memory in one cannot take the sweep down, every configuration starts from a clean
+device, and system performance is the whole command's wall time. Each record is written by its run
+as soon as the run ends, so an interrupted sweep keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cnnbench import environment, errors, reporting, results
+from cnnbench.models.registry import forward_flops, resolve_entry
+from cnnbench.placement import resolve_device
+
+DEFAULT_MODELS = results.ORIGINAL_MODEL_ORDER
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    warmup: int
+    num_batches: int
+    duration: float | None
+    min_steady_steps: int
+    reason: str
+
+
+# The original: 500 batches per configuration (train-all.sh) after nvcnn.py's warm-up steps.
+ORIGINAL_PLAN = Plan("original", 20, 500, None, 3, "the original's 500 timed batches after 20 warm-up steps")
+# A 2-core CPU trains ResNet-152 at batch 64 in tens of seconds per step: 15 x 520 steps would take days.
+CPU_PLAN = Plan(
+    "cpu", 2, 500, 20.0, 3,
+    "no GPU: 2 warm-up steps, then 20 s of steady-state time and at least 3 steady steps per configuration "
+    "(500 batches x 15 configurations at 224 px would take days on a CPU)",
+)
+
+
+def choose_plan(args: argparse.Namespace, device: torch.device) -> Plan:
+    base = {"original": ORIGINAL_PLAN, "cpu": CPU_PLAN}.get(args.plan) or (ORIGINAL_PLAN if device.type == "cuda" else CPU_PLAN)
+    reason = base.reason if args.plan != "auto" else f"{device.type} device detected: {base.reason}"
+    overrides = {k: getattr(args, k) for k in ("warmup", "num_batches", "duration") if getattr(args, k) is not None}
+    if overrides:
+        reason += "; overridden by " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
+    return Plan(
+        name=base.name + ("+overrides" if overrides else ""),
+        warmup=overrides.get("warmup", base.warmup),
+        num_batches=overrides.get("num_batches", base.num_batches),
+        duration=overrides.get("duration", base.duration),
+        min_steady_steps=args.min_steady_steps,
+        reason=reason,
+    )
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    # The original's scripts accept , : ; - as separators; so do we.
+    items = [t for t in text.replace(":", ",").replace(";", ",").replace("-", ",").replace(" ", ",").split(",") if t]
+    if not items:
+        raise errors.UsageError(f"{what} is empty; give a comma-separated list")
+    return items
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    sizes = []
+    for item in parse_list(text, "--batch-sizes"):
+        if not item.isdigit() or int(item) < 1:
+            raise errors.UsageError(f"--batch-sizes: {item!r} is not a batch size; give integers of at least 1, e.g. 16,32,64")
+        sizes.append(int(item))
+    return sizes
+
+
+def matmul_gflops(device: torch.device) -> float:
+    """A one-second calibration of the device's dense fp32 arithmetic rate, for the time estimate only."""
+    n = 1024 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device)
+    a @ a
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.5:
+        a @ a
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+# Rough: convolution training reaches about a third of a device's GEMM rate, and a training step
+# costs about 3 forward passes (forward, backward for activations, backward for weights).
+CNN_EFFICIENCY = 0.3
+TRAIN_PASSES = 3.0
+STARTUP_SECONDS = 5.0  # interpreter, torch import, model build
+
+
+def estimate_seconds(models: list[str], batches: list[int], plan: Plan, image_size: int | None, gflops: float, passes: float) -> float:
+    total = 0.0
+    for model in models:
+        entry = resolve_entry(model)
+        flops = forward_flops(entry, image_size or entry.input_size)
+        for batch in batches:
+            step = passes * flops * batch / (gflops * 1e9 * CNN_EFFICIENCY)
+            steady = plan.num_batches * step
+            if plan.duration is not None:
+                steady = min(steady, max(plan.duration, plan.min_steady_steps * step))
+            total += STARTUP_SECONDS + plan.warmup * step + steady
+    return total
+
+
+@dataclass
+class Configuration:
+    model: str
+    batch_size: int
+    log_name: str  # result_<...>.txt
+    argv: list[str]  # arguments after `python -m cnnbench`
+    base_record: dict  # what a failure record says about the run when the run itself could not write one
+
+
+def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path, estimate: float | None) -> int:
+    """Run each configuration in a child process, tee its output to its log, record failures, summarise."""
+    start = time.time()
+    done_seconds: list[float] = []
+    for k, cfg in enumerate(configurations, 1):
+        elapsed = time.time() - start
+        left = _time_left(done_seconds, len(configurations) - k + 1, estimate, elapsed)
+        reporting.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.model} batch {cfg.batch_size}  "
+                               f"elapsed {_clock(elapsed)}  left ~{_clock(left)}")
+        t0 = time.time()
+        before = len(results.read_records(results_dir))
+        code = _run_child(cfg.argv, results_dir / cfg.log_name)
+        done_seconds.append(time.time() - t0)
+        if len(results.read_records(results_dir)) == before:  # the child died before it could write its record
+            results.append_record(results_dir, {**cfg.base_record, "status": "failed", "reason": _failure_reason(code, results_dir / cfg.log_name),
+                                                **environment.collect()})
+        if code == errors.EXIT_INTERRUPTED:
+            reporting.say(f"Sweep interrupted after {k - 1} complete configuration(s); results so far are in {results_dir}")
+            _summary(kind, results_dir)
+            return errors.EXIT_INTERRUPTED
+    reporting.say(f"Sweep finished in {_clock(time.time() - start)}; tables in {results_dir / results.TABLES_CSV}")
+    _summary(kind, results_dir)
+    return 0
+
+
+def _run_child(argv: list[str], log_path: Path) -> int:
+    command = [sys.executable, "-m", "cnnbench", *argv]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        try:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+                log.flush()
+            return process.wait()
+        except KeyboardInterrupt:
+            # The child got the same SIGINT (same process group); let it print its statistics and exit.
+            for line in process.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+            process.wait()
+            return errors.EXIT_INTERRUPTED
+
+
+def _failure_reason(code: int, log_path: Path) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (likely the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    lines = [l for l in log_path.read_text().splitlines() if l.strip()]
+    return f"exit code {code}: {lines[-1][:300] if lines else 'no output'}"
+
+
+def _time_left(done: list[float], remaining: int, estimate: float | None, elapsed: float) -> float:
+    if done:
+        return remaining * sum(done) / len(done)
+    return max(0.0, (estimate or math.nan) - elapsed)
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _summary(kind: str, results_dir: Path) -> None:
+    records = results.read_records(results_dir)
+    columns = [("model", "model"), ("batch", "batch_size")]
+    if kind == "infer":
+        columns += [("engine", "engine"), ("precision", "precision"), ("p90 ms", "latency_ms_p90"), ("guard rel. err", "guard_relative_error")]
+    columns += [("status", "status"), ("img/s", "images_per_sec"), ("+/-", "images_per_sec_stderr"),
+                ("jitter", "images_per_sec_jitter"), ("system img/s", "system_images_per_sec")]
+    reporting.summary_table(f"cnnbench {kind}-all: {results_dir}", records, columns)
+
+
+def train_all(args: argparse.Namespace) -> int:
+    from cnnbench.cli import train_config_from
+    from cnnbench.config import flatten
+    from cnnbench.placement import resolve_placement
+
+    models = parse_list(args.models, "--models") if args.models else list(DEFAULT_MODELS)
+    batches = parse_batch_sizes(args.batch_sizes)
+    device = resolve_placement(args.device, args.precision, args.channels_last).device  # bad options fail before anything runs
+    plan = choose_plan(args, device)
+    results_dir = Path(args.results_dir)
+    configurations = []
+    for model in models:
+        name = resolve_entry(model).name  # an unknown model fails here, before anything runs
+        for batch in batches:
+            cfg = train_config_from(args, model, batch, results_dir=str(results_dir))
+            cfg.measure.warmup, cfg.measure.num_batches, cfg.measure.duration = plan.warmup, plan.num_batches, plan.duration
+            cfg.validate()
+            argv = ["train", model, *train_argv(cfg), "--log-dir", f"log_{name}_{batch}"]
+            base = {"kind": "train", "model": name, "batch_size": batch, "device": str(device), "precision": cfg.placement.precision, **flatten(cfg)}
+            configurations.append(Configuration(name, batch, f"result_{name}_{batch}.txt", argv, base))
+
+    estimate = estimate_seconds(models, batches, plan, args.image_size, matmul_gflops(device), TRAIN_PASSES)
+    reporting.say(f"Plan: {plan.name}: {plan.reason}")
+    reporting.say(f"{len(configurations)} configurations ({', '.join(models)} x batch {', '.join(map(str, batches))}) on {device}; "
+                  f"estimated {_clock(estimate)} (rough: from FLOPs and a matmul calibration of this device)")
+    moved = results.rotate(results_dir)
+    if moved:
+        reporting.say(f"Previous results moved to {moved}")
+    results_dir.mkdir(parents=True)
+    return run_sweep("train", configurations, results_dir, estimate)
+
+
+def train_argv(cfg) -> list[str]:
+    """The `cnnbench train` options that reproduce a TrainConfig (model and log dir excluded)."""
+    m, p = cfg.measure, cfg.placement
+    argv = ["--batch-size", str(m.batch_size), "--num-batches", str(m.num_batches), "--warmup", str(m.warmup),
+            "--display-every", str(m.display_every), "--min-steady-steps", str(m.min_steady_steps),
+            "--device", p.device, "--precision", p.precision, "--seed", str(cfg.seed), "--results-dir", cfg.results_dir]
+    if m.duration is not None:
+        argv += ["--duration", str(m.duration)]
+    if p.channels_last:
+        argv.append("--channels-last")
+    if cfg.compile:
+        argv.append("--compile")
+    if cfg.image_size is not None:
+        argv += ["--image-size", str(cfg.image_size)]
+    if cfg.learning_rate is not None:
+        argv += ["--learning-rate", str(cfg.learning_rate)]
+    return argv

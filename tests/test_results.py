@@ -1,0 +1,92 @@
+import csv
+import io
+import json
+import os
+
+import pytest
+
+from cnnbench import results
+from helpers import TINY, read_jsonl
+
+
+def _record(model, batch, system, accel, status="ok", **extra):
+    return {"kind": "train", "model": model, "batch_size": batch, "precision": "fp32", "status": status,
+            "system_images_per_sec": system, "images_per_sec": accel, "steady_seconds": [0.1, 0.2], **extra}
+
+
+def test_results_csv_has_the_original_two_tables(tmp_path):
+    for rec in [_record("resnet50", 32, 10.0, 20.0), _record("googlenet", 16, 30.0, 60.0),
+                _record("resnet50", 16, 5.0, 9.0), _record("synNet", 16, None, None, status="oom")]:
+        results.append_record(tmp_path, rec)
+    text = (tmp_path / "results.csv").read_text()
+    first, second = text.split("\n\n\n\n")
+    rows = list(csv.reader(io.StringIO(first)))
+    assert rows[0] == ["System performance, unit is images/second"]
+    assert rows[2] == ["model", "batch 16", "batch 32"]
+    # the original's row order: googlenet, resnet50, resnet152, densenet121, synNet
+    assert rows[3:] == [["googlenet", "30.00", ""], ["resnet50", "5.00", "10.00"], ["synNet", "OOM", ""]]
+    rows = list(csv.reader(io.StringIO(second)))
+    assert rows[0] == ["Approximate accelerator performance, unit is images/second"]
+    assert rows[3:] == [["googlenet", "60.00", ""], ["resnet50", "9.00", "20.00"], ["synNet", "OOM", ""]]
+
+
+def test_runs_csv_is_tidy_with_every_field(tmp_path):
+    results.append_record(tmp_path, _record("resnet50", 16, 1.0, 2.0, extra_field="x"))
+    results.append_record(tmp_path, _record("googlenet", 16, float("nan"), 3.0))
+    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    assert [r["model"] for r in rows] == ["resnet50", "googlenet"]
+    assert rows[0]["extra_field"] == "x" and rows[1]["extra_field"] == ""
+    assert json.loads(rows[0]["steady_seconds"]) == [0.1, 0.2]
+    assert read_jsonl(tmp_path / "runs.jsonl")[1]["system_images_per_sec"] is None  # NaN is stored as null
+
+
+def test_rotation_moves_old_results_aside(tmp_path):
+    old = tmp_path / "results_train"
+    old.mkdir()
+    (old / "marker").write_text("old")
+    moved = results.rotate(old)
+    assert not old.exists() and (moved / "marker").read_text() == "old"
+    assert moved.name.startswith("results_train_")
+    old.mkdir()
+    assert results.rotate(old) != moved  # a second rotation in the same second never overwrites
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "results.csv"
+    target.write_text("previous")
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        results.atomic_write_text(target, "new")
+    assert target.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def test_train_all_sweeps_rotates_and_writes_everything(cli, tmp_path):
+    (tmp_path / "results_train").mkdir()
+    code, out, _ = cli("train-all", "--models", "resnet50,synNet", "--batch-sizes", "2,3", *TINY[:2], *TINY[4:])
+    assert code == 0
+    assert "Plan: cpu+overrides" in out and "estimated" in out
+    assert any(p.name.startswith("results_train_") for p in tmp_path.iterdir())
+    files = {p.name for p in (tmp_path / "results_train").iterdir()}
+    assert {"results.csv", "runs.csv", "runs.jsonl", "result_resnet50_2.txt", "result_synNet_3.txt"} <= files
+    assert "Images/sec:" in (tmp_path / "results_train" / "result_synNet_2.txt").read_text()
+    records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
+    assert [(r["model"], r["batch_size"], r["status"]) for r in records] == [
+        ("resnet50", 2, "ok"), ("resnet50", 3, "ok"), ("synNet", 2, "ok"), ("synNet", 3, "ok")]
+    assert (tmp_path / "log_synNet_3" / "checkpoint.pt").exists()
+
+
+def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatch):
+    # resnet50 at 64 px and batch 1 fails inside the child (BatchNorm needs more than one value per
+    # channel in training); the sweep records the failure and runs the next configuration.
+    code, out, _ = cli("train-all", "--models", "resnet50", "--batch-sizes", "1,2", "--image-size", "32", *TINY[4:])
+    assert code == 0
+    records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
+    assert [r["status"] for r in records] == ["failed", "ok"]
+    assert "exit code" in records[0]["reason"]
+    table = (tmp_path / "results_train" / "results.csv").read_text()
+    assert "resnet50,failed," in table
