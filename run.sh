@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark: training sweep, then inference sweep (the original's run.sh).
 set -euo pipefail
-cd "$(dirname "$0")"
-source scripts/common.sh
-./train-all.sh "$@"
+here="$(dirname "$0")"
+source "$here/scripts/common.sh"
+"$here/train-all.sh" "$@"
 echo "run.sh: inference is not yet part of cnnbench; run.sh runs the training sweep only"
