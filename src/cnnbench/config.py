@@ -40,6 +40,26 @@ class PlacementConfig:
 
 
 @dataclass
+class DataConfig:
+    data_dir: str | None = None  # None: synthetic input
+    num_epochs: int | None = None  # with data_dir: run the split this many times (all images counted)
+    data_format: str | None = None  # tfrecord | folder; None: detected from the directory
+    split: str | None = None  # None: train for training, validation for inference
+    label_offset: int = 1  # TFRecord ImageNet convention: label 0 is the background class
+    workers: int | None = None  # None: the usable cores
+    preprocess: str | None = None  # None: what the weights expect; "aimatrix": the original's table
+    skip_corrupt: bool = False
+
+    def validate(self) -> None:
+        if self.num_epochs is not None:
+            _positive_int(self.num_epochs, "--num-epochs")
+            if self.data_dir is None:
+                raise UsageError("--num-epochs needs --data-dir (synthetic input has no epochs); use --num-batches")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
+
+
+@dataclass
 class TrainConfig:
     model: str
     image_size: int | None = None  # None: the model's own input size
@@ -50,9 +70,11 @@ class TrainConfig:
     results_dir: str = "results_train"
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> None:
         self.measure.validate()
+        self.data.validate()
         if self.image_size is not None:
             _positive_int(self.image_size, "--image-size")
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -82,3 +104,38 @@ def flatten(config: object, prefix: str = "config") -> dict[str, object]:
 def describe(config: object) -> list[str]:
     """Lines `name = value` for the run header."""
     return [f"{k.removeprefix('config.')} = {v}" for k, v in flatten(config).items()]
+
+
+SCENARIOS = ("offline", "single-stream")
+
+
+@dataclass
+class InferConfig:
+    model: str
+    engine: str = "eager"
+    compile_mode: str | None = None  # None: max-autotune on CUDA, max-autotune-no-cudagraphs on CPU
+    scenario: str = "offline"
+    image_size: int | None = None
+    seed: int = 0
+    log_dir: str | None = None  # where the training checkpoint is read from (default log_<model>_<batch>)
+    results_dir: str = "results_infer"
+    weights: str | None = None
+    pretrained: bool = False
+    random_weights: bool = False
+    calib_batches: int = 10  # the original calibrated TensorRT int8 on 10 batches
+    guard_batches: int = 4
+    cache_path: str | None = None
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        self.measure.validate()
+        self.data.validate()
+        if self.image_size is not None:
+            _positive_int(self.image_size, "--image-size")
+        if self.scenario not in SCENARIOS:
+            raise UsageError(f"unknown --scenario {self.scenario!r}; use one of: {', '.join(SCENARIOS)}")
+        _positive_int(self.calib_batches, "--calib-batches")
+        if not isinstance(self.guard_batches, int) or self.guard_batches < 0:
+            raise UsageError(f"--guard-batches must be 0 or more, got {self.guard_batches}")

@@ -46,8 +46,8 @@ CPU_PLAN = Plan(
 )
 
 
-def choose_plan(args: argparse.Namespace, device: torch.device) -> Plan:
-    base = {"original": ORIGINAL_PLAN, "cpu": CPU_PLAN}.get(args.plan) or (ORIGINAL_PLAN if device.type == "cuda" else CPU_PLAN)
+def choose_plan(args: argparse.Namespace, device: torch.device, cpu_plan: Plan = CPU_PLAN) -> Plan:
+    base = {"original": ORIGINAL_PLAN, "cpu": cpu_plan}.get(args.plan) or (ORIGINAL_PLAN if device.type == "cuda" else cpu_plan)
     reason = base.reason if args.plan != "auto" else f"{device.type} device detected: {base.reason}"
     overrides = {k: getattr(args, k) for k in ("warmup", "num_batches", "duration") if getattr(args, k) is not None}
     if overrides:
@@ -203,52 +203,90 @@ def _summary(kind: str, results_dir: Path) -> None:
     reporting.summary_table(f"cnnbench {kind}-all: {results_dir}", records, columns)
 
 
-def train_all(args: argparse.Namespace) -> int:
-    from cnnbench.cli import train_config_from
+def child_argv(command: str, args: argparse.Namespace, model: str, overrides: dict) -> list[str]:
+    """`cnnbench COMMAND MODEL ...` reproducing every option the user gave, with this configuration's overrides.
+
+    Options are read off the child command's own parser, so a new option passes through with no edit here.
+    """
+    from cnnbench.cli import build_parser
+
+    child = build_parser()._subparsers._group_actions[0].choices[command]  # argparse keeps subparsers here
+    argv = [command, model]
+    for action in child._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = overrides.get(action.dest, getattr(args, action.dest, action.default))
+        if value is None or (value == action.default and action.dest not in overrides):
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            argv += [action.option_strings[0]] if value else []
+        else:
+            argv += [action.option_strings[0], str(value)]
+    return argv
+
+
+# Inference on a CPU: a forward pass costs a third of a training step, so 10 s of steady time suffices.
+CPU_INFER_PLAN = Plan(
+    "cpu", 2, 500, 10.0, 3,
+    "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady batches per configuration",
+)
+
+
+def sweep(kind: str, args: argparse.Namespace) -> int:
+    """train-all and infer-all: validate every configuration, print the plan and estimate, rotate, run."""
+    from cnnbench import cli
     from cnnbench.config import flatten
-    from cnnbench.placement import resolve_placement
 
     models = parse_list(args.models, "--models") if args.models else list(DEFAULT_MODELS)
     batches = parse_batch_sizes(args.batch_sizes)
-    device = resolve_placement(args.device, args.precision, args.channels_last).device  # bad options fail before anything runs
-    plan = choose_plan(args, device)
+    pairs = [(None, None)]
+    if kind == "infer":
+        from cnnbench.engines import ENGINES, SUPPORTED, supported_pairs
+
+        engines = parse_list(args.engines, "--engines")
+        precisions = parse_list(args.precisions, "--precisions")
+        for engine in engines:
+            if engine not in ENGINES:
+                raise errors.UsageError(f"--engines: unknown engine {engine!r}; use some of: {', '.join(ENGINES)}")
+    device = cli.placement_from(args).device  # bad device/precision options fail before anything runs
+    if kind == "infer":
+        pairs = [(e, p) for e in engines for p in precisions if p in SUPPORTED[e].get(device.type, ())]
+        skipped = [f"{e}/{p}" for e in engines for p in precisions if (e, p) not in pairs]
+        if not pairs:
+            raise errors.UsageError(f"no engine/precision pair of --engines and --precisions works on {device.type}; "
+                                    f"pairs that do: {supported_pairs(device.type)}")
+        if skipped:
+            reporting.say(f"Skipping pairs that cannot run on {device.type}: {', '.join(skipped)}")
+    plan = choose_plan(args, device, CPU_INFER_PLAN if kind == "infer" else CPU_PLAN)
     results_dir = Path(args.results_dir)
     configurations = []
     for model in models:
         name = resolve_entry(model).name  # an unknown model fails here, before anything runs
         for batch in batches:
-            cfg = train_config_from(args, model, batch, results_dir=str(results_dir))
-            cfg.measure.warmup, cfg.measure.num_batches, cfg.measure.duration = plan.warmup, plan.num_batches, plan.duration
-            cfg.validate()
-            argv = ["train", model, *train_argv(cfg), "--log-dir", f"log_{name}_{batch}"]
-            base = {"kind": "train", "model": name, "batch_size": batch, "device": str(device), "precision": cfg.placement.precision, **flatten(cfg)}
-            configurations.append(Configuration(name, batch, f"result_{name}_{batch}.txt", argv, base))
+            for engine, precision in pairs:
+                overrides = {"batch_size": batch, "warmup": plan.warmup, "num_batches": plan.num_batches,
+                             "duration": plan.duration, "results_dir": str(results_dir), "log_dir": f"log_{name}_{batch}"}
+                suffix = ""
+                if kind == "infer":
+                    overrides.update(engine=engine, precision=precision)
+                    suffix = "" if (engine, precision) == ("eager", "fp32") else f"_{engine}_{precision}"
+                cfg = cli.config_from(kind, args, model, overrides)
+                cfg.validate()
+                if kind == "infer":
+                    cli.check_infer_config(cfg)
+                base = {"kind": kind, "model": name, "batch_size": batch, "device": str(device), "engine": engine,
+                        "precision": precision or cfg.placement.precision, **flatten(cfg)}
+                configurations.append(Configuration(name, batch, f"result_{name}_{batch}{suffix}.txt",
+                                                    child_argv(kind, args, model, overrides), base))
 
-    estimate = estimate_seconds(models, batches, plan, args.image_size, matmul_gflops(device), TRAIN_PASSES)
+    gflops = matmul_gflops(device)
+    estimate = estimate_seconds(models, batches, plan, args.image_size, gflops, TRAIN_PASSES if kind == "train" else 1.0) * len(pairs)
     reporting.say(f"Plan: {plan.name}: {plan.reason}")
-    reporting.say(f"{len(configurations)} configurations ({', '.join(models)} x batch {', '.join(map(str, batches))}) on {device}; "
-                  f"estimated {_clock(estimate)} (rough: from FLOPs and a matmul calibration of this device)")
+    reporting.say(f"{len(configurations)} configurations ({', '.join(models)} x batch {', '.join(map(str, batches))}"
+                  + (f" x {', '.join(f'{e}/{p}' for e, p in pairs)}" if kind == "infer" else "")
+                  + f") on {device}; estimated {_clock(estimate)} (rough: from FLOPs and a matmul calibration of this device)")
     moved = results.rotate(results_dir)
     if moved:
         reporting.say(f"Previous results moved to {moved}")
     results_dir.mkdir(parents=True)
-    return run_sweep("train", configurations, results_dir, estimate)
-
-
-def train_argv(cfg) -> list[str]:
-    """The `cnnbench train` options that reproduce a TrainConfig (model and log dir excluded)."""
-    m, p = cfg.measure, cfg.placement
-    argv = ["--batch-size", str(m.batch_size), "--num-batches", str(m.num_batches), "--warmup", str(m.warmup),
-            "--display-every", str(m.display_every), "--min-steady-steps", str(m.min_steady_steps),
-            "--device", p.device, "--precision", p.precision, "--seed", str(cfg.seed), "--results-dir", cfg.results_dir]
-    if m.duration is not None:
-        argv += ["--duration", str(m.duration)]
-    if p.channels_last:
-        argv.append("--channels-last")
-    if cfg.compile:
-        argv.append("--compile")
-    if cfg.image_size is not None:
-        argv += ["--image-size", str(cfg.image_size)]
-    if cfg.learning_rate is not None:
-        argv += ["--learning-rate", str(cfg.learning_rate)]
-    return argv
+    return run_sweep(kind, configurations, results_dir, estimate)

@@ -1,0 +1,359 @@
+"""Inference engines: one interface, four back-ends.
+
+An engine is built once from an eval-mode PyTorch model (export, quantise, compile: timed as build
+time, kept out of the steady-state figures), then called on a batch of images on the device and
+returns logits as a torch tensor on the device.
+
+| engine      | back-end                                           | precisions                         |
+| eager       | PyTorch, torch.inference_mode                      | fp32, tf32 (CUDA), fp16, bf16      |
+| compile     | torch.compile (inductor)                           | fp32, tf32 (CUDA), fp16, bf16      |
+| onnxruntime | ONNX export + ONNX Runtime (CPU EP / CUDA EP)      | fp32, int8 (CPU); + fp16 (CUDA)    |
+| tensorrt    | ONNX Runtime's TensorRT execution provider         | fp32, fp16, int8 (CUDA only)       |
+
+fp16/bf16 in eager and compile are autocast mixed precision, as in training. int8 is static
+post-training quantisation in ONNX's QDQ form (per-channel weights), calibrated on real or synthetic
+batches; the TensorRT provider reads the same QDQ model (explicit quantisation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnbench.errors import UsageError
+from cnnbench.placement import Placement
+
+ENGINES = ("eager", "compile", "onnxruntime", "tensorrt")
+SUPPORTED = {
+    "eager": {"cpu": ("fp32", "fp16", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+    "compile": {"cpu": ("fp32", "fp16", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+    # ONNX Runtime's CPU provider has no fp16 convolution kernels; fp16 is for the CUDA provider.
+    "onnxruntime": {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16", "int8")},
+    "tensorrt": {"cuda": ("fp32", "fp16", "int8")},
+}
+ONNX_OPSET = 18
+
+
+def supported_pairs(device_type: str) -> str:
+    return "; ".join(f"{e}: {', '.join(p[device_type])}" for e, p in SUPPORTED.items() if device_type in p)
+
+
+def check_engine(engine: str, precision: str, device_type: str) -> None:
+    """Fail early, with the pairs that do work, before any model is built."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown --engine {engine!r}; use one of: {', '.join(ENGINES)}")
+    if engine in ("onnxruntime", "tensorrt"):
+        _require_onnx(engine)
+        providers = _ort_providers()
+        if engine == "tensorrt" and "TensorrtExecutionProvider" not in providers:
+            raise UsageError(
+                "--engine tensorrt needs TensorRT and onnxruntime-gpu with its TensorRT execution provider, which are not "
+                "installed here: pip install onnxruntime-gpu tensorrt (on a CUDA machine); or use --engine onnxruntime or compile"
+            )
+        if engine == "onnxruntime" and device_type == "cuda" and "CUDAExecutionProvider" not in providers:
+            raise UsageError("--engine onnxruntime on a CUDA device needs onnxruntime-gpu: pip install onnxruntime-gpu; or use --device cpu")
+    if device_type not in SUPPORTED[engine]:
+        raise UsageError(f"--engine {engine} needs a CUDA device; on {device_type} the pairs that work are: {supported_pairs(device_type)}")
+    if precision not in SUPPORTED[engine][device_type]:
+        raise UsageError(
+            f"--engine {engine} cannot run --precision {precision} on {device_type}; pairs that work: {supported_pairs(device_type)}"
+        )
+
+
+def _require_onnx(engine: str) -> None:
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"--engine {engine} needs {', '.join(missing)}: pip install 'cnnbench[onnx]' (or .venv/bin/pip install -e '.[onnx]')")
+
+
+def _ort_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ArtifactCache:
+    """Built artefacts keyed by everything that changes them; verified by checksum before reuse.
+
+    Without --cache-path the entry lives in a temporary directory and nothing is reused.
+    """
+
+    def __init__(self, root: str | None, key: dict):
+        self.persistent = root is not None
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        base = Path(root) if root else Path(tempfile.mkdtemp(prefix="cnnbench-build-"))
+        self.dir = base / f"{key['model']}-{key['engine']}-{key['precision']}-b{key['batch_size']}-{digest}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key = key
+        self.notes: list[str] = []
+        self._manifest_path = self.dir / "manifest.json"
+
+    def _manifest(self) -> dict:
+        try:
+            return json.loads(self._manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {"key": self.key, "files": {}}
+
+    def lookup(self, name: str) -> Path | None:
+        """The artefact if present and intact; a corrupt one is deleted, noted, and reported as absent."""
+        path = self.dir / name
+        expected = self._manifest()["files"].get(name)
+        if not self.persistent or expected is None or not path.exists():
+            return None
+        if sha256_file(path) != expected:
+            self.notes.append(f"cache entry {path} is corrupt (checksum mismatch); rebuilding it")
+            path.unlink()
+            return None
+        return path
+
+    def record(self, name: str) -> None:
+        manifest = self._manifest()
+        manifest["files"][name] = sha256_file(self.dir / name)
+        tmp = self._manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        os.replace(tmp, self._manifest_path)
+
+    def close(self) -> None:
+        if not self.persistent:
+            shutil.rmtree(self.dir.parent, ignore_errors=True)
+
+
+class Engine:
+    """Call on a batch of images on the device; returns logits on the device."""
+
+    name = "engine"
+
+    def __init__(self):
+        self.info: dict = {"engine_build_seconds": 0.0, "engine_load_seconds": 0.0, "cache_hit": False}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class EagerEngine(Engine):
+    name = "eager"
+
+    def __init__(self, model: nn.Module, placement: Placement):
+        super().__init__()
+        self.model, self.placement = model, placement
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self.placement.autocast():
+            return self.model(images)
+
+
+class CompiledEngine(EagerEngine):
+    """torch.compile; the first call compiles, and is timed as build time, never as a steady step."""
+
+    name = "compile"
+
+    def __init__(self, model: nn.Module, placement: Placement, example: torch.Tensor, mode: str, cache: ArtifactCache):
+        super().__init__(torch.compile(model, mode=mode), placement)
+        self.info["compile_mode"] = mode
+        saved = cache.lookup("inductor_artifacts.bin") if hasattr(torch.compiler, "load_cache_artifacts") else None
+        start = time.perf_counter()
+        if saved is not None:
+            torch.compiler.load_cache_artifacts(saved.read_bytes())
+            self.info["cache_hit"] = True
+        self.info["engine_load_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        self(example)
+        placement.synchronize()
+        self.info["engine_build_seconds"] = time.perf_counter() - start
+        if saved is None and cache.persistent and hasattr(torch.compiler, "save_cache_artifacts"):
+            artifacts = torch.compiler.save_cache_artifacts()
+            if artifacts is not None:
+                (cache.dir / "inductor_artifacts.bin").write_bytes(artifacts[0])
+                cache.record("inductor_artifacts.bin")
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader protocol over a few batches of images."""
+
+    def __init__(self, batches: Iterable[torch.Tensor]):
+        self._batches = iter(batches)
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {"images": batch.detach().cpu().float().contiguous().numpy()}
+
+    def rewind(self):  # part of the reader interface in newer onnxruntime releases
+        pass
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
+                 calibration: Callable[[], list[torch.Tensor]]):
+        super().__init__()
+        import onnxruntime as ort
+
+        self.placement = placement
+        self.input_dtype = torch.float16 if placement.precision == "fp16" else torch.float32
+        self.info.update(onnx_opset=ONNX_OPSET, onnxruntime=ort.__version__)
+        try:
+            self.session = self._load(self._build(model, example, cache, calibration), cache)
+        except _StaleArtifact as stale:
+            # An artefact that passed its checksum but does not load (written by another onnxruntime): rebuild once.
+            cache.notes.append(f"cache entry {stale.path} does not load ({stale.reason}); rebuilding it")
+            for old in cache.dir.glob("*.onnx"):
+                old.unlink()
+            self.session = self._load(self._build(model, example, cache, calibration), cache)
+        self.info["execution_provider"] = self.session.get_providers()[0]
+
+    def _build(self, model, example, cache: ArtifactCache, calibration) -> Path:
+        """Export (and quantise) unless the cache holds the artefacts; returns the ONNX file to run."""
+        start, built = time.perf_counter(), False
+        onnx_name = "model.fp16.onnx" if self.placement.precision == "fp16" else "model.onnx"
+        onnx_path = cache.lookup(onnx_name)
+        if onnx_path is None:
+            onnx_path = cache.dir / onnx_name
+            self.info["exporter"] = export_onnx(model, example, onnx_path, half=self.placement.precision == "fp16")
+            cache.record(onnx_name)
+            built = True
+        if self.placement.precision == "int8":
+            quantized = cache.lookup("model.int8.onnx")
+            if quantized is None:
+                quantized = cache.dir / "model.int8.onnx"
+                calib = calibration()
+                self.info["calibration_batches"] = len(calib)
+                quantize_int8(onnx_path, quantized, calib)
+                cache.record("model.int8.onnx")
+                built = True
+            self.info.update(fp32_onnx_bytes=onnx_path.stat().st_size, int8_onnx_bytes=quantized.stat().st_size)
+            onnx_path = quantized
+        self.info["engine_build_seconds"] = time.perf_counter() - start if built else 0.0
+        self.info["cache_hit"] = cache.persistent and not built
+        self._built = built
+        return onnx_path
+
+    def _load(self, onnx_path: Path, cache: ArtifactCache):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # warnings about unused initialisers etc. are noise in a benchmark log
+        start = time.perf_counter()
+        try:
+            session = ort.InferenceSession(str(onnx_path), options, providers=self._providers(cache))
+        except Exception as exc:
+            if self._built:
+                raise
+            raise _StaleArtifact(onnx_path, str(exc).splitlines()[0][:120]) from None
+        self.info["engine_load_seconds"] = time.perf_counter() - start
+        return session
+
+    def _providers(self, cache: ArtifactCache) -> list:
+        if self.placement.device.type == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": self.placement.device.index or 0})]
+        return ["CPUExecutionProvider"]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.input_dtype).contiguous()
+        if self.placement.device.type == "cpu":
+            (logits,) = self.session.run(None, {"images": images.numpy()})
+            return torch.from_numpy(logits)
+        # On CUDA, bind the torch tensors' memory directly: no host round trip.
+        binding = self.session.io_binding()
+        index = self.placement.device.index or 0
+        binding.bind_input("images", "cuda", index, _ORT_TYPES[self.input_dtype], tuple(images.shape), images.data_ptr())
+        out = torch.empty((images.shape[0], self.num_outputs), dtype=self.input_dtype, device=images.device)
+        binding.bind_output("logits", "cuda", index, _ORT_TYPES[self.input_dtype], tuple(out.shape), out.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return out
+
+    @property
+    def num_outputs(self) -> int:
+        return self.session.get_outputs()[0].shape[1]
+
+
+class _StaleArtifact(Exception):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(reason)
+        self.path, self.reason = path, reason
+
+
+class TensorRTEngine(OnnxRuntimeEngine):
+    name = "tensorrt"
+
+    def _providers(self, cache: ArtifactCache) -> list:
+        trt_options = {
+            "device_id": self.placement.device.index or 0,
+            "trt_fp16_enable": self.placement.precision == "fp16",
+            "trt_int8_enable": self.placement.precision == "int8",  # the QDQ model carries the scales
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache.dir / "trt"),
+        }
+        return [("TensorrtExecutionProvider", trt_options), ("CUDAExecutionProvider", {"device_id": trt_options["device_id"]})]
+
+
+_ORT_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, half: bool = False) -> str:
+    """Export with a fixed batch (static shapes suit TensorRT and CUDA graphs); returns the exporter used."""
+    export_model, example = (model.half(), example.half()) if half else (model.float(), example.float())
+    example = example.contiguous()
+    kwargs = dict(input_names=["images"], output_names=["logits"], opset_version=ONNX_OPSET)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines are not benchmark output
+        try:
+            # One self-contained file (every model here is far below protobuf's 2 GB limit): the quantiser
+            # and the cache's checksum see all the weights.
+            torch.onnx.export(export_model, (example,), str(path), dynamo=True, verbose=False, external_data=False, **kwargs)
+            exporter = "torch.onnx dynamo"
+        except Exception as exc:  # recorded, not silent: the record names the exporter that produced the file
+            torch.onnx.export(export_model, (example,), str(path), dynamo=False, **kwargs)
+            exporter = f"torch.onnx torchscript (dynamo exporter failed: {type(exc).__name__})"
+    if half:
+        model.float()
+    return exporter
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: list[torch.Tensor]) -> None:
+    """Static post-training quantisation: QDQ format, per-channel int8 weights, MinMax-calibrated activations."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    prepared = out_path.with_suffix(".prep.onnx")
+    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared), str(out_path), _Calibration(calibration),
+        quant_format=QuantFormat.QDQ, per_channel=True,
+        # S8S8 in QDQ form: ONNX Runtime's recommended first choice for performance and accuracy
+        # (onnxruntime.ai, "Quantize ONNX models": data type selection).
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    prepared.unlink(missing_ok=True)
+
+
+def build_engine(name: str, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
+                 calibration: Callable[[], list[torch.Tensor]], compile_mode: str) -> Engine:
+    if name == "eager":
+        return EagerEngine(model, placement)
+    if name == "compile":
+        return CompiledEngine(model, placement, example, compile_mode, cache)
+    if name == "onnxruntime":
+        return OnnxRuntimeEngine(model, placement, example, cache, calibration)
+    return TensorRTEngine(model, placement, example, cache, calibration)
