@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole benchmark: training sweep, then inference sweep (the original's run.sh).
+# The whole benchmark (the original's run.sh): the training sweep, whose checkpoints the inference
+# sweep then runs. Extra arguments go to both sweeps, so they must be options both accept.
 set -euo pipefail
 here="$(dirname "$0")"
-source "$here/scripts/common.sh"
 "$here/train-all.sh" "$@"
-echo "run.sh: inference is not yet part of cnnbench; run.sh runs the training sweep only"
+"$here/infer-all.sh" "$@"

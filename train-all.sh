@@ -3,4 +3,5 @@
 # The plan (batches, warm-up, duration) is chosen for the device; extra arguments go to `cnnbench train-all`.
 set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
+require_single_accelerator
 exec "$CNNBENCH" train-all --plan auto "$@"

@@ -2,6 +2,7 @@
 # Train one model at batch sizes 16, 32 and 64 (the original's train.sh). Extra arguments go to `cnnbench train`.
 set -uo pipefail
 source "$(dirname "$0")/scripts/common.sh"
+require_single_accelerator
 model="${1:?usage: ./train.sh MODEL [cnnbench train options]}"
 shift
 status=0

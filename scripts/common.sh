@@ -1,4 +1,4 @@
-# Sourced by the root scripts: find cnnbench (the repository's .venv first) and check NUM_ACCELERATORS.
+# Sourced by the root scripts: find cnnbench (the repository's .venv first) and read NUM_ACCELERATORS.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -x "$ROOT/.venv/bin/cnnbench" ]; then
     CNNBENCH="$ROOT/.venv/bin/cnnbench"
@@ -14,7 +14,11 @@ if ! [[ "$NUM_ACCELERATORS" =~ ^[1-9][0-9]*$ ]]; then
     echo "NUM_ACCELERATORS must be a positive integer, got '$NUM_ACCELERATORS'" >&2
     exit 2
 fi
-if [ "$NUM_ACCELERATORS" -gt 1 ]; then
-    echo "NUM_ACCELERATORS=$NUM_ACCELERATORS: multi-accelerator training is not supported yet; unset NUM_ACCELERATORS or set it to 1" >&2
-    exit 2
-fi
+
+# Training scripts call this; inference always runs on one accelerator, as in the original.
+require_single_accelerator() {
+    if [ "$NUM_ACCELERATORS" -gt 1 ]; then
+        echo "NUM_ACCELERATORS=$NUM_ACCELERATORS: multi-accelerator training is not supported yet; unset NUM_ACCELERATORS or set it to 1" >&2
+        exit 2
+    fi
+}

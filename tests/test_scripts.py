@@ -21,8 +21,10 @@ def test_sweep_scripts_build_the_tables(tmp_path, script):
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "results_train" / "results.csv").read_text()
     assert table.splitlines()[2:4][0] == "model,batch 2" and table.splitlines()[3].startswith("googlenet,")
-    if script == "run.sh":
-        assert "inference is not yet part of cnnbench" in done.stdout
+    if script == "run.sh":  # then inference from the checkpoints training wrote
+        records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
+        assert [(r["model"], r["batch_size"], r["weights_source"], r["status"]) for r in records] == [("googlenet", 2, "checkpoint", "ok")]
+        assert (tmp_path / "results_infer" / "results.csv").read_text().splitlines()[3].startswith("googlenet,")
 
 
 @pytest.mark.parametrize("value, message", [

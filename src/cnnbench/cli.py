@@ -48,6 +48,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preprocess", choices=["torchvision", "torchvision-v2", "aimatrix"], default=None,
                    help="default: what the weights expect; aimatrix: the original's table (resize 256x256, crop 224, its scales)")
     g.add_argument("--skip-corrupt", action="store_true", help="skip undecodable images (counted, excluded from accuracy)")
+    g.add_argument("--min-crop-scale", type=float, default=0.08, help="training: RandomResizedCrop's smallest area fraction (default 0.08, torchvision's recipe)")
+    g.add_argument("--flip", type=float, default=0.5, help="training: horizontal flip probability (default 0.5)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -59,6 +61,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (compilation happens in warm-up and is reported apart)")
     g.add_argument("--learning-rate", type=float, default=None, help="override the per-model learning rate")
+    g.add_argument("--eval-at-end", action="store_true", help="with --data-dir: top-1/top-5 on the validation split after training")
 
 
 def add_infer_options(p: argparse.ArgumentParser) -> None:
@@ -106,11 +109,12 @@ def config_from(kind: str, args: argparse.Namespace, model: str, overrides: dict
                             display_every=o["display_every"], duration=o["duration"], min_steady_steps=o["min_steady_steps"])
     placement = PlacementConfig(device=o["device"], precision=o["precision"], channels_last=o["channels_last"])
     data = DataConfig(data_dir=o["data_dir"], num_epochs=o["num_epochs"], data_format=o["data_format"], split=o["split"],
-                      label_offset=o["label_offset"], workers=o["workers"], preprocess=o["preprocess"], skip_corrupt=o["skip_corrupt"])
+                      label_offset=o["label_offset"], workers=o["workers"], preprocess=o["preprocess"], skip_corrupt=o["skip_corrupt"],
+                      min_crop_scale=o["min_crop_scale"], flip=o["flip"])
     common = dict(model=model, image_size=o["image_size"], seed=o["seed"], log_dir=o.get("log_dir"),
                   results_dir=o["results_dir"], measure=measure, placement=placement, data=data)
     if kind == "train":
-        return TrainConfig(**common, learning_rate=o["learning_rate"], compile=o["compile"])
+        return TrainConfig(**common, learning_rate=o["learning_rate"], compile=o["compile"], eval_at_end=o["eval_at_end"])
     return InferConfig(**common, engine=o["engine"], compile_mode=o["compile_mode"], scenario=o["scenario"],
                        weights=o["weights"], pretrained=o["pretrained"], random_weights=o["random_weights"],
                        calib_batches=o["calib_batches"], guard_batches=o["guard_batches"], cache_path=o["cache_path"])

@@ -49,8 +49,16 @@ class DataConfig:
     workers: int | None = None  # None: the usable cores
     preprocess: str | None = None  # None: what the weights expect; "aimatrix": the original's table
     skip_corrupt: bool = False
+    # Training augmentation: RandomResizedCrop's smallest area fraction and the flip probability
+    # (torchvision's ImageNet recipe: 0.08 and 0.5). Tiny images such as the digits sample need gentler crops.
+    min_crop_scale: float = 0.08
+    flip: float = 0.5
 
     def validate(self) -> None:
+        if not 0 < self.min_crop_scale <= 1:
+            raise UsageError(f"--min-crop-scale must be in (0, 1], got {self.min_crop_scale}")
+        if not 0 <= self.flip <= 1:
+            raise UsageError(f"--flip must be a probability in [0, 1], got {self.flip}")
         if self.num_epochs is not None:
             _positive_int(self.num_epochs, "--num-epochs")
             if self.data_dir is None:
@@ -65,6 +73,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the model's own input size
     learning_rate: float | None = None  # None: the registry's (or spec file's) per-model rule
     compile: bool = False
+    eval_at_end: bool = False  # with data.data_dir: top-1/top-5 on the validation split after training
     seed: int = 0
     log_dir: str | None = None  # None: log_<model>_<batch>, as the original's scripts
     results_dir: str = "results_train"
@@ -79,6 +88,8 @@ class TrainConfig:
             _positive_int(self.image_size, "--image-size")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UsageError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.eval_at_end and self.data.data_dir is None:
+            raise UsageError("--eval-at-end needs --data-dir (a validation split to evaluate on)")
         if self.compile and self.measure.warmup < 1:
             raise UsageError("--compile needs --warmup 1 or more, so that compilation stays out of the steady-state figures")
 

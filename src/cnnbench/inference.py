@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
-
 import torch
 
 from cnnbench import checkpoints, environment, reporting, results
 from cnnbench import weights as weights_module
 from cnnbench.config import InferConfig, flatten
+from cnnbench.data.sources import open_source
 from cnnbench.data.synthetic import SyntheticSource
 from cnnbench.engines import ArtifactCache, EagerEngine, build_engine, check_engine
+from cnnbench.evaluation import Accuracy, padded, real_batches
 from cnnbench.errors import OutOfMemory, UsageError, is_out_of_memory
 from cnnbench.models.registry import check_image_size, resolve_entry
 from cnnbench.placement import PRECISIONS, Placement, resolve_placement
@@ -32,63 +32,6 @@ GUARD_BOUNDS = {"fp32": 1e-3, "tf32": 1e-2, "fp16": 1e-2, "bf16": 5e-2, "int8": 
 def default_compile_mode(device: torch.device) -> str:
     # CUDA graphs remove per-kernel launch cost on a GPU; on a CPU they do not exist.
     return "max-autotune" if device.type == "cuda" else "max-autotune-no-cudagraphs"
-
-
-def make_source(cfg: InferConfig, entry, batch: int, image_size: int, placement: Placement, seed: int):
-    if cfg.data.data_dir is None:
-        return SyntheticSource(batch, image_size, entry.preprocessing, placement.device, placement.memory_format, seed=seed)
-    from cnnbench.data.loader import RealDataSource
-    from cnnbench.data.transforms import preprocess_for
-
-    preprocess = preprocess_for(entry.name, entry.preprocessing, image_size, cfg.data.preprocess, train=False)
-    return RealDataSource(
-        cfg.data.data_dir, cfg.data.split or "validation", batch, preprocess, placement.device, placement.memory_format,
-        workers=cfg.data.workers, train=False, seed=seed, label_offset=cfg.data.label_offset,
-        skip_corrupt=cfg.data.skip_corrupt, fmt=cfg.data.data_format,
-    )
-
-
-def padded(batches: Iterator, batch: int, memory_format: torch.memory_format) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """Static shapes for every engine: a partial last batch is padded by repeating its first image;
-    the padding is never counted (labels -1, and the count of real images travels with the batch)."""
-    for images, labels in batches:
-        n = images.shape[0]
-        if n < batch:
-            images = torch.cat([images, images[:1].expand(batch - n, *images.shape[1:])]).contiguous(memory_format=memory_format)
-            labels = torch.cat([labels, labels.new_full((batch - n,), -1)])
-        yield images, labels, n
-
-
-def real_batches(source, epochs: int | None) -> Iterator:
-    done = 0
-    while epochs is None or done < epochs:
-        yield from source.epoch_batches()
-        done += 1
-
-
-class Accuracy:
-    """Exact top-1/top-5 counts: correct / total over every real image (never a mean of batch means).
-
-    Counts accumulate on the device; they are read once, at the end, so counting adds no host sync.
-    """
-
-    def __init__(self):
-        self.top1 = self.top5 = None
-        self.total = 0
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, n: int) -> None:
-        logits, labels = logits[:n].float(), labels[:n].to(logits.device)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        top1 = (top5[:, 0] == labels).sum()
-        top5 = (top5 == labels[:, None]).any(dim=1).sum()
-        self.top1 = top1 if self.top1 is None else self.top1 + top1
-        self.top5 = top5 if self.top5 is None else self.top5 + top5
-        self.total += n
-
-    def result(self) -> tuple[float | None, float | None, int]:
-        if not self.total:
-            return None, None, 0
-        return 100.0 * int(self.top1) / self.total, 100.0 * int(self.top5) / self.total, self.total
 
 
 def guard(engine, inputs: list[torch.Tensor], references: list[torch.Tensor]) -> dict:
@@ -149,7 +92,7 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
     model.eval()
     digest = weights_module.digest(model)
     model = model.to(placement.device, memory_format=placement.memory_format)
-    source = make_source(cfg, entry, batch, image_size, placement, cfg.seed)
+    source = open_source(cfg.data, entry, batch, image_size, placement.device, placement.memory_format, cfg.seed, train=False)
     reporting.say(f"data = {source.describe()}")
     real = cfg.data.data_dir is not None
 
@@ -157,7 +100,8 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
     def sample_batches(count: int, seed_offset: int) -> list[torch.Tensor]:
         if real:
             return [images for images, _, _ in _take(padded(source.epoch_batches(), batch, placement.memory_format), count)]
-        return [make_source(cfg, entry, batch, image_size, placement, cfg.seed + seed_offset + i).images for i in range(count)]
+        return [SyntheticSource(batch, image_size, entry.preprocessing, placement.device, placement.memory_format,
+                                seed=cfg.seed + seed_offset + i).images for i in range(count)]
 
     fp32 = Placement(placement.device, "fp32", placement.channels_last)
     checked = (cfg.engine, placement.precision) != ("eager", "fp32")

@@ -14,7 +14,8 @@ from torch import nn
 
 from cnnbench import checkpoints, environment, reporting, results
 from cnnbench.config import TrainConfig, flatten
-from cnnbench.data.synthetic import SyntheticSource
+from cnnbench.data.sources import open_source
+from cnnbench.evaluation import evaluate
 from cnnbench.errors import OutOfMemory, is_out_of_memory
 from cnnbench.models.registry import check_image_size, resolve_entry
 from cnnbench.placement import Placement, resolve_placement
@@ -113,8 +114,12 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
         model = entry.build(image_size).to(placement.device, memory_format=placement.memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr0, momentum=entry.momentum, weight_decay=entry.weight_decay)
         start_step = int(resume["step"]) if resume else 0
+        source = open_source(cfg.data, entry, batch, image_size, placement.device, placement.memory_format, cfg.seed, train=True)
+        planned = cfg.measure.warmup + cfg.measure.num_batches
+        if cfg.data.num_epochs:  # whole passes over the training split (full batches only)
+            planned = max(cfg.data.num_epochs * (source.images_per_epoch // batch), cfg.measure.warmup + 1)
         # The decay spans the whole training, the part already done before a resume included.
-        decay = polynomial_decay(start_step + cfg.measure.warmup + cfg.measure.num_batches, entry.lr_decay_power)
+        decay = polynomial_decay(start_step + planned, entry.lr_decay_power)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
         scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.uses_grad_scaler)
         if resume is not None:
@@ -127,16 +132,21 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
         model.train()
         # torch.compile wraps the placed model last; the checkpoint keeps the plain module's state.
         trainable = torch.compile(model) if cfg.compile else model
-        source = SyntheticSource(batch, image_size, entry.preprocessing, placement.device, placement.memory_format, seed=cfg.seed)
         step = make_train_step(trainable, optimizer, scheduler, scaler, placement, source.batches())
         display = StepDisplay(cfg.measure.display_every, batch, start_step, source.images_per_epoch, optimizer)
         reporting.say(f"data = {source.describe()}")
         reporting.say(reporting.STEP_COLUMNS)
+        if hasattr(source, "reset_data_wait"):
+            source.reset_data_wait()
         times = measure(
-            step, placement.synchronize, warmup=cfg.measure.warmup, max_steps=cfg.measure.num_batches,
-            duration=cfg.measure.duration, min_steps=cfg.measure.min_steady_steps, after_step=display,
+            step, placement.synchronize, warmup=cfg.measure.warmup, max_steps=planned - cfg.measure.warmup,
+            duration=None if cfg.data.num_epochs else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
+            after_step=display,
         )
         losses = [None if t is None else t.item() for t in (display.first_loss, display.last_loss)]
+        evaluation = {}
+        if cfg.eval_at_end and not times.interrupted:
+            evaluation = _evaluate(cfg, entry, model, batch, image_size, placement)
         if not times.interrupted:
             checkpoints.save(log_dir, model_name=entry.name, step=display.global_step, model=model,
                              optimizer=optimizer, scheduler=scheduler, scaler=scaler)
@@ -155,8 +165,31 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
         initial_loss=losses[0], final_loss=losses[1], start_step=start_step, end_step=display.global_step,
         resumed=resume is not None, checkpoint=None if times.interrupted else str(ckpt_path),
         compile_seconds=times.warmup_seconds[0] if cfg.compile and times.warmup_seconds else None,
-        peak_memory_mib=environment.peak_memory_mib(placement.device),
+        peak_memory_mib=environment.peak_memory_mib(placement.device), **evaluation,
     )
+    if cfg.data.data_dir:
+        busy = sum(times.warmup_seconds) + sum(times.steady_seconds)
+        record.update(data_wait_seconds=source.data_wait_seconds, data_wait_share=source.data_wait_seconds / busy if busy else None,
+                      corrupt_images=source.corrupt_images, images_per_epoch=source.images_per_epoch)
+        source.close()
     results.append_record(Path(cfg.results_dir), record)
     reporting.final_lines(throughput(batch, times.steady_seconds), record["system_images_per_sec"])
+    if cfg.data.data_dir:
+        reporting.say(f"Input wait: {record['data_wait_share'] * 100:.1f}% of step time ({record['data_wait_seconds']:.2f} s)")
+    if evaluation:
+        reporting.say(f"Validation accuracy: top-1 {evaluation['top1']:.2f}%  top-5 {evaluation['top5']:.2f}%  over {evaluation['images_evaluated']} images")
     return record
+
+
+def _evaluate(cfg: TrainConfig, entry, model: nn.Module, batch: int, image_size: int, placement: Placement) -> dict:
+    """Top-1/top-5 on the validation split (eval mode, the run's precision), after the timed steps."""
+    from cnnbench.config import DataConfig
+
+    val = DataConfig(**{**vars(cfg.data), "split": "validation"})
+    source = open_source(val, entry, batch, image_size, placement.device, placement.memory_format, cfg.seed, train=False)
+    model.eval()
+    with torch.inference_mode(), placement.autocast():
+        top1, top5, count = evaluate(model, source, batch, placement.memory_format)
+    source.close()
+    model.train()
+    return {"top1": top1, "top5": top5, "images_evaluated": count}

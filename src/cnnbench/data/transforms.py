@@ -82,6 +82,8 @@ def preprocess_for(
     preset: str | None = None,
     train: bool = False,
     resize_size: int | None = None,
+    min_crop_scale: float = 0.08,
+    flip: float = 0.5,
 ) -> Preprocess:
     """The preprocessing for `model_name` (its registry normalisation and input size) under a preset.
 
@@ -110,6 +112,8 @@ def preprocess_for(
         normalization=normalization,
         train=train,
         preset=preset,
+        scale=(min_crop_scale, 1.0),
+        flip=flip,
     )
 
 

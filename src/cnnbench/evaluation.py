@@ -1,0 +1,58 @@
+"""Accuracy on labelled data, counted exactly, shared by `cnnbench infer --data-dir` and `train --eval-at-end`."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+
+def padded(batches: Iterator, batch: int, memory_format: torch.memory_format) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Static shapes for every engine: a partial last batch is padded by repeating its first image;
+    the padding is never counted (labels -1, and the count of real images travels with the batch)."""
+    for images, labels in batches:
+        n = images.shape[0]
+        if n < batch:
+            images = torch.cat([images, images[:1].expand(batch - n, *images.shape[1:])]).contiguous(memory_format=memory_format)
+            labels = torch.cat([labels, labels.new_full((batch - n,), -1)])
+        yield images, labels, n
+
+
+def real_batches(source, epochs: int | None) -> Iterator:
+    done = 0
+    while epochs is None or done < epochs:
+        yield from source.epoch_batches()
+        done += 1
+
+
+class Accuracy:
+    """Exact top-1/top-5 counts: correct / total over every real image (never a mean of batch means).
+
+    Counts accumulate on the device; they are read once, at the end, so counting adds no host sync.
+    """
+
+    def __init__(self):
+        self.top1 = self.top5 = None
+        self.total = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, n: int) -> None:
+        logits, labels = logits[:n].float(), labels[:n].to(logits.device)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top1 = (top5[:, 0] == labels).sum()
+        top5 = (top5 == labels[:, None]).any(dim=1).sum()
+        self.top1 = top1 if self.top1 is None else self.top1 + top1
+        self.top5 = top5 if self.top5 is None else self.top5 + top5
+        self.total += n
+
+    def result(self) -> tuple[float | None, float | None, int]:
+        if not self.total:
+            return None, None, 0
+        return 100.0 * int(self.top1) / self.total, 100.0 * int(self.top5) / self.total, self.total
+
+
+def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], source, batch: int, memory_format: torch.memory_format) -> tuple[float | None, float | None, int]:
+    """One pass over `source` (every image once, the last partial batch included)."""
+    accuracy = Accuracy()
+    for images, labels, n in padded(source.epoch_batches(), batch, memory_format):
+        accuracy.add(forward(images), labels, n)
+    return accuracy.result()
