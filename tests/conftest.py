@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cnnbench.cli import main
@@ -21,3 +23,24 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+TINY_SPEC = {
+    "name": "tinyNet",
+    "input": {"height": 16, "width": 16, "channels": 3},
+    "conv_defaults": {"batch_norm": {"momentum_tf": 0.9, "epsilon": 0.0001}},
+    "groups": [
+        {"name": "g1", "layers": [{"type": "conv", "filters": 8, "kernel": [3, 3]}, {"type": "maxpool"}]},
+        {"name": "g2", "layers": [{"type": "conv", "filters": 8, "kernel": [2, 2]}, {"type": "maxpool"}]},
+    ],
+    "head": {"fully_connected": {"outputs": 1000}},
+    "training": {"learning_rate": 0.05},
+}
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    """A two-group network of the synNet form: trains and exports in a fraction of a second at 16 px."""
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_SPEC))
+    return path

@@ -1,24 +1,7 @@
-import json
-
 import pytest
 
 from cnnbench import errors
-from cnnbench.models.registry import resolve_entry
 from helpers import TINY, read_jsonl
-
-
-@pytest.fixture
-def tiny_spec(tmp_path):
-    """A two-group network of the synNet form: trains in a fraction of a second at 16 px."""
-    spec = json.loads(resolve_entry("synNet").spec_path.read_text())
-    spec["name"] = "tinyNet"
-    spec["groups"] = [
-        {"name": "g1", "layers": [{"type": "conv", "filters": 8, "kernel": [3, 3]}, {"type": "maxpool"}]},
-        {"name": "g2", "layers": [{"type": "conv", "filters": 8, "kernel": [2, 2]}, {"type": "maxpool"}]},
-    ]
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(spec))
-    return path
 
 
 def test_training_on_a_learnable_task_lowers_the_loss(cli, tiny_spec):

@@ -63,8 +63,12 @@ def choose_plan(args: argparse.Namespace, device: torch.device, cpu_plan: Plan =
 
 
 def parse_list(text: str, what: str) -> list[str]:
-    # The original's scripts accept , : ; - as separators; so do we.
-    items = [t for t in text.replace(":", ",").replace(";", ",").replace("-", ",").replace(" ", ",").split(",") if t]
+    # The original's scripts accept , : ; - as separators; so do we, except that a path to a spec
+    # file (it has a '/' or ends in .json) keeps its hyphens.
+    items = []
+    for item in text.replace(":", ",").replace(";", ",").replace(" ", ",").split(","):
+        items += [item] if "/" in item or item.endswith(".json") else item.split("-")
+    items = [t for t in items if t]
     if not items:
         raise errors.UsageError(f"{what} is empty; give a comma-separated list")
     return items

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The original's entry point: nvcnn.py command lines, run through cnnbench.
+
+    python nvcnn.py --model=resnet50 --batch_size=64 --num_gpus=1 --num_batches=500 --display_every=100 --log_dir=./log_resnet50_64
+    python nvcnn.py --model=resnet50 --batch_size=64 --log_dir=./log_resnet50_64 --eval --use_trt --trt_precision=int8
+
+Without --eval it trains (`cnnbench train`); with --eval it runs inference (`cnnbench infer`) from the
+checkpoint in --log_dir. --use_trt selects TensorRT where it is installed, otherwise the fastest engine
+available on the device, and says which ran and why. Unknown flags are an error, as in the original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CACHE = ".cnnbench_cache"
+
+
+def _ensure_cnnbench() -> None:
+    """Run under the repository's .venv when cnnbench is not importable from this interpreter."""
+    try:
+        import cnnbench  # noqa: F401
+    except ImportError:
+        venv_python = ROOT / ".venv" / "bin" / "python"
+        if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():
+            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
+        sys.exit("nvcnn.py: cnnbench is not installed; run ./setup.sh first")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nvcnn.py", description="The AI Matrix original's command line, run by cnnbench.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--num_gpus", type=int, default=1)
+    p.add_argument("--num_batches", type=int, default=500)
+    p.add_argument("--display_every", type=int, default=100)
+    p.add_argument("--log_dir", default=None)
+    p.add_argument("--eval", action="store_true", help="inference from the checkpoint in --log_dir")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--num_epochs", type=int, default=None)
+    p.add_argument("--use_trt", action="store_true")
+    p.add_argument("--trt_precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--cache", action="store_true", help=f"keep built engines (in --cache_path, default {DEFAULT_CACHE})")
+    p.add_argument("--cache_path", default=None)
+    p.add_argument("--calib_num_batches", type=int, default=10)
+    return p
+
+
+def fastest_engine(device_type: str, providers: list[str]) -> tuple[str, str]:
+    """The engine --use_trt runs, and why."""
+    if "TensorrtExecutionProvider" in providers and device_type == "cuda":
+        return "tensorrt", "TensorRT is installed"
+    if device_type == "cpu" and "CPUExecutionProvider" in providers:
+        return "onnxruntime", "TensorRT is not available on the CPU; ONNX Runtime is the fastest engine there"
+    if device_type == "cuda" and "CUDAExecutionProvider" in providers:
+        return "onnxruntime", "TensorRT is not installed; ONNX Runtime's CUDA provider is the fastest engine available"
+    return "compile", f"TensorRT is not installed; torch.compile is the fastest engine available on {device_type}"
+
+
+def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[list[str], str | None]:
+    """nvcnn.py arguments -> cnnbench arguments, and a note saying which engine --use_trt chose."""
+    a = parser().parse_args(argv)
+    out = ["infer" if a.eval else "train", a.model, "--batch-size", str(a.batch_size),
+           "--num-batches", str(a.num_batches), "--display-every", str(a.display_every)]
+    if a.log_dir:
+        out += ["--log-dir", a.log_dir]
+    if a.data_dir:
+        out += ["--data-dir", a.data_dir]
+    if a.num_epochs:
+        out += ["--num-epochs", str(a.num_epochs)]
+    note = None
+    if a.eval:
+        if a.num_gpus > 1:
+            note = f"--num_gpus {a.num_gpus}: inference runs on one accelerator, as in the original"
+        if a.use_trt:
+            engine, why = fastest_engine(device_type, providers)
+            note = f"--use_trt: running engine {engine} ({why})"
+            out += ["--engine", engine, "--precision", a.trt_precision, "--calib-batches", str(a.calib_num_batches)]
+        elif a.trt_precision != "fp32":
+            raise SystemExit("nvcnn.py: error: --trt_precision needs --use_trt (as in the original)")
+        if a.cache or a.cache_path:
+            out += ["--cache-path", a.cache_path or DEFAULT_CACHE]
+    else:
+        if a.use_trt:
+            raise SystemExit("nvcnn.py: error: --use_trt applies to inference; add --eval")
+        if a.num_gpus > 1:
+            out += ["--num-accelerators", str(a.num_gpus)]
+    return out, note
+
+
+def main() -> int:
+    _ensure_cnnbench()
+    import torch
+
+    from cnnbench.cli import main as cnnbench_main
+
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+    except ImportError:
+        providers = []
+    argv, note = translate(sys.argv[1:], "cuda" if torch.cuda.is_available() else "cpu", providers)
+    if note:
+        print(f"nvcnn.py: {note}")
+    print("nvcnn.py: running cnnbench " + " ".join(argv))
+    return cnnbench_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
