@@ -7,6 +7,7 @@ reference (the fp32 guard), run the measured loop, count accuracy exactly, write
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 import torch
@@ -171,8 +172,9 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
     reporting.say("step  img/s  ms/batch")
     from cnnbench.timing import measure
 
-    if hasattr(source, "reset_data_wait"):
+    if real:  # guard, calibration and example batches came from the source too: count the measured passes only
         source.reset_data_wait()
+        corrupt_before = source.corrupt_images
     times = measure(step, placement.synchronize, warmup=warmup, max_steps=max_steps,
                     duration=None if steps_total else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
                     after_step=display)
@@ -185,7 +187,7 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
         weights_digest=digest, compile_mode=compile_mode if cfg.engine == "compile" else None,
         **{k: v for k, v in info.items() if k != "compile_mode"}, cache_notes=cache.notes or None, **checks,
         top1=top1, top5=top5, images_evaluated=evaluated,
-        corrupt_images=getattr(source, "corrupt_images", None),
+        corrupt_images=source.corrupt_images - corrupt_before if real else None,
         peak_memory_mib=environment.peak_memory_mib(placement.device),
     )
     if real:
@@ -206,12 +208,7 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
 
 
 def _take(iterator, count: int) -> list:
-    items = []
-    for item in iterator:
-        if len(items) == count:
-            break
-        items.append(item)
-    return items
+    return list(itertools.islice(iterator, count))
 
 
 class _InferDisplay:
