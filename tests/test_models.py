@@ -138,3 +138,13 @@ def test_image_too_small_is_a_usage_error():
         get_model("synNet", 32)
     with pytest.raises(UsageError, match="at least 29 px"):
         get_model("densenet121", 28)
+
+
+def test_models_command_prints_the_registry(cli):
+    code, out, _ = cli("models")
+    assert code == 0
+    assert "a multiply-add counts as 2 FLOPs" in out
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]] for line in out.splitlines() if line.count("│") >= 5}
+    assert rows["resnet50"] == ["25,557,032", "8.18", "224x224"]
+    assert rows["googlenet"][0] == "6,624,904" and rows["synNet"][2] == "224x224"
+    assert set(rows) == {"densenet121", "googlenet", "resnet152", "resnet50", "synNet"}

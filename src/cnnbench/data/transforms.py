@@ -32,11 +32,9 @@ from cnnbench.data.preprocessing import normalize
 from cnnbench.errors import UsageError
 
 PRESETS = ("torchvision", "torchvision-v2", "aimatrix")
-# Normalisations defined here for the aimatrix preset (the others live in preprocessing.py).
+# The aimatrix preset's normalisations (defined with the others in preprocessing.py).
 AIMATRIX_RAW = "aimatrix_raw"  # float(x), 0..255
 AIMATRIX_DENSENET = "aimatrix_densenet"  # (x - RGB mean) * 0.017
-AIMATRIX_RGB_MEAN = (123.68, 116.78, 103.94)
-AIMATRIX_DENSENET_SCALE = 0.017
 
 
 @dataclass(frozen=True)
@@ -119,10 +117,4 @@ def preprocess_for(
 
 def normalize_preset(images_uint8: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     """uint8 NCHW batch (on the device) -> float32 as `preprocess.normalization` says."""
-    name = preprocess.normalization
-    if name == AIMATRIX_RAW:
-        return images_uint8.float()
-    if name == AIMATRIX_DENSENET:
-        mean = torch.tensor(AIMATRIX_RGB_MEAN, device=images_uint8.device).view(1, 3, 1, 1)
-        return (images_uint8.float() - mean) * AIMATRIX_DENSENET_SCALE
-    return normalize(images_uint8, name)
+    return normalize(images_uint8, preprocess.normalization)
