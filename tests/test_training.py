@@ -101,3 +101,12 @@ def test_mixed_precision_and_channels_last_train(cli, precision):
     record = read_jsonl("results_train/runs.jsonl")[-1]
     assert record["precision"] == precision and record["channels_last"] is True
     assert record["final_loss"] == pytest.approx(record["final_loss"])  # finite, not NaN
+
+
+def test_compile_keeps_compilation_out_of_the_steady_state(cli, tiny_spec):
+    code, _, err = cli("train", tiny_spec, "--image-size", "16", "--batch-size", "4", "--num-batches", "3",
+                       "--warmup", "1", "--compile")
+    assert code == 0, err
+    record = read_jsonl("results_train/runs.jsonl")[-1]
+    assert record["compile"] is True and record["compile_seconds"] == record["warmup_seconds"][0]
+    assert max(record["steady_seconds"]) < record["compile_seconds"]  # the first (compiling) step is warm-up
