@@ -1,4 +1,5 @@
-# Sourced by the root scripts: find cnnbench (the repository's .venv first) and read NUM_ACCELERATORS.
+# Sourced by the root scripts: find cnnbench (the repository's .venv first) and read NUM_ACCELERATORS
+# (default 1; a positive integer).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -x "$ROOT/.venv/bin/cnnbench" ]; then
     CNNBENCH="$ROOT/.venv/bin/cnnbench"
@@ -15,10 +16,6 @@ if ! [[ "$NUM_ACCELERATORS" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 
-# Training scripts call this; inference always runs on one accelerator, as in the original.
-require_single_accelerator() {
-    if [ "$NUM_ACCELERATORS" -gt 1 ]; then
-        echo "NUM_ACCELERATORS=$NUM_ACCELERATORS: multi-accelerator training is not supported yet; unset NUM_ACCELERATORS or set it to 1" >&2
-        exit 2
-    fi
-}
+# Training runs data-parallel over NUM_ACCELERATORS processes (one per GPU; batch size per process):
+# the training scripts pass it as --num-accelerators, and cnnbench checks it against the visible GPUs.
+# Inference always runs on one accelerator, as in the original.

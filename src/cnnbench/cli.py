@@ -52,7 +52,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", type=float, default=0.5, help="training: horizontal flip probability (default 0.5)")
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
+def add_train_options(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     from cnnbench.placement import TRAIN_PRECISIONS
 
     add_measure_options(p)
@@ -62,6 +62,16 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model (compilation happens in warm-up and is reported apart)")
     g.add_argument("--learning-rate", type=float, default=None, help="override the per-model learning rate")
     g.add_argument("--eval-at-end", action="store_true", help="with --data-dir: top-1/top-5 on the validation split after training")
+    g = p.add_argument_group("several accelerators (data-parallel, torch.distributed)")
+    if sweep:
+        g.add_argument("--num-accelerators", default="1", metavar="N[,N...]",
+                       help="comma-separated process counts to sweep, e.g. 1,2,4 (default 1); a scaling-efficiency table compares each with 1")
+    else:
+        g.add_argument("--num-accelerators", type=int, default=1, metavar="N",
+                       help="data-parallel processes on this machine, one per GPU (gloo processes on a CPU); --batch-size is per process "
+                            "(default 1; under torchrun, its --nproc-per-node decides)")
+    g.add_argument("--dist-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds a collective waits for the other ranks before the job fails (default 60)")
 
 
 def add_infer_options(p: argparse.ArgumentParser) -> None:
@@ -114,7 +124,8 @@ def config_from(kind: str, args: argparse.Namespace, model: str, overrides: dict
     common = dict(model=model, image_size=o["image_size"], seed=o["seed"], log_dir=o.get("log_dir"),
                   results_dir=o["results_dir"], measure=measure, placement=placement, data=data)
     if kind == "train":
-        return TrainConfig(**common, learning_rate=o["learning_rate"], compile=o["compile"], eval_at_end=o["eval_at_end"])
+        return TrainConfig(**common, learning_rate=o["learning_rate"], compile=o["compile"], eval_at_end=o["eval_at_end"],
+                           num_accelerators=o["num_accelerators"], dist_timeout=o["dist_timeout"])
     return InferConfig(**common, engine=o["engine"], compile_mode=o["compile_mode"], scenario=o["scenario"],
                        weights=o["weights"], pretrained=o["pretrained"], random_weights=o["random_weights"],
                        calib_batches=o["calib_batches"], guard_batches=o["guard_batches"], cache_path=o["cache_path"])
@@ -153,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results_train", help="where the JSON-lines record and CSV tables go (default results_train)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("train-all", help="sweep models x batch sizes, one process per configuration, and build the results tables")
-    add_train_options(p)
+    p = sub.add_parser("train-all", help="sweep models x batch sizes (x accelerator counts), one job per configuration, and build the results tables")
+    add_train_options(p, sweep=True)
     add_sweep_options(p, "results_train")
     p.set_defaults(func=lambda args: _sweep("train", args))
 
@@ -199,9 +210,25 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cnnbench import training
+    """One process trains; under torchrun this process is one rank of a job; with --num-accelerators N
+    (N > 1) this process launches the job's N workers, each running this same command."""
+    from cnnbench import distributed, environment, training
+    from cnnbench.reporting import say
+    from cnnbench.sweep import child_argv
 
-    record = training.run(config_from("train", args, args.model))
+    cfg = config_from("train", args, args.model)
+    if distributed.under_torchrun():
+        world = distributed.current()
+        with distributed.rank_errors(world):
+            record = training.run(cfg)
+    elif cfg.num_accelerators > 1:
+        launched_at = environment.process_start_time()
+        _, _, placement = training.resolve(cfg, distributed.planned(cfg.num_accelerators))
+        say(f"Launching {cfg.num_accelerators} data-parallel processes on this machine with torchrun's agent "
+            f"({'nccl' if placement.device.type == 'cuda' else 'gloo'}); rank 0 reports")
+        return distributed.launch(child_argv("train", args, args.model, {}), cfg.num_accelerators, launched_at)
+    else:
+        record = training.run(cfg)
     return errors.EXIT_INTERRUPTED if record["status"] == "interrupted" else 0
 
 

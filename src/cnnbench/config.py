@@ -77,6 +77,11 @@ class TrainConfig:
     seed: int = 0
     log_dir: str | None = None  # None: log_<model>_<batch>, as the original's scripts
     results_dir: str = "results_train"
+    # Data-parallel processes on this machine, one per accelerator (the original's NUM_ACCELERATORS);
+    # the batch size is per process. Under torchrun, torchrun's --nproc-per-node decides instead.
+    num_accelerators: int = 1
+    # Seconds a collective waits for the other ranks before the job fails (a rank died or hangs).
+    dist_timeout: float = 60.0
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -86,6 +91,9 @@ class TrainConfig:
         self.data.validate()
         if self.image_size is not None:
             _positive_int(self.image_size, "--image-size")
+        _positive_int(self.num_accelerators, "--num-accelerators")
+        if not self.dist_timeout > 0:
+            raise UsageError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UsageError(f"--learning-rate must be positive, got {self.learning_rate}")
         if self.eval_at_end and self.data.data_dir is None:

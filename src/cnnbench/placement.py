@@ -61,16 +61,28 @@ class Placement:
         return f"{self.device} {self.precision}{' channels-last' if self.channels_last else ''}"
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """`local_rank`: this process's index among the processes of its node in a distributed job
+    (torchrun's LOCAL_RANK). On CUDA each such process takes its own GPU, cuda:LOCAL_RANK of the
+    visible ones; on the CPU every process shares the one device."""
     name = name.lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(
                 f"--device {name} was asked for but CUDA is not available on this machine; use --device cpu or --device auto"
             )
         device = torch.device(name)
+        if local_rank is not None:
+            if device.index is not None:
+                raise UsageError(f"--device {name} names one GPU, but each process of a distributed run takes its own "
+                                 "(cuda:LOCAL_RANK); use --device cuda and choose the GPUs with CUDA_VISIBLE_DEVICES")
+            if local_rank >= torch.cuda.device_count():
+                raise UsageError(f"this node runs more processes than its {torch.cuda.device_count()} visible GPU(s) "
+                                 f"(local rank {local_rank} has none); start at most {torch.cuda.device_count()} per node "
+                                 "or set CUDA_VISIBLE_DEVICES")
+            return torch.device("cuda", local_rank)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(
                 f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
@@ -83,9 +95,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_placement(
-    device: str, precision: str, channels_last: bool, allowed_precisions: tuple[str, ...] = TRAIN_PRECISIONS
+    device: str, precision: str, channels_last: bool, allowed_precisions: tuple[str, ...] = TRAIN_PRECISIONS,
+    local_rank: int | None = None,
 ) -> Placement:
-    resolved = resolve_device(device)
+    resolved = resolve_device(device, local_rank)
     precision = precision.lower()
     if precision not in allowed_precisions:
         raise UsageError(f"unknown --precision {precision!r}; use one of: {', '.join(allowed_precisions)}")

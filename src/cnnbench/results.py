@@ -4,8 +4,11 @@ Layout of a results directory (the original's, plus the machine-readable files):
   runs.jsonl              one record per run, appended as each run ends
   runs.csv                the same records, one row per run, every field
   results.csv             the original's two tables: system performance, then approximate
-                          accelerator performance; a row per model, a column per batch size
-  result_<model>_<batch>[_<engine>_<precision>].txt   each run's console log (sweeps)
+                          accelerator performance; a row per model, a column per batch size; a pair
+                          per precision (inference: engine and precision) and per accelerator count;
+                          then, when runs at N > 1 accelerators have a run at 1 beside them, the
+                          scaling-efficiency table
+  result_<model>_<batch>[_x<N>][_<engine>_<precision>].txt   each run's console log (sweeps)
 """
 
 from __future__ import annotations
@@ -103,10 +106,19 @@ def tidy_csv(records: list[dict]) -> str:
     return out.getvalue()
 
 
-def _variant(record: dict) -> str:
-    """The engine/precision pair a table is for; training has one table pair per precision."""
+def _variant(record: dict, with_accelerators: bool = True) -> str:
+    """What a table is for: the engine/precision pair (training: the precision), and the number of
+    accelerators when more than one (their figures are the whole job's)."""
     parts = [record.get("engine"), record.get("precision")]
-    return " ".join(str(p) for p in parts if p)
+    variant = " ".join(str(p) for p in parts if p)
+    count = _accelerators(record)
+    if with_accelerators and count > 1:
+        variant += f"{', ' if variant else ''}{count} accelerators"
+    return variant
+
+
+def _accelerators(record: dict) -> int:
+    return int(record.get("num_accelerators") or 1)  # records from before data-parallel training ran on one
 
 
 def _cell(record: dict | None, field: str) -> str:
@@ -145,7 +157,53 @@ def tables_csv(records: list[dict]) -> str:
             writer.writerow(["model", *[f"batch {b}" for b in batches]])
             for model in models:
                 writer.writerow([model, *[_cell(latest.get((model, b)), field) for b in batches]])
+    _efficiency_table(records, out)
     return out.getvalue()
+
+
+EFFICIENCY_TITLE = "Scaling efficiency, unit is percent"
+EFFICIENCY_TEXT = (
+    "Global images/second at N accelerators divided by N times images/second at 1 accelerator, same model, batch size "
+    "per accelerator and precision; from the approximate accelerator performance (steady state, each step as long as "
+    "its slowest rank's). 100 is perfect scaling."
+)
+
+
+def with_scaling_efficiency(records: list[dict]) -> list[dict]:
+    """The records, those at N > 1 accelerators with `scaling_efficiency` (percent) where a successful
+    run of the same configuration at 1 accelerator exists (the latest such run)."""
+    single = {(_variant(r), r["model"], int(r["batch_size"])): r for r in records
+              if _accelerators(r) == 1 and r.get("status") == "ok" and r.get("images_per_sec")}
+    out = []
+    for r in records:
+        base = single.get((_variant(r, with_accelerators=False), r["model"], int(r["batch_size"])))
+        count = _accelerators(r)
+        if count > 1 and base is not None and r.get("status") == "ok" and r.get("images_per_sec") is not None:
+            r = {**r, "scaling_efficiency": 100.0 * r["images_per_sec"] / (count * base["images_per_sec"])}
+        out.append(r)
+    return out
+
+
+def _efficiency_table(records: list[dict], out: io.StringIO) -> None:
+    """Rows (model, N) per precision, a column per batch size; only where a run at 1 accelerator exists."""
+    rated = [r for r in with_scaling_efficiency(records) if "scaling_efficiency" in r]
+    if not rated:
+        return
+    writer = csv.writer(out, lineterminator="\n")
+    variants = list(dict.fromkeys(_variant(r, with_accelerators=False) for r in rated))
+    for variant in variants:
+        chosen = [r for r in rated if _variant(r, with_accelerators=False) == variant]
+        batches = sorted({int(r["batch_size"]) for r in chosen})
+        latest = {(r["model"], _accelerators(r), int(r["batch_size"])): r for r in chosen}
+        suffix = f" ({variant})" if variant and len(variants) > 1 else ""
+        out.write("\n\n\n")
+        writer.writerow([EFFICIENCY_TITLE + suffix])
+        writer.writerow([EFFICIENCY_TEXT])
+        writer.writerow(["model", "accelerators", *[f"batch {b}" for b in batches]])
+        for model in _ordered_models([r["model"] for r in chosen]):
+            for count in sorted({n for m, n, _ in latest if m == model}):
+                cells = [latest.get((model, count, b)) for b in batches]
+                writer.writerow([model, count, *["" if r is None else f"{r['scaling_efficiency']:.1f}" for r in cells]])
 
 
 def _ordered_models(names: list[str]) -> list[str]:

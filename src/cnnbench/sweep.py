@@ -21,7 +21,6 @@ import torch
 
 from cnnbench import environment, errors, reporting, results
 from cnnbench.models.registry import forward_flops, resolve_entry
-from cnnbench.placement import resolve_device
 
 DEFAULT_MODELS = results.ORIGINAL_MODEL_ORDER
 
@@ -72,6 +71,15 @@ def parse_list(text: str, what: str) -> list[str]:
     if not items:
         raise errors.UsageError(f"{what} is empty; give a comma-separated list")
     return items
+
+
+def parse_accelerator_counts(text: str) -> list[int]:
+    counts = []
+    for item in parse_list(str(text), "--num-accelerators"):
+        if not item.isdigit() or int(item) < 1:
+            raise errors.UsageError(f"--num-accelerators: {item!r} is not a positive integer; give counts such as 1,2,4")
+        counts.append(int(item))
+    return counts
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -127,6 +135,7 @@ class Configuration:
     log_name: str  # result_<...>.txt
     argv: list[str]  # arguments after `python -m cnnbench`
     base_record: dict  # what a failure record says about the run when the run itself could not write one
+    num_accelerators: int = 1  # processes of a data-parallel training job
 
 
 def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path, estimate: float | None) -> int:
@@ -136,7 +145,8 @@ def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path,
     for k, cfg in enumerate(configurations, 1):
         elapsed = time.time() - start
         left = _time_left(done_seconds, len(configurations) - k + 1, estimate, elapsed)
-        reporting.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.model} batch {cfg.batch_size}  "
+        accelerators = f" x{cfg.num_accelerators} accelerators" if cfg.num_accelerators > 1 else ""
+        reporting.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.model} batch {cfg.batch_size}{accelerators}  "
                                f"elapsed {_clock(elapsed)}  left ~{_clock(left)}")
         t0 = time.time()
         before = len(results.read_records(results_dir))
@@ -198,12 +208,17 @@ def _clock(seconds: float) -> str:
 
 
 def _summary(kind: str, results_dir: Path) -> None:
-    records = results.read_records(results_dir)
+    records = results.with_scaling_efficiency(results.read_records(results_dir))
     columns = [("model", "model"), ("batch", "batch_size")]
     if kind == "infer":
         columns += [("engine", "engine"), ("precision", "precision"), ("p90 ms", "latency_ms_p90"), ("guard rel. err", "guard_relative_error")]
+    several = any((r.get("num_accelerators") or 1) > 1 for r in records)
+    if several:
+        columns += [("accelerators", "num_accelerators")]
     columns += [("status", "status"), ("img/s", "images_per_sec"), ("+/-", "images_per_sec_stderr"),
                 ("jitter", "images_per_sec_jitter"), ("system img/s", "system_images_per_sec")]
+    if several:
+        columns += [("efficiency %", "scaling_efficiency")]
     reporting.summary_table(f"cnnbench {kind}-all: {results_dir}", records, columns)
 
 
@@ -261,6 +276,17 @@ def sweep(kind: str, args: argparse.Namespace) -> int:
                                     f"pairs that do: {supported_pairs(device.type)}")
         if skipped:
             reporting.say(f"Skipping pairs that cannot run on {device.type}: {', '.join(skipped)}")
+    # Training: each configuration also runs at every accelerator count (data-parallel processes, batch
+    # size per process); they share the configuration's log dir, so the inference sweep finds its checkpoint.
+    counts = parse_accelerator_counts(args.num_accelerators) if kind == "train" else [1]
+    if kind == "train":
+        from cnnbench import distributed
+
+        for count in counts:
+            distributed.check_world(count, distributed.planned(count), device)
+            note = distributed.cpu_note(distributed.planned(count), device)
+            if note:
+                reporting.say(f"x{count}: {note}")
     plan = choose_plan(args, device, CPU_INFER_PLAN if kind == "infer" else CPU_PLAN)
     results_dir = Path(args.results_dir)
     configurations = []
@@ -268,26 +294,32 @@ def sweep(kind: str, args: argparse.Namespace) -> int:
         name = resolve_entry(model).name  # an unknown model fails here, before anything runs
         for batch in batches:
             for engine, precision in pairs:
-                overrides = {"batch_size": batch, "warmup": plan.warmup, "num_batches": plan.num_batches,
-                             "duration": plan.duration, "results_dir": str(results_dir), "log_dir": f"log_{name}_{batch}"}
-                suffix = ""
-                if kind == "infer":
-                    overrides.update(engine=engine, precision=precision)
-                    suffix = "" if (engine, precision) == ("eager", "fp32") else f"_{engine}_{precision}"
-                cfg = cli.config_from(kind, args, model, overrides)
-                cfg.validate()
-                if kind == "infer":
-                    cli.check_infer_config(cfg)
-                base = {"kind": kind, "model": name, "batch_size": batch, "device": str(device), "engine": engine,
-                        "precision": precision or cfg.placement.precision, **flatten(cfg)}
-                configurations.append(Configuration(name, batch, f"result_{name}_{batch}{suffix}.txt",
-                                                    child_argv(kind, args, model, overrides), base))
+                for count in counts:
+                    overrides = {"batch_size": batch, "warmup": plan.warmup, "num_batches": plan.num_batches,
+                                 "duration": plan.duration, "results_dir": str(results_dir), "log_dir": f"log_{name}_{batch}"}
+                    suffix = f"_x{count}" if count > 1 else ""
+                    if kind == "infer":
+                        overrides.update(engine=engine, precision=precision)
+                        suffix = "" if (engine, precision) == ("eager", "fp32") else f"_{engine}_{precision}"
+                    else:
+                        overrides.update(num_accelerators=count)
+                    cfg = cli.config_from(kind, args, model, overrides)
+                    cfg.validate()
+                    if kind == "infer":
+                        cli.check_infer_config(cfg)
+                    base = {"kind": kind, "model": name, "batch_size": batch, "device": str(device), "engine": engine,
+                            "precision": precision or cfg.placement.precision, **flatten(cfg)}
+                    if kind == "train":
+                        base["num_accelerators"] = count
+                    configurations.append(Configuration(name, batch, f"result_{name}_{batch}{suffix}.txt",
+                                                        child_argv(kind, args, model, overrides), base, count))
 
     gflops = matmul_gflops(device)
-    estimate = estimate_seconds(models, batches, plan, args.image_size, gflops, TRAIN_PASSES if kind == "train" else 1.0) * len(pairs)
+    estimate = estimate_seconds(models, batches, plan, args.image_size, gflops, TRAIN_PASSES if kind == "train" else 1.0) * len(pairs) * len(counts)
     reporting.say(f"Plan: {plan.name}: {plan.reason}")
     reporting.say(f"{len(configurations)} configurations ({', '.join(models)} x batch {', '.join(map(str, batches))}"
                   + (f" x {', '.join(f'{e}/{p}' for e, p in pairs)}" if kind == "infer" else "")
+                  + (f" x {', '.join(map(str, counts))} accelerators" if counts != [1] else "")
                   + f") on {device}; estimated {_clock(estimate)} (rough: from FLOPs and a matmul calibration of this device)")
     moved = results.rotate(results_dir)
     if moved:
