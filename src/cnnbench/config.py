@@ -68,20 +68,14 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every benchmark run has: a model, an input, a device, a way to measure, a place for results."""
+
     model: str
     image_size: int | None = None  # None: the model's own input size
-    learning_rate: float | None = None  # None: the registry's (or spec file's) per-model rule
-    compile: bool = False
-    eval_at_end: bool = False  # with data.data_dir: top-1/top-5 on the validation split after training
     seed: int = 0
-    log_dir: str | None = None  # None: log_<model>_<batch>, as the original's scripts
-    results_dir: str = "results_train"
-    # Data-parallel processes on this machine, one per accelerator (the original's NUM_ACCELERATORS);
-    # the batch size is per process. Under torchrun, torchrun's --nproc-per-node decides instead.
-    num_accelerators: int = 1
-    # Seconds a collective waits for the other ranks before the job fails (a rank died or hangs).
-    dist_timeout: float = 60.0
+    log_dir: str | None = None  # checkpoint directory; None: log_<model>_<batch>, as the original's scripts
+    results_dir: str = "results"
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -91,6 +85,22 @@ class TrainConfig:
         self.data.validate()
         if self.image_size is not None:
             _positive_int(self.image_size, "--image-size")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    results_dir: str = "results_train"
+    learning_rate: float | None = None  # None: the registry's (or spec file's) per-model rule
+    compile: bool = False
+    eval_at_end: bool = False  # with data.data_dir: top-1/top-5 on the validation split after training
+    # Data-parallel processes on this machine, one per accelerator (the original's NUM_ACCELERATORS);
+    # the batch size is per process. Under torchrun, torchrun's --nproc-per-node decides instead.
+    num_accelerators: int = 1
+    # Seconds a collective waits for the other ranks before the job fails (a rank died or hangs).
+    dist_timeout: float = 60.0
+
+    def validate(self) -> None:
+        super().validate()
         _positive_int(self.num_accelerators, "--num-accelerators")
         if not self.dist_timeout > 0:
             raise UsageError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
@@ -129,30 +139,20 @@ SCENARIOS = ("offline", "single-stream")
 
 
 @dataclass
-class InferConfig:
-    model: str
+class InferConfig(RunConfig):
+    results_dir: str = "results_infer"
     engine: str = "eager"
     compile_mode: str | None = None  # None: max-autotune on CUDA, max-autotune-no-cudagraphs on CPU
     scenario: str = "offline"
-    image_size: int | None = None
-    seed: int = 0
-    log_dir: str | None = None  # where the training checkpoint is read from (default log_<model>_<batch>)
-    results_dir: str = "results_infer"
     weights: str | None = None
     pretrained: bool = False
     random_weights: bool = False
     calib_batches: int = 10  # the original calibrated TensorRT int8 on 10 batches
     guard_batches: int = 4
     cache_path: str | None = None
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
-    placement: PlacementConfig = field(default_factory=PlacementConfig)
-    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> None:
-        self.measure.validate()
-        self.data.validate()
-        if self.image_size is not None:
-            _positive_int(self.image_size, "--image-size")
+        super().validate()
         if self.scenario not in SCENARIOS:
             raise UsageError(f"unknown --scenario {self.scenario!r}; use one of: {', '.join(SCENARIOS)}")
         _positive_int(self.calib_batches, "--calib-batches")

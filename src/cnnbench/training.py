@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +28,11 @@ from cnnbench.stats import throughput
 def polynomial_decay(horizon: int, power: float):
     """lr(step) = lr0 * (1 - step / horizon) ** power, the original's decay (power 2), floored at 0."""
     return lambda step: max(0.0, 1.0 - step / horizon) ** power
+
+
+# GradScaler skips the optimizer step of an fp16 step whose gradients overflowed; the schedule still
+# advances once per training step by design, which PyTorch would otherwise warn about at every skip.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 
 def make_train_step(model: nn.Module, optimizer, scheduler, scaler, placement: Placement, batches):
