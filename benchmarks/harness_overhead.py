@@ -3,7 +3,7 @@
 Same model, batch, image size and device, in one process, alternated (bare, harness, bare, harness...)
 so that thermal or background drift hits both alike. Target: the harness costs under 3%.
 
-    .venv/bin/python benchmarks/harness_overhead.py --model resnet50 --batch-size 16 --image-size 112 --steps 15 --rounds 3
+    .venv/bin/python benchmarks/harness_overhead.py --model resnet50 --batch-size 16 --image-size 112 --steps 20 --rounds 5
 """
 
 from __future__ import annotations
@@ -56,13 +56,13 @@ def main() -> None:
     p.add_argument("--model", default="resnet50")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=None, help="default 224 on CUDA, 112 on CPU")
-    p.add_argument("--steps", type=int, default=None, help="default 100 on CUDA, 15 on CPU")
+    p.add_argument("--steps", type=int, default=None, help="default 100 on CUDA, 20 on CPU")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="alternations; fewer leave per-round noise of a few % on a CPU")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = args.image_size or (224 if device.type == "cuda" else 112)
-    steps = args.steps or (100 if device.type == "cuda" else 15)
+    steps = args.steps or (100 if device.type == "cuda" else 20)
     bare, ours = [], []
     for _ in range(args.rounds):
         bare.append(bare_loop(args.model, args.batch_size, size, steps, args.warmup, device))

@@ -1,4 +1,5 @@
-"""`cnnbench train-all`: models x batch sizes, each configuration in its own process.
+"""`cnnbench train-all` and `infer-all`: models x batch sizes (x engines x precisions, x accelerator
+counts), each configuration in its own process.
 
 One process per configuration, as the original's scripts ran one nvcnn.py per configuration: a crash
 or an out-of-memory in one cannot take the sweep down, every configuration starts from a clean
