@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=None, help="default 224 on CUDA, 112 on CPU")
     p.add_argument("--steps", type=int, default=None, help="default 100 on CUDA, 20 on CPU")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=5, help="alternations; fewer leave per-round noise of a few % on a CPU")
+    p.add_argument("--rounds", type=int, default=5, help="alternations; fewer leave per-round noise of a few percent on a CPU")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = args.image_size or (224 if device.type == "cuda" else 112)
