@@ -59,7 +59,7 @@ def main() -> None:
                       "-" if r["guard_top1_agreement"] is None else f"{r['guard_top1_agreement']:.1f}",
                       "-" if r["guard_relative_error"] is None else f"{r['guard_relative_error']:.1e}",
                       f"{r['engine_build_seconds']:.1f}")
-    Console().print(table)
+    Console(width=200).print(table)
     if base and not args.gpu:
         best_fp32 = max(r["images_per_sec"] for e, p_, cl, r in rows if p_ == "fp32") / base
         int8 = max(r["images_per_sec"] for e, p_, cl, r in rows if p_ == "int8") / base
