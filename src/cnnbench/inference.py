@@ -134,9 +134,9 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
     for note in cache.notes:
         reporting.warn(note)
     info = engine.info
+    cache_state = "nothing to build" if cfg.engine == "eager" else "hit" if info["cache_hit"] else "miss" if cfg.cache_path else "off"
     reporting.say(f"engine = {cfg.engine}: build {info['engine_build_seconds']:.2f} s, load {info['engine_load_seconds']:.2f} s, "
-                  f"cache {'hit' if info['cache_hit'] else ('miss' if cfg.cache_path else 'off')}"
-                  + "".join(f", {k} {info[k]}" for k in ("exporter", "execution_provider") if k in info))
+                  f"cache {cache_state}" + "".join(f", {k} {info[k]}" for k in ("exporter", "execution_provider") if k in info))
 
     checks = guard(engine, guard_inputs, references)
     bound = GUARD_BOUNDS[placement.precision]
