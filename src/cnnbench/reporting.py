@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -11,8 +12,9 @@ from cnnbench import config as config_module
 from cnnbench.environment import header_lines
 from cnnbench.stats import Throughput
 
-# soft_wrap: log lines are never broken, so a sweep's log files stay one fact per line.
-console = Console(soft_wrap=True, highlight=False)
+# soft_wrap: log lines are never broken, so a sweep's log files stay one fact per line. Piped to a file
+# (a sweep's child, a CI log) rich would assume 80 columns and elide table cells; give tables room.
+console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def say(line: str) -> None:
