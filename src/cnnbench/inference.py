@@ -126,7 +126,8 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
                  "calibration": (cfg.data.data_dir, cfg.calib_batches) if placement.precision == "int8" else None,
                  "versions": _library_versions()}
     cache = ArtifactCache(cfg.cache_path, cache_key)
-    example = (guard_inputs or sample_batches(1, 3000))[0]
+    # Engines that build (export, compile) trace one batch; eager builds nothing and needs none.
+    example = guard_inputs[0] if guard_inputs else None if cfg.engine == "eager" else sample_batches(1, 3000)[0]
     try:
         engine = build_engine(cfg.engine, model, placement, example, cache, calibration, compile_mode)
     finally:
@@ -191,9 +192,7 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
         peak_memory_mib=environment.peak_memory_mib(placement.device),
     )
     if real:
-        wait = source.data_wait_seconds
-        busy = sum(times.warmup_seconds) + sum(times.steady_seconds)
-        record.update(data_wait_seconds=wait, data_wait_share=wait / busy if busy else None)
+        record.update(results.data_wait(source.data_wait_seconds, times))
         source.close()
     results.append_record(Path(cfg.results_dir), record)
     reporting.final_lines(throughput(batch, times.steady_seconds), record["system_images_per_sec"],
@@ -203,7 +202,7 @@ def _measure(cfg: InferConfig, entry, placement: Placement, batch: int, image_si
     if top1 is not None:
         reporting.say(f"Accuracy: top-1 {top1:.2f}%  top-5 {top5:.2f}%  over {evaluated} images")
     if real:
-        reporting.say(f"Input wait: {record['data_wait_share'] * 100:.1f}% of step time ({record['data_wait_seconds']:.2f} s)")
+        reporting.input_wait_line(record)
     return record
 
 

@@ -48,6 +48,10 @@ def final_lines(throughput: Throughput, system_images_per_sec: float, latency: d
     say(f"System performance in images/second is: {system_images_per_sec:.1f}")
 
 
+def input_wait_line(record: dict) -> None:
+    say(f"Input wait: {record['data_wait_share'] * 100:.1f}% of step time ({record['data_wait_seconds']:.2f} s)")
+
+
 def _fmt(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"

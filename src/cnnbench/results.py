@@ -251,3 +251,9 @@ def figures(images_per_step: int, times, wall_seconds: float) -> dict:
         "warmup_seconds": list(times.warmup_seconds),
         "steady_seconds": list(times.steady_seconds),
     }
+
+
+def data_wait(wait_seconds: float, times) -> dict:
+    """How much of the run's step time (warm-up included) went to waiting for real input."""
+    busy = sum(times.warmup_seconds) + sum(times.steady_seconds)
+    return {"data_wait_seconds": wait_seconds, "data_wait_share": wait_seconds / busy if busy else None}

@@ -210,8 +210,7 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
         peak_memory_mib=environment.peak_memory_mib(placement.device), **evaluation,
     )
     if cfg.data.data_dir:
-        busy = sum(times.warmup_seconds) + sum(times.steady_seconds)
-        record.update(data_wait_seconds=source.data_wait_seconds, data_wait_share=source.data_wait_seconds / busy if busy else None,
+        record.update(**results.data_wait(source.data_wait_seconds, times),
                       corrupt_images=source.corrupt_images, images_per_epoch=source.images_per_epoch)
         source.close()
     if world.is_main:
@@ -220,7 +219,7 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
     if world.size > 1:
         reporting.say("Per-rank images/sec: " + "  ".join(f"{r}: {v:.1f}" for r, v in enumerate(record["rank_images_per_sec"])))
     if cfg.data.data_dir:
-        reporting.say(f"Input wait: {record['data_wait_share'] * 100:.1f}% of step time ({record['data_wait_seconds']:.2f} s)")
+        reporting.input_wait_line(record)
     if evaluation:
         reporting.say(f"Validation accuracy: top-1 {evaluation['top1']:.2f}%  top-5 {evaluation['top5']:.2f}%  over {evaluation['images_evaluated']} images")
     distributed.leave(world)
@@ -244,9 +243,7 @@ def _data_for(cfg: TrainConfig, world: distributed.World):
 
 def _evaluate(cfg: TrainConfig, entry, model: nn.Module, batch: int, image_size: int, placement: Placement) -> dict:
     """Top-1/top-5 on the validation split (eval mode, the run's precision), after the timed steps."""
-    from cnnbench.config import DataConfig
-
-    val = DataConfig(**{**vars(cfg.data), "split": "validation"})
+    val = dataclasses.replace(cfg.data, split="validation")
     source = open_source(val, entry, batch, image_size, placement.device, placement.memory_format, cfg.seed, train=False)
     model.eval()
     with torch.inference_mode(), placement.autocast():
