@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cnnbench import errors, reporting
+from cnnbench import environment, errors, reporting
 from cnnbench.stats import throughput
 from cnnbench.timing import StepTimes, measure
 
@@ -113,11 +113,7 @@ def cpu_note(world: World, device: torch.device) -> str | None:
 
 def share_of_cores(world: World) -> int:
     """Cores per process when the node's processes split its cores (intra-op threads, loader workers)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, world.local_size))
+    return max(1, environment.usable_cores() // max(1, world.local_size))
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -33,7 +33,9 @@ def _ram_bytes() -> int | None:
         return None
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on: honours taskset and container CPU sets, unlike os.cpu_count().
+    The one place the count is computed (environment record, loader workers, distributed processes)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -72,7 +74,7 @@ def _static_environment() -> dict[str, object]:
         "env.python": platform.python_version(),
         "env.cpu_model": _cpu_model(),
         "env.cpu_cores": os.cpu_count(),
-        "env.cpu_cores_usable": _usable_cores(),
+        "env.cpu_cores_usable": usable_cores(),
         "env.torch_threads": torch.get_num_threads(),
         "env.ram_gib": round(_ram_bytes() / 2**30, 1) if _ram_bytes() else None,
         "env.torch": torch.__version__,

@@ -25,18 +25,12 @@ from torch.utils.data import DataLoader, Sampler
 from cnnbench.data.folder import SPLIT_FOLDERS, ImageFolder, class_names
 from cnnbench.data.tfrecord import SHARD_PREFIX, Sample, TFRecordImages, find_shards
 from cnnbench.data.transforms import Preprocess, normalize_preset
+from cnnbench.environment import usable_cores
 from cnnbench.errors import UsageError
 
 FORMATS = ("tfrecord", "folder")
 LAYOUTS = ("train/<class>/*.jpg and val/<class>/*.jpg (val/ may be validation/; PNG too), "
            "or TFRecord shards named train-00000-of-01024 and validation-00000-of-00128")
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # honours taskset / container CPU sets
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def detect_format(data_dir: str | Path) -> str:

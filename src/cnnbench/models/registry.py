@@ -20,7 +20,7 @@ from cnnbench.models import synnet, torchvision_models
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    build: Callable[[int], nn.Module]  # image size -> a randomly initialised model with 1000 logits
+    build: Callable[[int], nn.Module]  # image size -> a randomly initialised model with `num_classes` logits
     input_size: int
     # Smallest input the network accepts (densenet121 29, googlenet 15, measured); the ResNets take
     # anything, but below 32 px their last stage sees less than one pixel, so 32 is the floor.
@@ -32,6 +32,11 @@ class ModelEntry:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_decay_power: float = 2.0
+    num_classes: int = 1000  # logits of the head; synthetic labels are drawn below it
+    # Training augmentation the weights' data wants (a spec file's `training` section); None: torchvision's
+    # ImageNet recipe (RandomResizedCrop scale 0.08, flip 0.5). Command-line flags still win.
+    min_crop_scale: float | None = None
+    flip: float | None = None
     spec_path: Path | None = None
     torchvision_name: str | None = None
     notes: dict = field(default_factory=dict)
@@ -85,8 +90,15 @@ def _spec_entry(path: Path) -> ModelEntry:
         momentum=_parse_momentum(training.get("optimizer"), 0.9),
         weight_decay=float(training.get("weight_decay", 1e-4)),
         lr_decay_power=float(training.get("lr_decay_power", 2.0)),
+        num_classes=synnet.num_classes(spec),
+        min_crop_scale=_optional_float(training, "min_crop_scale"),
+        flip=_optional_float(training, "flip"),
         spec_path=path,
     )
+
+
+def _optional_float(section: dict, key: str) -> float | None:
+    return None if section.get(key) is None else float(section[key])
 
 
 def _parse_momentum(optimizer: object, default: float) -> float:

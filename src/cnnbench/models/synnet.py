@@ -134,8 +134,7 @@ def build_from_spec(spec: dict, image_size: int | None = None) -> nn.Sequential:
                 channels = layer["filters"]
             else:
                 layers.append(nn.MaxPool2d(_pair(layer.get("window", [2, 2]), "window"), _pair(layer.get("stride", [2, 2]), "stride")))
-    outputs = spec.get("head", {}).get("fully_connected", {}).get("outputs", 1000)
-    layers += [nn.Flatten(), nn.Linear(channels_out * h * w, outputs)]
+    layers += [nn.Flatten(), nn.Linear(channels_out * h * w, num_classes(spec))]
     model = nn.Sequential(*layers)
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -143,3 +142,8 @@ def build_from_spec(spec: dict, image_size: int | None = None) -> nn.Sequential:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
+
+
+def num_classes(spec: dict) -> int:
+    """Logits of the head (head.fully_connected.outputs; ImageNet's 1000 when the spec says nothing)."""
+    return int(spec.get("head", {}).get("fully_connected", {}).get("outputs", 1000))
