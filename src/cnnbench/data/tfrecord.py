@@ -27,13 +27,12 @@ and `validation-00000-of-00128`, features `image/encoded` (JPEG bytes), `image/c
 
 from __future__ import annotations
 
-import functools
 import random
 import struct
-import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
+import google_crc32c
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -43,136 +42,15 @@ from cnnbench.errors import UsageError
 # --------------------------------------------------------------------------------------------------
 # CRC32C
 #
-# No TensorFlow, and the `crc32c` / `google-crc32c` packages are used only when already installed.
-# A byte-at-a-time Python loop costs ~9 ms per 100 KB (an average ImageNet JPEG is ~110 KB), which
-# would make checksum verification dominate decoding. Instead the data is cut into 32-byte chunks
-# whose CRCs numpy computes side by side (slicing-by-4: four table lookups per 4-byte word), and the
-# chunk CRCs are then combined pairwise: CRC is linear over GF(2), so
-# crc(A || B) = zeros_len(B)(crc(A)) xor crc(B), where zeros_n ("feed n zero bytes") is a 32x32 bit
-# matrix applied with four 256-entry tables. Measured on one core: 1.3 KB 0.07 ms, 100 KB 0.4 ms,
-# 1 MB ~4 ms (the loop: 0.12, 8.5 and 88 ms); below 512 bytes the loop is the faster.
+# google-crc32c (Google's, as used by the Cloud Storage client) computes it in C with SSE4.2 where
+# the CPU has it; where its extension cannot load it falls back to its own pure-Python version (and
+# warns once at import, as that is far slower than decoding the images).
 # --------------------------------------------------------------------------------------------------
 
-_POLY = 0x82F63B78  # Castagnoli polynomial, bit-reversed
 
-
-def _byte_table() -> np.ndarray:
-    table = np.zeros(256, dtype=np.uint32)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (_POLY if c & 1 else 0)
-        table[i] = c
-    return table
-
-
-_T = _byte_table()
-_T_LIST = [int(x) for x in _T]
-# Slicing-by-4: _T4[k][b] is the register after byte b followed by k zero bytes. A register's
-# low byte (first in memory, little-endian) has 3 bytes still to go, so it takes _T4[3], and so on;
-# the four tables are laid end to end so one fancy index looks up all four bytes of every chunk.
-_T4 = np.zeros((4, 256), dtype=np.uint32)
-_T4[0] = _T
-for _k in range(1, 4):
-    _T4[_k] = (_T4[_k - 1] >> 8) ^ _T[_T4[_k - 1] & 0xFF]
-_WORD_TABLE = np.concatenate([_T4[3], _T4[2], _T4[1], _T4[0]])
-_BYTE_BASE = np.array([0, 256, 512, 768], dtype=np.intp)  # where each byte's table starts
-
-_CHUNK_LOG2 = 5
-_CHUNK = 1 << _CHUNK_LOG2
-_LOOP_BELOW = 512  # bytes; the numpy version's fixed cost only pays off above this
-
-
-def _crc32c_loop(data: bytes | memoryview, register: int = 0xFFFFFFFF) -> int:
-    """Raw register update, one byte at a time."""
-    table = _T_LIST
-    for b in bytes(data):
-        register = (register >> 8) ^ table[(register ^ b) & 0xFF]
-    return register
-
-
-def _apply_columns(columns: tuple[int, ...], value: int) -> int:
-    result, bit = 0, 0
-    while value:
-        if value & 1:
-            result ^= columns[bit]
-        value >>= 1
-        bit += 1
-    return result
-
-
-@functools.lru_cache(maxsize=None)
-def _zeros_operator(log2_bytes: int) -> tuple[int, ...]:
-    """The 32 columns of the GF(2) matrix 'feed 2**log2_bytes zero bytes into the register'."""
-    if log2_bytes == 0:
-        return tuple(((1 << j) >> 8) ^ _T_LIST[(1 << j) & 0xFF] for j in range(32))
-    half = _zeros_operator(log2_bytes - 1)
-    return tuple(_apply_columns(half, column) for column in half)
-
-
-@functools.lru_cache(maxsize=None)
-def _zeros_table(log2_bytes: int) -> np.ndarray:
-    """The same operator as four byte-indexed tables, laid end to end like _WORD_TABLE."""
-    columns = np.array(_zeros_operator(log2_bytes), dtype=np.uint32)
-    bits = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(bool)
-    tables = []
-    for k in range(4):  # register byte k (least significant first) holds bits 8k..8k+7
-        picked = np.where(bits, columns[8 * k : 8 * k + 8][None, :], np.uint32(0)).astype(np.uint32)
-        tables.append(np.bitwise_xor.reduce(picked, axis=1))
-    return np.concatenate(tables)
-
-
-def _lookup(table: np.ndarray, registers: np.ndarray) -> np.ndarray:
-    """xor of table[byte k of each register] over its four bytes, for every register at once."""
-    t = table[np.ascontiguousarray(registers).view(np.uint8).reshape(-1, 4) + _BYTE_BASE]
-    return t[:, 0] ^ t[:, 1] ^ t[:, 2] ^ t[:, 3]
-
-
-def _crc32c_numpy(data: bytes | memoryview) -> int:
-    """The raw register after `data`, starting from 0xFFFFFFFF (little-endian hosts)."""
-    n = len(data)
-    # Zero bytes in front of a zero register change nothing, so the data is padded at the front to
-    # whole chunks; the initial register 0xFFFFFFFF is folded into the first four data bytes instead
-    # (for a reflected CRC, starting from register s equals xoring s into the first 4 bytes).
-    pad = (-n) % _CHUNK
-    buf = np.zeros(n + pad, dtype=np.uint8)
-    buf[pad:] = np.frombuffer(data, dtype=np.uint8)
-    buf[pad : pad + 4] ^= np.uint8(0xFF)
-    words = buf.view("<u4").reshape(-1, _CHUNK // 4)
-    reg = np.zeros(words.shape[0], dtype=np.uint32)
-    for j in range(_CHUNK // 4):
-        reg = _lookup(_WORD_TABLE, reg ^ words[:, j])
-    level = _CHUNK_LOG2
-    while len(reg) > 1:
-        if len(reg) & 1:  # a leading all-zero chunk keeps pairs aligned and contributes nothing
-            reg = np.concatenate([np.zeros(1, dtype=np.uint32), reg])
-        reg = _lookup(_zeros_table(level), reg[0::2]) ^ reg[1::2]
-        level += 1
-    return int(reg[0])
-
-
-def _crc32c_python(data: bytes | memoryview) -> int:
-    if len(data) < _LOOP_BELOW or sys.byteorder != "little":
-        return _crc32c_loop(data) ^ 0xFFFFFFFF
-    return _crc32c_numpy(data) ^ 0xFFFFFFFF
-
-
-def _installed_crc32c() -> Callable[[bytes], int] | None:
-    try:
-        import google_crc32c  # type: ignore[import-not-found]
-
-        return lambda data: google_crc32c.value(bytes(data))
-    except ImportError:
-        pass
-    try:
-        import crc32c as crc32c_module  # type: ignore[import-not-found]
-
-        return lambda data: crc32c_module.crc32c(bytes(data))
-    except ImportError:
-        return None
-
-
-crc32c: Callable[[bytes], int] = _installed_crc32c() or _crc32c_python
+def crc32c(data: bytes | memoryview) -> int:
+    """CRC-32C (Castagnoli) of `data`."""
+    return google_crc32c.value(bytes(data))  # the C extension takes only read-only bytes
 
 
 def masked_crc32c(data: bytes | memoryview) -> int:
