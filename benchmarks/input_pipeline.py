@@ -29,7 +29,7 @@ import torch
 
 def ours(root: Path, batch_size: int) -> int:
     from cnnbench.data.loader import RealDataSource
-    from cnnbench.data.transforms import preprocess_for
+    from cnnbench.data.preprocess import preprocess_for
 
     preprocess = preprocess_for("resnet50", "imagenet", 224)
     source = RealDataSource(root, "train", batch_size, preprocess, "cpu", workers=0, train=False)
@@ -40,7 +40,7 @@ def pil(root: Path, batch_size: int) -> int:
     from PIL import Image
     from torchvision import transforms
 
-    from cnnbench.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from cnnbench.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 
     transform = transforms.Compose([
         transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),

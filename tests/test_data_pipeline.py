@@ -17,7 +17,7 @@ from cnnbench.data.commands import add_data_commands, parse_workers
 from cnnbench.data.folder import ImageFolder
 from cnnbench.data.loader import RealDataSource, detect_format, open_dataset
 from cnnbench.data.sample import write_sample_dataset
-from cnnbench.data.transforms import Preprocess, normalize_preset, preprocess_for
+from cnnbench.data.preprocess import Preprocess, normalize_preset, preprocess_for
 from cnnbench.errors import UsageError
 
 # torchvision 0.29 deprecates torchvision.io's image codecs in favour of TorchCodec and warns on every call.

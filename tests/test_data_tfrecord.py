@@ -23,7 +23,7 @@ from cnnbench.data.tfrecord import (
     parse_example,
     write_examples,
 )
-from cnnbench.data.transforms import preprocess_for
+from cnnbench.data.preprocess import preprocess_for
 from cnnbench.errors import UsageError
 
 # torchvision 0.29 deprecates torchvision.io's image codecs in favour of TorchCodec and warns on every call.

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 from cnnbench.data.loader import RealDataSource
-from cnnbench.data.transforms import preprocess_for
+from cnnbench.data.preprocess import preprocess_for
 from cnnbench.errors import UsageError
 
 

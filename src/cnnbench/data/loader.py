@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from cnnbench.data.folder import SPLIT_FOLDERS, ImageFolder, class_names
 from cnnbench.data.tfrecord import SHARD_PREFIX, Sample, TFRecordImages, find_shards
-from cnnbench.data.transforms import Preprocess, normalize_preset
+from cnnbench.data.preprocess import Preprocess, normalize_preset
 from cnnbench.environment import usable_cores
 from cnnbench.errors import UsageError
 

@@ -13,7 +13,7 @@ def open_source(data: DataConfig, entry, batch: int, image_size: int, device: to
     if data.data_dir is None:
         return SyntheticSource(batch, image_size, entry.preprocessing, device, memory_format, seed=seed)
     from cnnbench.data.loader import RealDataSource
-    from cnnbench.data.transforms import preprocess_for
+    from cnnbench.data.preprocess import preprocess_for
 
     preprocess = preprocess_for(entry.name, entry.preprocessing, image_size, data.preprocess, train=train,
                                 min_crop_scale=data.min_crop_scale, flip=data.flip)

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import torch
 
-from cnnbench.data.preprocessing import normalize
+from cnnbench.data.normalization import normalize
 
 # Size of the ImageNet-1k training set; only used to turn steps into the epoch column.
 IMAGENET_TRAIN_IMAGES = 1_281_167

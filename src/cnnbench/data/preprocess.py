@@ -28,11 +28,11 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import RandomResizedCrop
 
-from cnnbench.data.preprocessing import normalize
+from cnnbench.data.normalization import normalize
 from cnnbench.errors import UsageError
 
 PRESETS = ("torchvision", "torchvision-v2", "aimatrix")
-# The aimatrix preset's normalisations (defined with the others in preprocessing.py).
+# The aimatrix preset's normalisations (defined with the others in normalization.py).
 AIMATRIX_RAW = "aimatrix_raw"  # float(x), 0..255
 AIMATRIX_DENSENET = "aimatrix_densenet"  # (x - RGB mean) * 0.017
 
