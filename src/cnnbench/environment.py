@@ -17,13 +17,50 @@ import cnnbench
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _read_cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+# Flags that decide how fast convolutions and int8/bf16 kernels run, in the order they are printed.
+# /proc/cpuinfo spells VNNI both ways across kernel versions; the first spelling is the one recorded.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+_FLAG_ALIASES = {"avx512vnni": "avx512_vnni"}
+
+
+def cpu_isa(cpuinfo: str, torch_capability: str | None) -> str:
+    """The CPU's vector ISA as one compact, stable string, from /proc/cpuinfo's text and PyTorch's report.
+
+    Format: ``LEVEL (FLAG FLAG ...); torch CAPABILITY``, e.g.
+    ``avx512 (avx2 avx512f avx512_vnni avx512_bf16); torch AVX512``.
+
+    - LEVEL: the widest vector ISA the CPU has: ``amx`` (amx_tile), ``avx512`` (avx512f), ``avx2``,
+      ``baseline`` (none of these; e.g. an Arm CPU) or ``unknown`` (no flags line in the text).
+    - FLAGs: those of ISA_FLAGS the CPU has, in ISA_FLAGS' order (``avx512vnni`` is written ``avx512_vnni``);
+      the parentheses are left out when there are none.
+    - CAPABILITY: ``torch.backends.cpu.get_cpu_capability()`` (``AVX512``, ``AVX2``, ``DEFAULT``, ...):
+      the kernels PyTorch dispatches to, which ATEN_CPU_CAPABILITY can lower below what the CPU has;
+      ``unknown`` when not given.
+
+    A pure function of its arguments so that it can be checked against any CPU's text.
+    """
+    flags_line = next((line for line in cpuinfo.splitlines() if line.split(":", 1)[0].strip() in ("flags", "Features")), None)
+    if flags_line is None:
+        level, present = "unknown", []
+    else:
+        have = {_FLAG_ALIASES.get(flag, flag) for flag in flags_line.split(":", 1)[1].split()}
+        present = [flag for flag in ISA_FLAGS if flag in have]
+        level = next((name for flag, name in (("amx_tile", "amx"), ("avx512f", "avx512"), ("avx2", "avx2")) if flag in have), "baseline")
+    flags = f" ({' '.join(present)})" if present else ""
+    return f"{level}{flags}; torch {torch_capability or 'unknown'}"
+
+
+def _read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return ""
 
 
 def _ram_bytes() -> int | None:
@@ -73,6 +110,7 @@ def _static_environment() -> dict[str, object]:
         "env.os": platform.platform(),
         "env.python": platform.python_version(),
         "env.cpu_model": _cpu_model(),
+        "env.cpu_isa": cpu_isa(_read_cpuinfo(), torch.backends.cpu.get_cpu_capability()),
         "env.cpu_cores": os.cpu_count(),
         "env.cpu_cores_usable": usable_cores(),
         "env.torch_threads": torch.get_num_threads(),
@@ -107,13 +145,14 @@ def collect() -> dict[str, object]:
 
 
 def header_lines(env: dict[str, object]) -> list[str]:
+    """Four short lines for a run's header: host, CPU with its vector ISA, GPU, software versions."""
     gpu = f"{env['env.gpu_count']} x {env['env.gpu_name']} ({env['env.gpu_memory_gib']} GiB, driver {env['env.gpu_driver']})" if env["env.gpu_count"] else "none"
     return [
-        f"host = {env['env.host']}  ({env['env.os']})",
-        f"cpu = {env['env.cpu_model']}, {env['env.cpu_cores_usable']} usable cores, {env['env.ram_gib']} GiB RAM",
+        f"host = {env['env.host']} ({env['env.os']}, python {env['env.python']})",
+        f"cpu = {env['env.cpu_model']}, {env['env.cpu_cores_usable']} usable cores, {env['env.ram_gib']} GiB RAM; isa = {env['env.cpu_isa']}",
         f"gpu = {gpu}",
-        f"torch = {env['env.torch']}, torchvision = {env['env.torchvision']}, cuda = {env['env.cuda']}, cudnn = {env['env.cudnn']}",
-        f"cnnbench = {env['env.cnnbench']} (commit {env['env.git_commit']})",
+        f"versions = torch {env['env.torch']}, torchvision {env['env.torchvision']}, cuda {env['env.cuda']}, cudnn {env['env.cudnn']}, "
+        f"cnnbench {env['env.cnnbench']} (commit {env['env.git_commit']})",
     ]
 
 

@@ -1,0 +1,58 @@
+"""What a number was measured on: the CPU's vector ISA and the header's environment lines."""
+
+import pytest
+import torch
+
+from cnnbench import environment
+from cnnbench.environment import cpu_isa
+
+# Two logical processors of a Sapphire Rapids as /proc/cpuinfo lists them (flags abridged); the kernel
+# also prints a "vmx flags" line, which must not be mistaken for the CPU's flags.
+SAPPHIRE_RAPIDS = """\
+processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni avx_vnni amx_bf16 amx_tile amx_int8
+vmx flags\t: vnmi preemption_timer
+bugs\t\t: spectre_v1
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni avx_vnni amx_bf16 amx_tile amx_int8
+"""
+
+
+@pytest.mark.parametrize("cpuinfo, capability, expected", [
+    (SAPPHIRE_RAPIDS, "AVX512",
+     "amx (avx2 avx512f avx512_vnni avx512_bf16 avx_vnni amx_tile amx_int8 amx_bf16); torch AVX512"),
+    # Cascade Lake under an older kernel, which spells VNNI without the underscore
+    ("flags : avx avx2 avx512f avx512bw avx512vnni\n", "AVX512", "avx512 (avx2 avx512f avx512_vnni); torch AVX512"),
+    # Haswell; and PyTorch held below the CPU by ATEN_CPU_CAPABILITY
+    ("flags : sse4_2 avx avx2 fma\n", "AVX2", "avx2 (avx2); torch AVX2"),
+    ("flags : avx avx2 avx512f\n", "DEFAULT", "avx512 (avx2 avx512f); torch DEFAULT"),
+    # an Arm CPU: a Features line, none of the x86 flags
+    ("processor : 0\nFeatures : fp asimd sve sve2 bf16 i8mm\n", "SVE256", "baseline; torch SVE256"),
+    ("flags : fpu sse sse2\n", "DEFAULT", "baseline; torch DEFAULT"),
+    # no /proc/cpuinfo (not Linux) and no capability given
+    ("", None, "unknown; torch unknown"),
+])
+def test_cpu_isa_from_cpuinfo_text(cpuinfo, capability, expected):
+    assert cpu_isa(cpuinfo, capability) == expected
+
+
+def test_the_vmx_flags_line_is_not_the_cpu_flags():
+    text = "vmx flags : avx512f amx_tile\nflags : avx avx2\n"
+    assert cpu_isa(text, "AVX2") == "avx2 (avx2); torch AVX2"
+
+
+def test_every_record_carries_this_machine_s_isa():
+    env = environment.collect()
+    assert env["env.cpu_isa"].endswith(f"; torch {torch.backends.cpu.get_cpu_capability()}")
+    assert env["env.cpu_isa"].split()[0] in {"amx", "avx512", "avx2", "baseline", "unknown"}
+
+
+def test_header_lines_are_four_short_lines_with_the_isa():
+    env = environment.collect()
+    lines = environment.header_lines(env)
+    assert [line.split(" = ")[0] for line in lines] == ["host", "cpu", "gpu", "versions"]
+    assert lines[1].endswith(f"; isa = {env['env.cpu_isa']}")
+    assert f"torch {env['env.torch']}" in lines[3] and f"cnnbench {env['env.cnnbench']}" in lines[3]
