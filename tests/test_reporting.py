@@ -1,0 +1,139 @@
+"""Console output: the compact header, quiet ranks, progress bars on a terminal and silence when piped."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from io import StringIO
+
+import pytest
+from rich.console import Console
+
+from cnnbench import environment, reporting
+
+CONSTRUCTED: list[str] = []  # class names, each time one of the test configurations below is built
+
+
+@dataclass
+class Inner:
+    size: int = 64
+    device: str = "auto"
+    seed: int = 1  # the same name as Outer.seed: both are then named by their dotted path
+
+    def __post_init__(self):
+        CONSTRUCTED.append("Inner")
+
+
+@dataclass
+class Outer:
+    model: str  # no default: always shown
+    seed: int = 0
+    tags: list[str] = field(default_factory=list)
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self):
+        CONSTRUCTED.append("Outer")
+
+
+@pytest.fixture
+def out(monkeypatch):
+    """The module's console replaced by one writing to a buffer, as piped output (not a terminal)."""
+    buffer = StringIO()
+    monkeypatch.setattr(reporting, "console", Console(file=buffer, soft_wrap=True, highlight=False))
+    return buffer
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    buffer = StringIO()
+    monkeypatch.setattr(reporting, "console", Console(file=buffer, force_terminal=True, width=120))
+    return buffer
+
+
+def test_config_changes_lists_only_what_differs_from_the_declared_defaults():
+    config = Outer(model="googlenet", tags=["x"], inner=Inner(size=32, seed=7))
+    CONSTRUCTED.clear()
+    assert reporting.config_changes(config) == {"model": "googlenet", "tags": ["x"], "size": 32, "inner.seed": 7}
+    assert CONSTRUCTED == []  # defaults come from the fields, not from building the classes
+
+
+def test_config_changes_of_an_all_default_tree_is_the_required_field_only():
+    assert reporting.config_changes(Outer(model="resnet50")) == {"model": "resnet50"}
+
+
+def test_config_lines_wrap_at_whole_items_and_quote_strings_with_spaces():
+    config = Outer(model="a model with spaces", seed=3, inner=Inner(size=128, device="cuda:1", seed=2))
+    lines = reporting.config_lines(config, width=40)
+    assert len(lines) > 1 and all(len(line) <= 40 for line in lines)
+    assert lines[0].startswith("config: ") and all(line.startswith("        ") for line in lines[1:])
+    joined = " ".join(" ".join(lines).removeprefix("config:").split())
+    assert joined == "model='a model with spaces' seed=3 size=128 device=cuda:1 inner.seed=2"
+
+
+def test_header_is_the_title_the_changed_options_extra_and_four_environment_lines(out):
+    env = environment.collect()
+    reporting.header("train googlenet", Outer(model="googlenet", inner=Inner(size=32)), env, extra=["resolved: cpu fp32"])
+    assert out.getvalue().splitlines() == [
+        "cnnbench train googlenet",
+        "  config: model=googlenet size=32",
+        "  resolved: cpu fp32",
+        *(f"  {line}" for line in environment.header_lines(env)),
+    ]
+
+
+def test_set_quiet_silences_and_restores_the_console(out):
+    reporting.set_quiet(True)
+    reporting.say("from another rank")
+    reporting.warn("from another rank")
+    reporting.set_quiet(False)
+    reporting.say("from rank 0")
+    assert out.getvalue() == "from rank 0\n"
+
+
+def test_progress_prints_nothing_when_output_is_piped(out):
+    with reporting.progress(10, "train googlenet") as bar:
+        bar.advance(3, time_left=5)
+        reporting.say("step line")
+    assert out.getvalue() == "step line\n"
+
+
+def test_progress_on_a_terminal_shows_done_of_planned_and_time_left(terminal):
+    with reporting.progress(10, "train googlenet") as bar:
+        bar.advance(3)
+        bar.advance(2, time_left=3600)
+    shown = _plain(terminal.getvalue())
+    assert "train googlenet" in shown and " 5/10 steps" in shown
+    assert re.search(r"left (1:00:00|0:59:5\d)", shown)
+
+
+def test_say_lines_print_once_above_an_active_bar(terminal):
+    with reporting.Progress(4, "sweep", unit="configurations") as bar:
+        reporting.say("train googlenet batch 16: 12.3 images/s")
+        bar.advance()
+    shown = _plain(terminal.getvalue())
+    assert shown.count("train googlenet batch 16: 12.3 images/s") == 1
+    assert "/4 configurations" in shown
+
+
+def test_progress_of_an_unknown_total_with_a_nested_bar(terminal):
+    with reporting.progress(None, "sweep", unit="configurations") as outer:
+        outer.advance(3)
+        with reporting.progress(5, "train googlenet") as inner:  # e.g. a run inside a sweep's bar
+            inner.advance(1)
+    shown = _plain(terminal.getvalue())
+    assert "3/? configurations" in shown and "/5 steps" in shown
+
+
+def test_a_quiet_terminal_gets_no_bar(terminal):
+    reporting.set_quiet(True)
+    try:
+        with reporting.progress(10, "rank 1") as bar:
+            bar.advance(3)
+    finally:
+        reporting.set_quiet(False)
+    assert terminal.getvalue() == ""
+
+
+def _plain(ansi: str) -> str:
+    """Terminal output without its escape sequences (colours, cursor moves)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", ansi)
