@@ -6,7 +6,7 @@ Both read the same JPEG files (the scikit-learn digits written by `cnnbench data
 --image-size px) and produce the same thing: a normalised float batch of 224x224 centre crops after
 resizing the shorter side to 256, in one process with one thread ("per core").
 
-  ours  torchvision.io.decode_image (libjpeg-turbo) -> uint8 resize + centre crop
+  ours  cnnbench.data.codec (TorchCodec, else torchvision.io; libjpeg-turbo either way) -> uint8 resize + centre crop
         (transforms.v2 functional) -> stack uint8 -> normalise the batch once
         (cnnbench.data.loader.RealDataSource on the CPU, workers=0: the code train/infer use)
   PIL   PIL.Image.open().convert("RGB") -> Resize(256) -> CenterCrop(224) -> ToTensor() -> Normalize()
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the files per pipeline; the median is reported")
     args = parser.parse_args()
 
+    from cnnbench.data import codec
     from cnnbench.data.sample import write_sample_dataset
 
     torch.set_num_threads(1)
@@ -74,7 +75,7 @@ def main() -> None:
         files = sorted((root / "train").glob("*/*.jpg"))
         mean_kb = sum(p.stat().st_size for p in files) / len(files) / 1024
         print(f"{len(files)} JPEG files, {args.image_size}x{args.image_size}, {mean_kb:.1f} KB on average; "
-              f"resize 256, centre crop 224, normalise; 1 thread, batch {args.batch_size}")
+              f"resize 256, centre crop 224, normalise; 1 thread, batch {args.batch_size}; ours decodes with {codec.describe()}")
         rates: dict[str, list[float]] = {"ours": [], "PIL": []}
         for _ in range(args.rounds + 1):  # the first round warms the page cache and libraries, untimed
             for name, run in (("ours", ours), ("PIL", pil)):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnbench.data import tfrecord
+from cnnbench.data import codec, tfrecord
 from cnnbench.data.loader import RealDataSource
 from cnnbench.data.sample import convert_folder_to_tfrecord, image_example, write_sample_dataset, write_shards
 from cnnbench.data.tfrecord import (
@@ -25,9 +25,6 @@ from cnnbench.data.tfrecord import (
 )
 from cnnbench.data.preprocess import preprocess_for
 from cnnbench.errors import UsageError
-
-# torchvision 0.29 deprecates torchvision.io's image codecs in favour of TorchCodec and warns on every call.
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
 # ---------------------------------------------------------------- CRC32C
 
@@ -187,8 +184,6 @@ def jpeg_folder(tmp_path_factory) -> Path:
 
 
 def test_folder_to_tfrecord_round_trip_keeps_pixels_and_labels(jpeg_folder, tmp_path):
-    from torchvision.io import decode_image
-
     summary = convert_folder_to_tfrecord(jpeg_folder, tmp_path / "shards", shards=3)
     assert (summary["train"], summary["validation"], summary["classes"], summary["reencoded"]) == (20, 20, 10, 0)
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
@@ -213,8 +208,7 @@ def test_folder_to_tfrecord_round_trip_keeps_pixels_and_labels(jpeg_folder, tmp_
     samples = list(dataset)
     assert len(samples) == 20
     got = sorted((s.label, s.image.numpy().tobytes()) for s in samples)
-    expected = sorted((label, decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode="RGB").numpy().tobytes())
-                      for data, label in from_folder.values())
+    expected = sorted((label, codec.decode_rgb(data, "")[0].numpy().tobytes()) for data, label in from_folder.values())
     assert got == expected and samples[0].image.shape == (3, 16, 16)
 
 
@@ -233,9 +227,7 @@ def _shard(path: Path, labels: list[int], jpeg: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_jpeg() -> bytes:
-    from torchvision.io import encode_jpeg
-
-    return encode_jpeg(torch.full((3, 8, 8), 100, dtype=torch.uint8)).numpy().tobytes()
+    return codec.encode_jpeg(torch.full((3, 8, 8), 100, dtype=torch.uint8))
 
 
 def test_label_offset_is_subtracted(tmp_path, tiny_jpeg):

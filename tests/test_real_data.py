@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-from torchvision.io import encode_jpeg
-
+from cnnbench.data.codec import encode_jpeg
 from cnnbench.data.tfrecord import write_examples
 from helpers import read_jsonl
 
@@ -56,7 +55,7 @@ def _folder_with_a_broken_image(root):
             d = root / split / cls
             d.mkdir(parents=True)
             for i in range(3):
-                (d / f"{i}.jpg").write_bytes(encode_jpeg(torch.randint(0, 255, (3, 20, 20), dtype=torch.uint8)).numpy().tobytes())
+                (d / f"{i}.jpg").write_bytes(encode_jpeg(torch.randint(0, 255, (3, 20, 20), dtype=torch.uint8)))
     (root / "val" / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
 
 
@@ -83,7 +82,7 @@ def test_structural_problems_exit_2(cli, tmp_path, tiny_spec, layout, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "neither").mkdir()
     (tmp_path / "neither" / "notes.txt").write_text("hello")
-    jpeg = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8)).numpy().tobytes()
+    jpeg = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))
     for name, label in (("label0", 0), ("truncated", 1)):
         (tmp_path / name).mkdir()
         shard = tmp_path / name / "validation-00000-of-00001"

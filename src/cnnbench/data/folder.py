@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from cnnbench.data.tfrecord import Sample, decode_rgb
+from cnnbench.data.codec import decode_rgb
+from cnnbench.data.tfrecord import Sample
 from cnnbench.errors import UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

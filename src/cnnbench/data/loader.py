@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from cnnbench.data import codec
 from cnnbench.data.folder import SPLIT_FOLDERS, ImageFolder, class_names
 from cnnbench.data.tfrecord import SHARD_PREFIX, Sample, TFRecordImages, find_shards
 from cnnbench.data.preprocess import Preprocess, normalize_preset
@@ -205,7 +206,8 @@ class RealDataSource:
         ranks = f" for rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
         skip = f", skipping undecodable images ({self.corrupt_images} so far)" if self.skip_corrupt else ""
         return (f"{self.format} {self.data_dir} [{self.split}]: {self.images_per_epoch} images{ranks}, "
-                f"{self.num_classes} classes, {self.workers} loader workers; {self.preprocess.describe()}{skip}")
+                f"{self.num_classes} classes, {self.workers} loader workers decoding with {codec.describe()}; "
+                f"{self.preprocess.describe()}{skip}")
 
     def close(self) -> None:
         """Stop the persistent worker processes now rather than when the source is garbage-collected."""

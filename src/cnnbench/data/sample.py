@@ -23,7 +23,8 @@ from typing import Iterable
 import torch
 
 from cnnbench.data.folder import class_names, image_files, split_dir
-from cnnbench.data.tfrecord import decode_rgb, write_examples
+from cnnbench.data.codec import decode_rgb, encode_jpeg, encode_png
+from cnnbench.data.tfrecord import write_examples
 from cnnbench.errors import UsageError
 
 JPEG_QUALITY = 95  # re-encoding quality (the ImageNet build script's PNG->JPEG conversion uses 100; 95 is smaller and visually the same)
@@ -57,10 +58,7 @@ def _digits(image_size: int, seed: int, max_per_class: int | None) -> dict[str, 
 
 
 def _encode(image: torch.Tensor, image_format: str) -> bytes:
-    from torchvision.io import encode_jpeg, encode_png
-
-    encoded = encode_jpeg(image, quality=JPEG_QUALITY) if image_format == "jpeg" else encode_png(image)
-    return encoded.numpy().tobytes()
+    return encode_jpeg(image, quality=JPEG_QUALITY) if image_format == "jpeg" else encode_png(image)
 
 
 def write_sample_dataset(
@@ -186,8 +184,6 @@ def convert_folder_to_tfrecord(
 
 def _examples(files: list[tuple[Path, str]], index: dict[str, int], label_offset: int, skip_corrupt: bool,
               summary: dict[str, int]) -> Iterable[dict]:
-    from torchvision.io import encode_jpeg
-
     for path, name in files:
         data = path.read_bytes()
         image, error = decode_rgb(data, str(path))  # also gives height/width, and rejects damaged files now
@@ -197,6 +193,6 @@ def _examples(files: list[tuple[Path, str]], index: dict[str, int], label_offset
                 continue
             raise UsageError(f"{error}; fix or remove it, or pass --skip-corrupt")
         if not data.startswith(b"\xff\xd8"):  # not JPEG (the SOI marker): re-encode
-            data = encode_jpeg(image, quality=JPEG_QUALITY).numpy().tobytes()
+            data = encode_jpeg(image, quality=JPEG_QUALITY)
             summary["reencoded"] += 1
         yield image_example(data, image.shape[1], image.shape[2], index[name], name, path.name, label_offset)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from cnnbench.data.codec import decode_rgb
 from cnnbench.errors import UsageError
 
 # --------------------------------------------------------------------------------------------------
@@ -282,17 +283,6 @@ def find_shards(data_dir: str | Path, split: str) -> list[Path]:
     if prefix is None:
         raise UsageError(f"unknown split {split!r}; use train or val")
     return sorted(p for p in Path(data_dir).glob(f"{prefix}-*") if p.is_file())
-
-
-def decode_rgb(data: bytes, where: str) -> tuple[torch.Tensor | None, str | None]:
-    """JPEG/PNG bytes -> (uint8 3xHxW, None) or (None, reason). Grey and CMYK come out as RGB."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB), None
-    except (RuntimeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"cannot decode image {where}: {reason}"
 
 
 class TFRecordImages(IterableDataset):
