@@ -287,6 +287,13 @@ def test_shards_split_across_ranks_then_workers(tmp_path, tiny_jpeg, monkeypatch
     assert TFRecordImages(files, rank=1, world_size=2).count() == 4
 
 
+def test_a_rank_without_shards_is_a_usage_error(tmp_path, tiny_jpeg):
+    _shard(tmp_path / "train-00000-of-00001", [1, 2], tiny_jpeg)
+    with pytest.raises(UsageError) as info:
+        RealDataSource(tmp_path, "train", 2, preprocess_for("resnet50", "imagenet", 8), "cpu", workers=0, rank=1, world_size=2)
+    assert str(info.value) == f"rank 1 of 2 gets no train images from {tmp_path}; use fewer ranks or more shards"
+
+
 def test_real_workers_read_every_record_exactly_once(tmp_path, tiny_jpeg):
     for i in range(3):
         _shard(tmp_path / f"train-{i:05d}-of-00003", [10 * i + k for k in range(3)], tiny_jpeg)

@@ -44,7 +44,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_workers(text: str | None) -> list[int]:
-    from cnnbench.data.loader import usable_cores
+    from cnnbench.environment import usable_cores
 
     if text is None:
         return sorted({1, usable_cores()})

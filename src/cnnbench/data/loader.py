@@ -14,7 +14,6 @@ On the CPU the normalisation runs in the main process and counts as waiting for 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -125,6 +124,46 @@ def collate(samples: list[Sample]) -> tuple[torch.Tensor | None, torch.Tensor, l
     return images, labels, problems
 
 
+def loader_workers(batch_size: int, workers: int | None) -> int:
+    """Check the batch size and worker count; no count given means one worker per usable core."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    workers = usable_cores() if workers is None else workers
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 (load in the main process) or more, got {workers}")
+    return workers
+
+
+def rank_share(dataset: ImageFolder | TFRecordImages, rank: int, world_size: int, shuffle: bool, seed: int,
+               what: str) -> tuple[RankSampler | None, int]:
+    """This rank's sampler and images per epoch; UsageError if it gets none (more ranks than shards, say).
+
+    A folder split is shared by a `RankSampler`; a TFRecord dataset already reads only this rank's
+    shards, so it needs no sampler. `what` names the images for the message ("val images from DIR").
+    """
+    sampler = RankSampler(len(dataset), rank, world_size, shuffle, seed) if isinstance(dataset, ImageFolder) else None
+    images = len(sampler) if sampler is not None else dataset.count()
+    if images == 0:
+        raise UsageError(f"rank {rank} of {world_size} gets no {what}; use fewer ranks or more shards")
+    return sampler, images
+
+
+def data_loader(dataset: ImageFolder | TFRecordImages, sampler: RankSampler | None, batch_size: int, workers: int,
+                pin_memory: bool, prefetch_factor: int, seed: int) -> DataLoader:
+    """Batches of `Sample`s collated in `workers` processes (none: in this one)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,  # page-locked host batches: the copy to the device can then be asynchronous
+        persistent_workers=workers > 0,  # no process start-up at each epoch
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),  # seeds the workers' augmentation RNGs
+    )
+
+
 class RealDataSource:
     """Batches of (normalised images, labels) on `device` from an image folder or TFRecord shards."""
 
@@ -148,44 +187,21 @@ class RealDataSource:
         num_classes: int = 1000,
         prefetch_factor: int = 2,
     ):
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-        workers = usable_cores() if workers is None else workers
-        if workers < 0:
-            raise UsageError(f"--workers must be 0 (load in the main process) or more, got {workers}")
-        self.device = torch.device(device)
+        self.workers = loader_workers(batch_size, workers)
         self.train = preprocess.train if train is None else train  # shuffle (and by default drop_last)
         self.drop_last = self.train if drop_last is None else drop_last
-        self.batch_size, self.preprocess, self.memory_format = batch_size, preprocess, memory_format
-        self.skip_corrupt, self.workers, self.split = skip_corrupt, workers, split
-        self.data_dir, self.rank, self.world_size = Path(data_dir), rank, world_size
+        self.batch_size, self.preprocess, self.skip_corrupt = batch_size, preprocess, skip_corrupt
+        self.data_dir, self.split, self.rank, self.world_size = Path(data_dir), split, rank, world_size
         self.format = fmt or detect_format(data_dir)
         self.dataset = open_dataset(data_dir, split, self.format, preprocess, label_offset, num_classes,
                                     rank, world_size, shuffle=self.train, seed=seed)
-        if isinstance(self.dataset, ImageFolder):
-            self.sampler: RankSampler | None = RankSampler(len(self.dataset), rank, world_size, self.train, seed)
-            self.images_per_epoch = len(self.sampler)
-            self.num_classes = self.dataset.num_classes
-        else:
-            self.sampler = None
-            self.images_per_epoch = self.dataset.count()
-            self.num_classes = num_classes
-        if self.images_per_epoch == 0:
-            raise UsageError(f"rank {rank} of {world_size} gets no {split} images from {data_dir}; "
-                             "use fewer ranks or more shards")
+        self.num_classes = self.dataset.num_classes  # a folder's own count; TFRecord: `num_classes`
+        self.sampler, self.images_per_epoch = rank_share(self.dataset, rank, world_size, self.train, seed,
+                                                         f"{split} images from {data_dir}")
+        self.device, self.memory_format = torch.device(device), memory_format
         cuda = self.device.type == "cuda"
-        self.loader = DataLoader(
-            self.dataset,
-            batch_size=batch_size,
-            sampler=self.sampler,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=cuda,  # page-locked host batches: the copy below can then be asynchronous
-            persistent_workers=workers > 0,  # no process start-up at each epoch
-            prefetch_factor=prefetch_factor if workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),  # seeds the workers' augmentation RNGs
-        )
-        self._stream = torch.cuda.Stream(self.device) if cuda else None
+        self.loader = data_loader(self.dataset, self.sampler, batch_size, self.workers, cuda, prefetch_factor, seed)
+        self._stream = torch.cuda.Stream(self.device) if cuda else None  # the next batch's copy runs on it
         self.epoch = 0
         self.corrupt_images = 0
         self.corrupt_files: list[str] = []  # the first few, for the report
