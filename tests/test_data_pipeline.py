@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import time
 import warnings
 from pathlib import Path
@@ -18,8 +19,11 @@ from cnnbench.data.commands import add_data_commands, parse_workers
 from cnnbench.data.folder import ImageFolder
 from cnnbench.data.loader import RealDataSource, detect_format, open_dataset
 from cnnbench.data.sample import write_sample_dataset
+from cnnbench.data.sources import open_source
 from cnnbench.data.preprocess import Preprocess, normalize_preset, preprocess_for
 from cnnbench.errors import UsageError
+from cnnbench.models.registry import resolve_entry
+from conftest import TINY_SPEC
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +294,33 @@ def test_folder_ranks_partition_the_images(digits):
         seen.append(sum(len(l) for _, l in source.epoch_batches()))
         assert source.images_per_epoch == seen[-1]
     assert seen == [14, 13, 13]  # 40 images, each on exactly one rank
+
+
+# ---------------------------------------------------------------- synthetic input
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_synthetic_labels_stay_below_the_models_class_count(tmp_path, train):
+    # A spec network with 10 outputs: labels drawn from 0..999 crash the loss ("Target 884 is out of bounds").
+    from cnnbench.config import DataConfig
+
+    spec = tmp_path / "ten.json"
+    spec.write_text(json.dumps({**TINY_SPEC, "head": {"fully_connected": {"outputs": 10}}}))
+    entry = resolve_entry(str(spec))
+    assert entry.num_classes == 10
+    source = open_source(DataConfig(), entry, 256, 16, torch.device("cpu"), torch.contiguous_format, seed=0, train=train)
+    images, labels = next(source.batches())
+    assert images.shape == (256, 3, 16, 16) and 0 <= int(labels.min()) and int(labels.max()) < 10
+
+
+def test_real_data_is_checked_against_the_models_class_count(tmp_path, digits):
+    from cnnbench.config import DataConfig
+
+    spec = tmp_path / "five.json"
+    spec.write_text(json.dumps({**TINY_SPEC, "head": {"fully_connected": {"outputs": 5}}}))
+    with pytest.raises(UsageError, match="has 10 class folders but the model has 5 outputs"):
+        open_source(DataConfig(data_dir=str(digits), workers=0), resolve_entry(str(spec)), 8, 16,
+                    torch.device("cpu"), torch.contiguous_format, seed=0, train=False)
 
 
 # ---------------------------------------------------------------- sample dataset, bench, commands

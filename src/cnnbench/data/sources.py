@@ -10,8 +10,10 @@ from cnnbench.data.synthetic import SyntheticSource
 
 def open_source(data: DataConfig, entry, batch: int, image_size: int, device: torch.device,
                 memory_format: torch.memory_format, seed: int, train: bool, rank: int = 0, world_size: int = 1):
+    # The model's class count bounds the labels: synthetic ones are drawn below it, real ones are checked against it.
     if data.data_dir is None:
-        return SyntheticSource(batch, image_size, entry.preprocessing, device, memory_format, seed=seed)
+        return SyntheticSource(batch, image_size, entry.preprocessing, device, memory_format,
+                               num_classes=entry.num_classes, seed=seed)
     from cnnbench.data.loader import RealDataSource
     from cnnbench.data.preprocess import preprocess_for
 
@@ -20,5 +22,5 @@ def open_source(data: DataConfig, entry, batch: int, image_size: int, device: to
     return RealDataSource(
         data.data_dir, data.split or ("train" if train else "validation"), batch, preprocess, device, memory_format,
         workers=data.workers, train=train, seed=seed, label_offset=data.label_offset, skip_corrupt=data.skip_corrupt,
-        rank=rank, world_size=world_size, fmt=data.data_format,
+        rank=rank, world_size=world_size, fmt=data.data_format, num_classes=entry.num_classes,
     )
