@@ -90,3 +90,12 @@ def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(cli, tmp_path
     assert "exit code" in records[0]["reason"]
     table = (tmp_path / "results_train" / "results.csv").read_text()
     assert "resnet50,failed," in table
+
+
+def test_tables_are_rebuilt_from_every_json_line(tmp_path):
+    # Lines written by another process (or by hand, from a fallback file) join the tables at the next append.
+    (tmp_path / "runs.jsonl").write_text(json.dumps(_record("googlenet", 16, 30.0, 60.0)) + "\n")
+    results.append_record(tmp_path, _record("resnet50", 32, 10.0, 20.0))
+    rows = list(csv.reader(io.StringIO((tmp_path / "results.csv").read_text().split("\n\n\n\n")[0])))
+    assert rows[3:] == [["googlenet", "30.00", ""], ["resnet50", "", "10.00"]]
+    assert [r["model"] for r in csv.DictReader(open(tmp_path / "runs.csv"))] == ["googlenet", "resnet50"]

@@ -1,4 +1,8 @@
-"""Result records: flat dicts with stable field names, kept as JSON lines and CSV, written atomically.
+"""Result records: flat dicts with stable field names, kept as JSON lines and CSV.
+
+Writers share a folder safely: each record is one appended JSON line under the folder's fcntl lock
+(.runs.lock), and the CSV tables are rebuilt from the JSON lines under the same lock, each replaced
+atomically. Readers skip a torn line (a crash mid-write) with a warning instead of failing.
 
 Layout of a results directory (the original's, plus the machine-readable files):
   runs.jsonl              one record per run, appended as each run ends
@@ -13,15 +17,21 @@ Layout of a results directory (the original's, plus the machine-readable files):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
+import fcntl
 import io
+import itertools
 import json
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
+
+from cnnbench.errors import RecordNotSaved, UsageError, one_line
 
 RECORDS = "runs.jsonl"
 TIDY_CSV = "runs.csv"
@@ -42,11 +52,32 @@ ACCEL_TEXT = (
 )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename: readers see old or new, never half."""
+# Every writer of a results folder (runs of a sweep, concurrent sweeps sharing the folder) takes this
+# lock before touching runs.jsonl or the tables, so no record is lost between a read and a rewrite.
+LOCK_FILE = ".runs.lock"
+# Files are created with 0666 and the user's umask, like any other file of theirs (mkstemp's 0600 hid
+# results from the group that shares a machine).
+FILE_MODE = 0o666
+
+_warned_torn: set[tuple[str, int]] = set()  # (file, line) already reported by this process
+
+
+def create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty, uniquely named temporary file in `path`'s folder (so os.replace stays atomic),
+    opened for writing, with the umask's mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+        except FileExistsError:
+            continue
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename: readers see old or new, never half."""
+    fd, tmp = create_beside(path)
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)
@@ -56,6 +87,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked(results_dir: Path):
+    """Hold the results folder's lock (fcntl, released by the kernel if the process dies)."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    # Read-only is enough for flock, so a lock file another user created does not lock anyone out.
+    fd = os.open(results_dir / LOCK_FILE, os.O_RDONLY | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _json_default(value: object) -> object:
@@ -69,24 +114,148 @@ def _clean(value: object) -> object:
     return value
 
 
-def read_records(results_dir: Path) -> list[dict]:
+def record_line(record: dict) -> str:
+    """One record as the single JSON line runs.jsonl holds (newline included)."""
+    return json.dumps({k: _clean(v) for k, v in record.items()}, default=_json_default) + "\n"
+
+
+def read_records_counting(results_dir: Path) -> tuple[list[dict], list[int]]:
+    """(records, numbers of the lines that are not a JSON record). A torn line (a crash mid-write, a
+    full disk) is skipped: one bad line must not hide every other run."""
     path = Path(results_dir) / RECORDS
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            records.append(json.loads(line))
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], []
+    records, torn = [], []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            torn.append(number)
+    return records, torn
+
+
+def read_records(results_dir: Path) -> list[dict]:
+    """Every intact record; each torn line gets one warning line per process, naming file and line."""
+    records, torn = read_records_counting(results_dir)
+    path = Path(results_dir) / RECORDS
+    fresh = [n for n in torn if (str(path), n) not in _warned_torn]
+    if fresh:
+        from cnnbench import reporting  # late: reporting pulls in torch, the tables need none of it
+
+        _warned_torn.update((str(path), n) for n in fresh)
+        lines = ", ".join(map(str, fresh))
+        reporting.warn(f"{path}: skipped {len(fresh)} torn line{'s' if len(fresh) > 1 else ''} (not a JSON record): "
+                       f"line{'s' if len(fresh) > 1 else ''} {lines}")
     return records
 
 
+def _append_line(path: Path, line: str) -> None:
+    """Append one line without reading the file: O_APPEND puts it at the end, and a last line left
+    without its newline (a torn write) is closed first so the new record never glues onto it."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line
+        data = line.encode()
+        while data:  # a regular file takes it all at once, barring a full disk, which raises
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def append_record(results_dir: Path, record: dict) -> None:
-    """Add one record and rebuild every table of the directory, each file replaced atomically."""
+    """Add one record to runs.jsonl, then rebuild the tables from it, all under the folder's lock.
+
+    The record is safe once its line is written; the tables are derived, so failing to rebuild them
+    is a warning (the next append rebuilds them) rather than an error that would save the record twice.
+    """
     results_dir = Path(results_dir)
-    records = read_records(results_dir) + [{k: _clean(v) for k, v in record.items()}]
-    atomic_write_text(results_dir / RECORDS, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
-    write_tables(results_dir, records)
+    with locked(results_dir):
+        _append_line(results_dir / RECORDS, record_line(record))
+        try:
+            write_tables(results_dir, read_records(results_dir))
+        except OSError as exc:
+            from cnnbench import reporting
+
+            reporting.warn(f"record kept in {results_dir / RECORDS}, but the tables were not rebuilt ({exc})")
+
+
+def save_record(results_dir: Path, record: dict) -> Path:
+    """`append_record`, or, when the folder cannot take it (disk full, folder removed), the record as a
+    JSON file in the current folder (else the temp folder) and a RecordNotSaved naming that file.
+
+    Returns runs.jsonl's path. The caller prints the run's figures before calling this, so a failure
+    here loses nothing the user could not read.
+    """
+    path = Path(results_dir) / RECORDS
+    try:
+        append_record(results_dir, record)
+        return path
+    except OSError as exc:
+        line = record_line(record)
+        raise RecordNotSaved(path, write_fallback(line), exc, line.strip()) from None
+
+
+def write_fallback(line: str) -> Path | None:
+    """Write one record line to ./cnnbench-record-<time>-<pid>.json, else to the temp folder."""
+    stem = f"cnnbench-record-{_dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+    for folder in (os.curdir, tempfile.gettempdir()):
+        try:
+            # absolute: the path printed must work from anywhere
+            target, fd = _new_file(Path(folder).absolute(), stem, ".json")
+        except OSError:  # no such folder (the current one removed), not writable
+            continue
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(line)
+            return target
+        except OSError:  # full: leave no half file behind and try the next folder
+            target.unlink(missing_ok=True)
+    return None
+
+
+def _new_file(folder: Path, stem: str, suffix: str) -> tuple[Path, int]:
+    """A file that did not exist before (a second fallback in the same second gets -1, -2, ...)."""
+    for n in itertools.count():
+        target = folder / f"{stem}{f'-{n}' if n else ''}{suffix}"
+        try:
+            return target, os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def ensure_writable(path: Path, option: str) -> None:
+    """Pre-flight for a folder a run will write (--results-dir, --log-dir): fail now, in one line,
+    rather than after the benchmark. The folder may not exist yet; then its nearest existing
+    ancestor must be a folder that takes new files."""
+    path = probe = Path(path)
+    try:
+        probe = path.absolute()
+        while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            kind = "a file" if probe.is_file() else "not a folder"  # else: a broken link, a device
+            what = f"is {kind}" if probe == path.absolute() else f"cannot be created: {probe} is {kind}"
+            raise UsageError(f"{option} {path} {what}; remove it or give {option} another folder")
+        # Creating a file is the only test that sees read-only mounts, ACLs and the effective user alike;
+        # TemporaryFile leaves nothing behind.
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or one_line(exc)
+        raise UsageError(f"{option} {path}: cannot write in {probe} ({reason}); "
+                         f"give {option} a folder you can write to") from None
 
 
 def write_tables(results_dir: Path, records: list[dict]) -> None:
