@@ -27,15 +27,25 @@ class Weights:
     state_dict: dict | None
 
 
+# What to change when the weights do not fit the model, by where they came from.
+MISMATCH_ADVICE = {
+    "file": "give --weights a state_dict or checkpoint written for {model}",
+    "checkpoint": "the checkpoint was written for another form of {model} (spec or --image-size changed?); "
+                  "use another --log-dir or delete the checkpoint",
+    "pretrained": "use --weights FILE or a training checkpoint instead of --pretrained",
+}
+
+
 def resolve(entry: ModelEntry, *, weights_file: str | None, pretrained: bool, random_weights: bool, log_dir: Path) -> Weights:
     if weights_file:
         path = Path(weights_file)
         if not path.is_file():
             raise UsageError(f"--weights {path} does not exist; give the path of a state_dict or checkpoint file")
-        state = checkpoints.load(path)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            checkpoints.check_model(state, entry.name, path)
+        state = checkpoints.load(path, option="--weights")
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            checkpoints.check_written_for(state, entry.name, path, "--weights")
             state = state["model"]
+        check_state_dict(state, path)
         return Weights("file", f"file {path}", state)
     if pretrained:
         return Weights("pretrained", *_torchvision_pretrained(entry))
@@ -47,6 +57,18 @@ def resolve(entry: ModelEntry, *, weights_file: str | None, pretrained: bool, ra
     if random_weights:
         return Weights("random", "random initialisation (--random-weights: speed only, accuracy is meaningless)", None)
     raise missing(entry, log_dir)
+
+
+def check_state_dict(state: object, path: Path) -> None:
+    """A --weights file must hold a dict of tensors; anything else is named, with what was expected."""
+    expected = ("expected a state_dict (a dict of tensor names to tensors, as torch.save(model.state_dict(), FILE) "
+                "writes) or a cnnbench checkpoint; give --weights such a file")
+    if not isinstance(state, dict) or not state:
+        raise UsageError(f"--weights {path} holds {checkpoints.describe(state)}; {expected}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise UsageError(f"--weights {path} holds {checkpoints.describe(state)}, whose entry {key!r} is "
+                             f"{checkpoints.describe(value)}, not a tensor; {expected}")
 
 
 def missing(entry: ModelEntry, log_dir: Path) -> UsageError:
@@ -84,19 +106,31 @@ def load_into(model: nn.Module, entry: ModelEntry, weights: Weights) -> None:
         # transform_input=True (torchvision.models.googlenet); cnnbench's model has no aux heads.
         state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
         model.transform_input = True
-    own = model.state_dict()
-    for name, tensor in own.items():
-        if name not in state:
-            raise UsageError(f"{weights.description} does not fit {entry.name}: tensor {name!r} is missing from it")
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise UsageError(
-                f"{weights.description} does not fit {entry.name}: tensor {name!r} has shape {tuple(state[name].shape)} "
-                f"in the file but {tuple(tensor.shape)} in the model"
-            )
-    extra = [k for k in state if k not in own]
-    if extra:
-        raise UsageError(f"{weights.description} does not fit {entry.name}: unexpected tensor {extra[0]!r} in the file")
+    problem = _mismatch(model.state_dict(), state)
+    if problem:
+        advice = MISMATCH_ADVICE.get(weights.source, "").format(model=entry.name)
+        raise UsageError(f"{weights.description} does not fit {entry.name}: {problem}; "
+                         f"its tensor names or shapes do not match the model{'; ' + advice if advice else ''}")
     model.load_state_dict(state)
+
+
+def _mismatch(own: dict, state: dict) -> str:
+    """The first offending tensor and how many differ, or '' when the state fits the model."""
+    missing_names = [k for k in own if k not in state]
+    wrong_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    extra = [k for k in state if k not in own]
+    count = len(missing_names) + len(wrong_shape) + len(extra)
+    if not count:
+        return ""
+    if missing_names:
+        first = f"tensor {missing_names[0]!r} is missing from it"
+    elif wrong_shape:
+        name = wrong_shape[0]
+        first = (f"tensor {name!r} has shape {tuple(state[name].shape)} in the file but "
+                 f"{tuple(own[name].shape)} in the model")
+    else:
+        first = f"unexpected tensor {extra[0]!r} in the file"
+    return first + (f" ({count} tensors differ)" if count > 1 else "")
 
 
 def digest(model: nn.Module) -> str:
