@@ -23,7 +23,15 @@ BAD_INPUTS = [
     (["train", "resnet50", "--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
     (["train", "resnet50", "--compile", "--warmup", "0"], "--compile needs --warmup 1 or more"),
     (["train-all", "--models", "resnet50,vgg16"], "unknown model 'vgg16'"),
-    (["train-all", "--batch-sizes", "16,x"], "--batch-sizes: 'x' is not a batch size"),
+    (["train-all", "--batch-sizes", "16,x"], "--batch-sizes: 'x' is not a positive integer"),
+    # issue 9: tracebacks that became one line
+    (["train", "resnet50", "--batch-size", "99999999999999999999999"], "argument --batch-size: 99999999999999999999999 is out of range"),
+    (["infer", "resnet50", "--engine", "compile", "--compile-mode", "bogus"], "argument --compile-mode: invalid choice: 'bogus'"),
+    (["infer", "resnet50", "--weights", "w.pt", "--random-weights"], "--weights and --random-weights name different weights"),
+    (["train-all", "--models", ""], "--models is empty"),
+    (["infer-all", "--models", ",", "--random-weights"], "--models is empty"),
+    (["train", "resnet50", "--memory-format", "nchwc"], "argument --memory-format: invalid choice: 'nchwc'"),
+    (["train-all", "--time-budget", "0"], "--time-budget must be a positive number of seconds"),
 ]
 
 

@@ -1,3 +1,10 @@
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from cnnbench import errors
@@ -28,7 +35,8 @@ def test_record_holds_config_figures_and_environment(cli):
         assert key in record
     assert f"Images/sec: {record['images_per_sec']:.1f}" in out
     # the header prints the resolved configuration and the environment
-    assert "measure.batch_size = 2" in out and "torch = " in out
+    assert "batch_size=2" in out and "torch 2." in out and "isa = " in out
+    assert record["env.cpu_isa"] and record["memory_format"] == "nhwc"  # auto: channels-last on a CPU
 
 
 def test_step_lines_every_display_every(cli):
@@ -99,8 +107,8 @@ def test_mixed_precision_and_channels_last_train(cli, precision):
         pytest.skip(err)
     assert code == 0, err
     record = read_jsonl("results_train/runs.jsonl")[-1]
-    assert record["precision"] == precision and record["channels_last"] is True
-    assert record["final_loss"] == pytest.approx(record["final_loss"])  # finite, not NaN
+    assert record["precision"] == precision and record["channels_last"] is True and record["memory_format"] == "nhwc"
+    assert isinstance(record["final_loss"], float) and math.isfinite(record["final_loss"])
 
 
 def test_compile_keeps_compilation_out_of_the_steady_state(cli, tiny_spec):
@@ -110,3 +118,59 @@ def test_compile_keeps_compilation_out_of_the_steady_state(cli, tiny_spec):
     record = read_jsonl("results_train/runs.jsonl")[-1]
     assert record["compile"] is True and record["compile_seconds"] == record["warmup_seconds"][0]
     assert max(record["steady_seconds"]) < record["compile_seconds"]  # the first (compiling) step is warm-up
+
+
+def test_a_loss_that_is_not_finite_ends_the_record_as_diverged(cli, tiny_spec):
+    code, out, err = cli("train", tiny_spec, "--image-size", "16", "--batch-size", "4", "--num-batches", "4",
+                         "--warmup", "1", "--learning-rate", "1e30", "--log-dir", "ck")
+    assert code == errors.EXIT_RUN_FAILED
+    record = read_jsonl("results_train/runs.jsonl")[-1]
+    assert record["status"] == "diverged" and "not a finite number" in record["reason"]
+    assert record["final_loss"] is None  # NaN is no JSON number: a missing figure
+    assert record["images_per_sec"] > 0 and record["steady_steps"] == 4  # the speed figures stand
+    assert record["checkpoint"] is None and not (Path("ck") / "checkpoint.pt").exists()
+    assert "training diverged" in out
+
+
+def test_memory_format_flag_and_its_channels_last_alias(cli, tiny_spec):
+    for flags, expected in ((["--memory-format", "nchw"], "nchw"), (["--channels-last"], "nhwc"), ([], "nhwc")):
+        code, _, err = cli("train", tiny_spec, "--image-size", "16", "--batch-size", "2", "--num-batches", "1",
+                           "--warmup", "0", "--log-dir", f"ck{len(flags)}{expected}", *flags)
+        assert code == 0, err
+        assert read_jsonl("results_train/runs.jsonl")[-1]["memory_format"] == expected
+
+
+def test_spec_training_section_sets_the_augmentation_and_flags_win(tiny_spec, tmp_path):
+    from cnnbench import distributed, training
+    from cnnbench.config import DataConfig, TrainConfig
+    from cnnbench.models.registry import resolve_entry
+
+    spec = json.loads(tiny_spec.read_text())
+    spec["training"].update(flip=0.0, min_crop_scale=0.5)
+    path = tmp_path / "digits.json"
+    path.write_text(json.dumps(spec))
+    entry = resolve_entry(str(path))
+    world = distributed.World()
+    data, _ = training.data_for(TrainConfig(model=str(path), data=DataConfig(data_dir="d")), entry, world)
+    assert (data.flip, data.min_crop_scale) == (0.0, 0.5)
+    data, _ = training.data_for(TrainConfig(model=str(path), data=DataConfig(data_dir="d", flip=0.25)), entry, world)
+    assert (data.flip, data.min_crop_scale) == (0.25, 0.5)
+    data, _ = training.data_for(TrainConfig(model="resnet50", data=DataConfig(data_dir="d")), resolve_entry("resnet50"), world)
+    assert (data.flip, data.min_crop_scale) == (0.5, 0.08)  # torchvision's ImageNet recipe
+
+
+def test_sigterm_stops_after_the_current_step_and_records_what_completed(tmp_path, tiny_spec):
+    """What timeout, SLURM and Kubernetes send: the completed steps are printed and recorded, exit 143."""
+    process = subprocess.Popen([sys.executable, "-m", "cnnbench", "train", str(tiny_spec), "--image-size", "16",
+                                "--batch-size", "2", "--num-batches", "100000", "--warmup", "1", "--display-every", "1"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # wait until steady steps are running
+        if line.split() and line.split()[0] == "5":
+            break
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "Images/sec:" in out and "Traceback" not in err
+    record = read_jsonl(tmp_path / "results_train/runs.jsonl")[-1]
+    assert record["status"] == "terminated" and record["steady_steps"] >= 3
+    assert record["checkpoint"] is None

@@ -1,7 +1,9 @@
-"""One typed configuration tree per command, validated before any work starts.
+"""One typed configuration tree per command: every option's type, default, help and check live here.
 
-Each error names the option to change. The resolved tree is printed in the run's header and saved,
-flattened to dotted names, in every result record.
+The command line is generated from these dataclasses (cli.py reads their fields), so an option's default is
+written once. `validate()` runs before any work starts and each error names the option to set. The
+resolved tree is saved, flattened to dotted names, in every result record; a sweep writes each
+child's command line back from its tree (`to_argv`), never from the parser.
 """
 
 from __future__ import annotations
@@ -11,97 +13,145 @@ from dataclasses import dataclass, field
 
 from cnnbench.errors import UsageError
 
+# Largest integer an option may take: torch and numpy hold sizes and seeds in 64-bit integers, and a
+# batch of 2**31 images is already far beyond any device; bigger values are a typo, not a request.
+MAX_INT = 2**31 - 1
+
+SCENARIOS = ("offline", "single-stream")
+MEMORY_FORMATS = ("auto", "nchw", "nhwc")
+# torch.compile's modes (torch.compile's documentation: "default", "reduce-overhead", "max-autotune",
+# "max-autotune-no-cudagraphs"); a mode outside these fails only after the model is built.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PREPROCESS_PRESETS = ("torchvision", "torchvision-v2", "aimatrix")
+DATA_FORMATS = ("tfrecord", "folder")
+PLANS = ("auto", "original", "cpu", "quick")
+
+
+def option(default=None, help: str = "", *, flag: str | None = None, choices: tuple[str, ...] | None = None,
+           metavar: str | None = None, alias: tuple[str, object] | None = None, positional: bool = False,
+           show_default: bool = True):
+    """A config field that is also a command-line option.
+
+    flag: the option's spelling when it is not --field-name; alias: (flag, value) another flag that
+    sets the same field to a fixed value (--channels-last sets memory_format to nhwc).
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "alias": alias,
+            "positional": positional, "show_default": show_default}
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class MeasureConfig:
-    batch_size: int = 64
-    num_batches: int = 500  # the original's default; with --duration it is the upper bound
-    warmup: int = 20  # steps run before timing starts (cuDNN autotuning, allocator growth, compilation)
-    display_every: int = 100
-    duration: float | None = None  # seconds of steady-state time; the run stops when reached
-    min_steady_steps: int = 3  # with --duration: never fewer steady steps than this
+    batch_size: int = option(64, "images per step")
+    num_batches: int = option(500, "steady-state steps to time, the original's 500; with --duration the upper bound")
+    warmup: int = option(20, "steps before timing starts, excluded from the steady-state figures "
+                             "(cuDNN autotuning, allocator growth, compilation)")
+    display_every: int = option(100, "print a step line every N steps")
+    duration: float | None = option(None, "stop after this many seconds of steady-state time (at least --min-steady-steps "
+                                          "steps; --num-batches stays the upper bound)", metavar="SECONDS")
+    min_steady_steps: int = option(3, "with --duration: at least this many steady steps")
 
     def validate(self) -> None:
-        _positive_int(self.batch_size, "--batch-size")
-        _positive_int(self.num_batches, "--num-batches")
-        _positive_int(self.display_every, "--display-every")
-        _positive_int(self.min_steady_steps, "--min-steady-steps")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise UsageError(f"--warmup must be 0 or more steps, got {self.warmup}")
+        _int_at_least(self.batch_size, 1, "--batch-size")
+        _int_at_least(self.num_batches, 1, "--num-batches")
+        _int_at_least(self.display_every, 1, "--display-every")
+        _int_at_least(self.min_steady_steps, 1, "--min-steady-steps")
+        _int_at_least(self.warmup, 0, "--warmup")
         if self.duration is not None and not self.duration > 0:
             raise UsageError(f"--duration must be a positive number of seconds, got {self.duration}")
 
 
 @dataclass
 class PlacementConfig:
-    device: str = "auto"  # auto = cuda if available, else cpu
-    precision: str = "fp32"
-    channels_last: bool = False
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    precision: str = option("fp32", "fp32 | tf32 | fp16 | bf16 (| int8 for inference); fp16/bf16: autocast mixed "
+                                    "precision; tf32: CUDA only")
+    memory_format: str = option("auto", "activation and weight layout; auto: channels-last (nhwc) where it is faster "
+                                        "(CPUs, CUDA GPUs with tensor cores), nchw for the ONNX engines",
+                                choices=MEMORY_FORMATS, alias=("--channels-last", "nhwc"))
 
 
 @dataclass
 class DataConfig:
-    data_dir: str | None = None  # None: synthetic input
-    num_epochs: int | None = None  # with data_dir: run the split this many times (all images counted)
-    data_format: str | None = None  # tfrecord | folder; None: detected from the directory
-    split: str | None = None  # None: train for training, validation for inference
-    label_offset: int = 1  # TFRecord ImageNet convention: label 0 is the background class
-    workers: int | None = None  # None: the usable cores
-    preprocess: str | None = None  # None: what the weights expect; "aimatrix": the original's table
-    skip_corrupt: bool = False
-    # Training augmentation: RandomResizedCrop's smallest area fraction and the flip probability
-    # (torchvision's ImageNet recipe: 0.08 and 0.5). Tiny images such as the digits sample need gentler crops.
-    min_crop_scale: float = 0.08
-    flip: float = 0.5
+    data_dir: str | None = option(None, "ImageNet-style TFRecord shards or image folders (train/, val/ or validation/); "
+                                        "default: synthetic input")
+    num_epochs: int | None = option(None, "with --data-dir: whole passes over the split instead of --num-batches")
+    data_format: str | None = option(None, "tfrecord | folder; default: detected from the directory", choices=DATA_FORMATS)
+    split: str | None = option(None, "default: train for training, validation for inference")
+    label_offset: int = option(1, "subtracted from TFRecord labels (1: label 0 is ImageNet's background class)")
+    workers: int | None = option(None, "data-loader worker processes; default: the usable cores")
+    preprocess: str | None = option(None, "default: what the weights expect; aimatrix: the original's table "
+                                          "(resize 256x256, crop 224, its scales)", choices=PREPROCESS_PRESETS)
+    skip_corrupt: bool = option(False, "skip undecodable images (counted, excluded from accuracy)")
+    # Training augmentation: RandomResizedCrop's smallest area fraction and the flip probability. None:
+    # the model's own (a spec file's `training` section), else torchvision's ImageNet recipe, 0.08 and 0.5.
+    min_crop_scale: float | None = option(None, "training: RandomResizedCrop's smallest area fraction; default: the spec "
+                                                "file's training.min_crop_scale, else 0.08 (torchvision's recipe)")
+    flip: float | None = option(None, "training: horizontal flip probability; default: the spec file's training.flip, "
+                                      "else 0.5")
+
+    def with_augmentation(self, model_min_crop_scale: float | None, model_flip: float | None) -> DataConfig:
+        """The training augmentation that runs: the flag, else the model's own (a spec file's `training`
+        section: ImageNet's flips and 8% crops are wrong for digits, text, medical images), else
+        torchvision's ImageNet recipe (references/classification: RandomResizedCrop scale (0.08, 1), flip 0.5)."""
+        def pick(flag, model, recipe):
+            return flag if flag is not None else model if model is not None else recipe
+
+        return dataclasses.replace(self, min_crop_scale=pick(self.min_crop_scale, model_min_crop_scale, 0.08),
+                                   flip=pick(self.flip, model_flip, 0.5))
 
     def validate(self) -> None:
-        if not 0 < self.min_crop_scale <= 1:
+        if self.min_crop_scale is not None and not 0 < self.min_crop_scale <= 1:
             raise UsageError(f"--min-crop-scale must be in (0, 1], got {self.min_crop_scale}")
-        if not 0 <= self.flip <= 1:
+        if self.flip is not None and not 0 <= self.flip <= 1:
             raise UsageError(f"--flip must be a probability in [0, 1], got {self.flip}")
         if self.num_epochs is not None:
-            _positive_int(self.num_epochs, "--num-epochs")
+            _int_at_least(self.num_epochs, 1, "--num-epochs")
             if self.data_dir is None:
                 raise UsageError("--num-epochs needs --data-dir (synthetic input has no epochs); use --num-batches")
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
-            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
+        if self.workers is not None:
+            _int_at_least(self.workers, 0, "--workers")
 
 
 @dataclass
 class RunConfig:
     """What every benchmark run has: a model, an input, a device, a way to measure, a place for results."""
 
-    model: str
-    image_size: int | None = None  # None: the model's own input size
-    seed: int = 0
-    log_dir: str | None = None  # checkpoint directory; None: log_<model>_<batch>, as the original's scripts
-    results_dir: str = "results"
+    model: str = option("", "registered name (any case) or path to a JSON spec file", positional=True)
+    image_size: int | None = option(None, "input height and width; default: the model's (224)")
+    seed: int = option(0, "seed of weights, synthetic input and shuffling")
+    log_dir: str | None = option(None, "checkpoint directory; default log_<model>_<batch>, as the original's scripts")
+    results_dir: str = option("results", "where the JSON-lines record and CSV tables go")
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> None:
+        if not self.model:
+            raise UsageError("no model given; name one (see `cnnbench models`) or a JSON spec file")
         self.measure.validate()
         self.data.validate()
         if self.image_size is not None:
-            _positive_int(self.image_size, "--image-size")
+            _int_at_least(self.image_size, 1, "--image-size")
 
 
 @dataclass
 class TrainConfig(RunConfig):
-    results_dir: str = "results_train"
-    learning_rate: float | None = None  # None: the registry's (or spec file's) per-model rule
-    compile: bool = False
-    eval_at_end: bool = False  # with data.data_dir: top-1/top-5 on the validation split after training
-    # Data-parallel processes on this machine, one per accelerator (the original's NUM_ACCELERATORS);
-    # the batch size is per process. Under torchrun, torchrun's --nproc-per-node decides instead.
-    num_accelerators: int = 1
-    # Seconds a collective waits for the other ranks before the job fails (a rank died or hangs).
-    dist_timeout: float = 60.0
+    log_dir: str | None = option(None, "checkpoint directory: saved at the end, resumed from if present; "
+                                       "default log_<model>_<batch>")
+    results_dir: str = option("results_train", "where the JSON-lines record and CSV tables go")
+    learning_rate: float | None = option(None, "override the per-model learning rate")
+    compile: bool = option(False, "torch.compile the model (compilation happens in warm-up and is reported apart)")
+    eval_at_end: bool = option(False, "with --data-dir: top-1/top-5 on the validation split after training")
+    # The original's NUM_ACCELERATORS; under torchrun, torchrun's --nproc-per-node decides instead.
+    num_accelerators: int = option(1, "data-parallel processes on this machine, one per GPU (gloo processes on a CPU); "
+                                      "--batch-size is per process", metavar="N")
+    dist_timeout: float = option(60.0, "seconds a collective waits for the other ranks before the job fails",
+                                 metavar="SECONDS")
 
     def validate(self) -> None:
         super().validate()
-        _positive_int(self.num_accelerators, "--num-accelerators")
+        _int_at_least(self.num_accelerators, 1, "--num-accelerators")
         if not self.dist_timeout > 0:
             raise UsageError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -112,9 +162,70 @@ class TrainConfig(RunConfig):
             raise UsageError("--compile needs --warmup 1 or more, so that compilation stays out of the steady-state figures")
 
 
-def _positive_int(value: object, option: str) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise UsageError(f"{option} must be an integer of at least 1, got {value}")
+@dataclass
+class InferConfig(RunConfig):
+    log_dir: str | None = option(None, "where the training checkpoint is read from; default log_<model>_<batch>")
+    results_dir: str = option("results_infer", "where the JSON-lines record and CSV tables go")
+    engine: str = option("eager", "eager | compile | onnxruntime | tensorrt")
+    compile_mode: str | None = option(None, "torch.compile mode; default max-autotune on CUDA, max-autotune-no-cudagraphs "
+                                            "on CPU", choices=COMPILE_MODES)
+    scenario: str = option("offline", "offline (back-to-back batches) | single-stream (batch 1, one query at a time; "
+                                      "headline p90 latency)", choices=SCENARIOS)
+    weights: str | None = option(None, "a state_dict or checkpoint file (torchvision's published files load as they are)")
+    pretrained: bool = option(False, "torchvision's ImageNet weights (cached under TORCH_HOME)")
+    random_weights: bool = option(False, "no weights: a pure speed run")
+    calib_batches: int = option(10, "int8 calibration batches (the original's 10)")
+    guard_batches: int = option(4, "batches compared against eager fp32")
+    cache_path: str | None = option(None, "keep exported / quantised / compiled artefacts here and reuse them")
+
+    def validate(self) -> None:
+        super().validate()
+        _int_at_least(self.calib_batches, 1, "--calib-batches")
+        _int_at_least(self.guard_batches, 0, "--guard-batches")
+        chosen = [flag for flag, on in (("--weights", self.weights), ("--pretrained", self.pretrained),
+                                        ("--random-weights", self.random_weights)) if on]
+        if len(chosen) > 1:
+            raise UsageError(f"{' and '.join(chosen)} name different weights; give one of them")
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep adds to the options of the runs it starts."""
+
+    models: str | None = option(None, "comma-separated; default: googlenet,resnet50,resnet152,densenet121,synNet")
+    batch_sizes: str = option("16,32,64", "comma-separated")
+    plan: str = option("auto", "auto: the original's 500 batches after 20 warm-up steps on a GPU, a bounded plan on a CPU; "
+                               "quick: batch 16 only, a few steady seconds per configuration; explicit "
+                               "--num-batches/--warmup/--duration override the plan", choices=PLANS)
+    quick: bool = option(False, "the same as --plan quick (./run.sh --quick)")
+    time_budget: float | None = option(None, "bound the whole sweep to about this many seconds: the steady time is spread "
+                                             "over the configurations, each keeping 1 warm-up and 2 steady steps",
+                                       metavar="SECONDS")
+
+    def validate(self) -> None:
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise UsageError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
+
+
+@dataclass
+class TrainSweepConfig(SweepConfig):
+    num_accelerators: str = option("1", "comma-separated process counts to sweep, e.g. 1,2,4; a scaling-efficiency "
+                                        "table compares each with 1", metavar="N[,N...]")
+
+
+@dataclass
+class InferSweepConfig(SweepConfig):
+    engines: str | None = option(None, "comma-separated engines; default: eager fp32 and the device's fastest engines at "
+                                       "fp32 and reduced precision (CPU: onnxruntime fp32, int8; CUDA: compile bf16, fp16, "
+                                       "and tensorrt when installed)")
+    precisions: str | None = option(None, "comma-separated precisions, crossed with --engines (impossible pairs are "
+                                          "skipped); default: see --engines")
+
+
+def _int_at_least(value: object, least: int, option_name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= MAX_INT:
+        what = "an integer of at least 1" if least == 1 else f"{least} or more"
+        raise UsageError(f"{option_name} must be {what}, got {value}")
 
 
 def flatten(config: object, prefix: str = "config") -> dict[str, object]:
@@ -131,30 +242,53 @@ def flatten(config: object, prefix: str = "config") -> dict[str, object]:
 
 
 def describe(config: object) -> list[str]:
-    """Lines `name = value` for the run header."""
+    """Lines `name = value` for a full listing (a sweep log's head)."""
     return [f"{k.removeprefix('config.')} = {v}" for k, v in flatten(config).items()]
 
 
-SCENARIOS = ("offline", "single-stream")
+def field_default(f: dataclasses.Field) -> object:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
-@dataclass
-class InferConfig(RunConfig):
-    results_dir: str = "results_infer"
-    engine: str = "eager"
-    compile_mode: str | None = None  # None: max-autotune on CUDA, max-autotune-no-cudagraphs on CPU
-    scenario: str = "offline"
-    weights: str | None = None
-    pretrained: bool = False
-    random_weights: bool = False
-    calib_batches: int = 10  # the original calibrated TensorRT int8 on 10 batches
-    guard_batches: int = 4
-    cache_path: str | None = None
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
-    def validate(self) -> None:
-        super().validate()
-        if self.scenario not in SCENARIOS:
-            raise UsageError(f"unknown --scenario {self.scenario!r}; use one of: {', '.join(SCENARIOS)}")
-        _positive_int(self.calib_batches, "--calib-batches")
-        if not isinstance(self.guard_batches, int) or self.guard_batches < 0:
-            raise UsageError(f"--guard-batches must be 0 or more, got {self.guard_batches}")
+
+def build(cls: type, given: dict[str, object], prefix: str = ""):
+    """The tree of `cls` with the dotted names in `given` set (the options the user gave) and defaults elsewhere."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            values[f.name] = build(f.default_factory, given, name + ".")
+        elif name in given:
+            values[f.name] = given[name]
+    return cls(**values)
+
+
+def to_argv(config: object) -> list[str]:
+    """The command-line options that rebuild `config` (the positional model first): every field that
+    differs from its default, so a new option passes through a sweep with no edit anywhere."""
+    positional: list[str] = []
+    options: list[str] = []
+    for f, value in _leaves(config):
+        if value == field_default(f):
+            continue
+        if f.metadata.get("positional"):
+            positional.append(str(value))
+        elif isinstance(value, bool):
+            options.append(flag_of(f))
+        else:
+            options += [flag_of(f), str(value)]
+    return positional + options
+
+
+def _leaves(config: object):
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value)
+        else:
+            yield f, value

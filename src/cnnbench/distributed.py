@@ -1,6 +1,7 @@
-"""Data-parallel training on torch.distributed: launching a job, joining it, and agreeing across ranks.
+"""Data-parallel training on torch.distributed, inside a worker: its place in the job, joining the
+process group, the DDP wrapper, and agreeing across ranks outside the timed steps.
 
-Two ways in, one worker code path:
+Two ways in, one worker code path (launcher.py starts the second):
   - `torchrun --nproc-per-node N [--nnodes ... --rdzv-endpoint ... --node-rank ...] -m cnnbench train ...`:
     torchrun starts the processes and sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
     GROUP_RANK (the node's rank), MASTER_ADDR and MASTER_PORT; every such process is a worker.
@@ -18,14 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 import os
 import re
-import signal
 import socket
-import sys
-import tempfile
-import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
@@ -35,23 +31,13 @@ from torch import nn
 
 from cnnbench import environment, errors, reporting
 from cnnbench.stats import throughput
-from cnnbench.timing import StepTimes, measure
+from cnnbench.timing import StepTimes
 
 # What torchrun sets in each worker's environment, and what env:// initialisation reads.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Set by `launch` for its workers: when the launching command started, so that system performance
 # covers the whole command (the workers' start-up included), as it does for one process.
 STARTED_AT_VARIABLE = "CNNBENCH_STARTED_AT"
-EXIT_MEANINGS = {errors.EXIT_USAGE: "usage error", errors.EXIT_OUT_OF_MEMORY: "out of memory",
-                 errors.EXIT_RUN_FAILED: "run failed", errors.EXIT_INTERRUPTED: "interrupted"}
-
-
-class JobFailed(errors.CnnbenchError):
-    """A launched job ended with a failed rank; the exit code is the rank's when it is one of ours."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -139,7 +125,7 @@ def join(world: World, device: torch.device, timeout_seconds: float) -> World:
         torch.cuda.set_device(device)
         options["device_id"] = device  # binds the communicator to this rank's GPU at once
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds), **options)
-    reporting.console.quiet = not world.is_main
+    reporting.set_quiet(not world.is_main)
     return replace(world, backend=backend)
 
 
@@ -162,6 +148,13 @@ def wrap(module: nn.Module, world: World, device: torch.device) -> nn.Module:
     # into them after every backward (the copy cost ~5% of a ResNet-50 step on this project's CPU).
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                    gradient_as_bucket_view=True)
+
+
+def slowest_elapsed(world: World) -> Callable[[float], float] | None:
+    """For timing.measure_together: the largest of every rank's steady seconds so far (a collective)."""
+    if not world.distributed:
+        return None
+    return lambda seconds: max(gather(world, seconds))
 
 
 def gather(world: World, value: object) -> list:
@@ -193,32 +186,6 @@ def from_main(world: World, produce: Callable[[], object]) -> object:
     if kind == "error":
         raise errors.UsageError(value)
     return value
-
-
-def measure_together(world: World, step, synchronize, *, warmup: int, max_steps: int, duration: float | None,
-                     min_steps: int, after_step) -> StepTimes:
-    """timing.measure, with every rank running the same number of steps.
-
-    Each step's gradient all-reduce pairs up the ranks' steps: a rank that stopped one step early would
-    leave the others waiting in it. A step budget is the same everywhere; a time budget (--duration)
-    is not, as each rank reads its own clock. So under a time budget the ranks run steps in chunks
-    and, between chunks and outside the timed region, agree on the slowest rank's steady time so far,
-    sizing the next chunk from it.
-    """
-    if not world.distributed or duration is None:
-        return measure(step, synchronize, warmup=warmup, max_steps=max_steps, duration=duration,
-                       min_steps=min_steps, after_step=after_step)
-    times = measure(step, synchronize, warmup=warmup, max_steps=min(max(min_steps, 1), max_steps), after_step=after_step)
-    while not times.interrupted and len(times.steady_seconds) < max_steps:
-        done = len(times.steady_seconds)
-        elapsed = max(gather(world, sum(times.steady_seconds)))
-        if elapsed >= duration and done >= min_steps:
-            break
-        chunk = min(max_steps - done, max(1, math.ceil((duration - elapsed) / (elapsed / done))))
-        more = measure(step, synchronize, warmup=0, max_steps=chunk, after_step=after_step)
-        times.steady_seconds += more.steady_seconds
-        times.interrupted = more.interrupted
-    return times
 
 
 def slowest_steps(per_rank: list[dict]) -> StepTimes:
@@ -281,74 +248,3 @@ def _is_communication_error(exc: RuntimeError) -> bool:
         return True
     text = str(exc)
     return any(marker in text for marker in ("gloo", "NCCL", "ProcessGroup", "Connection reset", "Connection closed"))
-
-
-# ---------------------------------------------------------------- launching from a plain process
-
-
-def launch(argv: list[str], count: int, launched_at: float) -> int:
-    """Run `python -m cnnbench ARGV` as `count` workers on this machine under torchrun's agent.
-
-    Returns 0 when every rank succeeded; raises JobFailed naming the failed rank(s) otherwise. The
-    agent stops the other workers as soon as one fails (SIGTERM, then SIGKILL), so none is left behind.
-    """
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    workers_env = {STARTED_AT_VARIABLE: repr(launched_at)}
-    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does, but the cores split rather than 1 each
-        workers_env["OMP_NUM_THREADS"] = str(share_of_cores(planned(count)))
-    with tempfile.TemporaryDirectory(prefix="cnnbench-torchelastic-") as logs, _environment(workers_env):
-        config = LaunchConfig(
-            min_nodes=1, max_nodes=1, nproc_per_node=count, run_id=f"cnnbench-{uuid.uuid4().hex[:12]}",
-            # torchrun --standalone's rendezvous: on this machine, on a free port.
-            rdzv_backend="c10d", rdzv_endpoint="localhost:0",
-            max_restarts=0,  # a benchmark that restarts would time the restart
-            monitor_interval=0.1, logs_specs=DefaultLogsSpecs(log_dir=logs),
-        )
-        try:
-            elastic_launch(config, sys.executable)("-m", "cnnbench", *argv)
-        except ChildFailedError as exc:
-            raise JobFailed(*_failure_summary(exc.failures, count)) from None
-        except SignalException as exc:  # Ctrl-C or a kill of this process: the agent has stopped the workers
-            return errors.EXIT_INTERRUPTED if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)
-    return 0
-
-
-def _failure_summary(failures: dict, count: int) -> tuple[str, int]:
-    """One line naming the rank(s) that failed, and the job's exit code.
-
-    The agent stops the surviving workers with SIGTERM once one fails: those are not the cause, unless
-    nothing else failed. A rank that lost contact with a failed one exits with code 4 too; the job's
-    exit code is the other failures' when they agree on one of ours (2 usage, 3 out of memory, 130).
-    """
-    causes = {rank: f for rank, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
-    parts = []
-    for rank, failure in sorted(causes.items()):
-        code = failure.exitcode
-        if code < 0:
-            parts.append(f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) was killed by {signal.Signals(-code).name}")
-        else:
-            meaning = f" ({EXIT_MEANINGS[code]})" if code in EXIT_MEANINGS else ""
-            parts.append(f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) exited with code {code}{meaning}")
-    codes = {f.exitcode for f in causes.values()}
-    codes = (codes - {errors.EXIT_RUN_FAILED}) or codes
-    exit_code = next(iter(codes)) if len(codes) == 1 and codes <= EXIT_MEANINGS.keys() else errors.EXIT_RUN_FAILED
-    return (f"distributed training failed on {socket.gethostname()}: {'; '.join(parts)}; "
-            f"the other rank(s) of {count} were stopped"), exit_code
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Variables the workers inherit, set for the launch only."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -5,11 +5,14 @@ One process per configuration, as the original's scripts ran one nvcnn.py per co
 or an out-of-memory in one cannot take the sweep down, every configuration starts from a clean
 device, and system performance is the whole command's wall time. Each record is written by its run
 as soon as the run ends, so an interrupted sweep keeps what finished.
+
+The recipe: plan the configurations (each a typed config, its command line written back from it),
+estimate the time, rotate the results folder, run them one by one, summarise.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
 import signal
 import subprocess
@@ -20,10 +23,14 @@ from pathlib import Path
 
 import torch
 
-from cnnbench import environment, errors, reporting, results
-from cnnbench.models.registry import forward_flops, resolve_entry
+from cnnbench import config, environment, errors, estimate, reporting, results
+from cnnbench.config import InferConfig, RunConfig, SweepConfig, TrainConfig
+from cnnbench.models.registry import resolve_entry
+from cnnbench.placement import resolve_device
+from cnnbench.timing import Terminated
 
 DEFAULT_MODELS = results.ORIGINAL_MODEL_ORDER
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 @dataclass(frozen=True)
@@ -34,32 +41,42 @@ class Plan:
     duration: float | None
     min_steady_steps: int
     reason: str
+    batch_sizes: str | None = None  # a plan may fix the batch sizes (quick: 16 only)
+    run_overrides: tuple[tuple[str, object], ...] = ()  # other child options the plan sets (dotted names)
 
 
 # The original: 500 batches per configuration (train-all.sh) after nvcnn.py's warm-up steps.
 ORIGINAL_PLAN = Plan("original", 20, 500, None, 3, "the original's 500 timed batches after 20 warm-up steps")
 # A 2-core CPU trains ResNet-152 at batch 64 in tens of seconds per step: 15 x 520 steps would take days.
-CPU_PLAN = Plan(
-    "cpu", 2, 500, 20.0, 3,
-    "no GPU: 2 warm-up steps, then 20 s of steady-state time and at least 3 steady steps per configuration "
-    "(500 batches x 15 configurations at 224 px would take days on a CPU)",
-)
+CPU_PLANS = {
+    "train": Plan("cpu", 2, 500, 20.0, 3, "no GPU: 2 warm-up steps, then 20 s of steady-state time and at least 3 steady "
+                                         "steps per configuration (500 batches x 15 configurations would take days on a CPU)"),
+    # A forward pass costs a third of a training step, so 10 s of steady time suffices.
+    "infer": Plan("cpu", 2, 500, 10.0, 3, "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady "
+                                         "batches per configuration"),
+}
+# Every model once at batch 16, training then inference, in minutes on a 2-core CPU (README: measured).
+# The guard keeps one batch against eager fp32 and int8 calibrates on 2 batches: enough to check, not to rank.
+QUICK_PLANS = {
+    "train": Plan("quick", 1, 500, 3.0, 2, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at least 2 "
+                                          "steady steps per configuration", batch_sizes="16"),
+    "infer": Plan("quick", 1, 500, 2.0, 2, "quick: batch 16, 1 warm-up batch, 2 s of steady-state time and at least 2 "
+                                          "steady batches, 1 guard batch, 2 int8 calibration batches per configuration",
+                  batch_sizes="16", run_overrides=(("guard_batches", 1), ("calib_batches", 2))),
+}
 
 
-def choose_plan(args: argparse.Namespace, device: torch.device, cpu_plan: Plan = CPU_PLAN) -> Plan:
-    base = {"original": ORIGINAL_PLAN, "cpu": cpu_plan}.get(args.plan) or (ORIGINAL_PLAN if device.type == "cuda" else cpu_plan)
-    reason = base.reason if args.plan != "auto" else f"{device.type} device detected: {base.reason}"
-    overrides = {k: getattr(args, k) for k in ("warmup", "num_batches", "duration") if getattr(args, k) is not None}
-    if overrides:
-        reason += "; overridden by " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
-    return Plan(
-        name=base.name + ("+overrides" if overrides else ""),
-        warmup=overrides.get("warmup", base.warmup),
-        num_batches=overrides.get("num_batches", base.num_batches),
-        duration=overrides.get("duration", base.duration),
-        min_steady_steps=args.min_steady_steps,
-        reason=reason,
-    )
+def choose_plan(kind: str, settings: SweepConfig, explicit: set[str], device: torch.device) -> Plan:
+    """The plan for the device, then any --warmup / --num-batches / --duration the user gave on top."""
+    name = "quick" if settings.quick else settings.plan
+    if name == "auto":
+        name = "original" if device.type == "cuda" else "cpu"
+    base = {"original": ORIGINAL_PLAN, "cpu": CPU_PLANS[kind], "quick": QUICK_PLANS[kind]}[name]
+    reason = f"{device.type} device detected: {base.reason}" if settings.plan == "auto" and not settings.quick else base.reason
+    given = {k: v for k, v in (("warmup", None), ("num_batches", None), ("duration", None)) if f"measure.{k}" in explicit}
+    if given:
+        reason += "; overridden by " + ", ".join(f"--{k.replace('_', '-')}" for k in given)
+    return dataclasses.replace(base, name=base.name + ("+overrides" if given else ""), reason=reason)
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -74,141 +91,245 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
-def parse_accelerator_counts(text: str) -> list[int]:
+def parse_counts(text: str, what: str, example: str) -> list[int]:
     counts = []
-    for item in parse_list(str(text), "--num-accelerators"):
-        if not item.isdigit() or int(item) < 1:
-            raise errors.UsageError(f"--num-accelerators: {item!r} is not a positive integer; give counts such as 1,2,4")
+    for item in parse_list(str(text), what):
+        if not item.isdigit() or not 1 <= int(item) <= config.MAX_INT:
+            raise errors.UsageError(f"{what}: {item!r} is not a positive integer; give integers of at least 1, e.g. {example}")
         counts.append(int(item))
     return counts
 
 
-def parse_batch_sizes(text: str) -> list[int]:
-    sizes = []
-    for item in parse_list(text, "--batch-sizes"):
-        if not item.isdigit() or int(item) < 1:
-            raise errors.UsageError(f"--batch-sizes: {item!r} is not a batch size; give integers of at least 1, e.g. 16,32,64")
-        sizes.append(int(item))
-    return sizes
-
-
-def matmul_gflops(device: torch.device) -> float:
-    """A one-second calibration of the device's dense fp32 arithmetic rate, for the time estimate only."""
-    n = 1024 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device)
-    a @ a
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 0.5:
-        a @ a
-        reps += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
-
-
-# Rough: convolution training reaches about a third of a device's GEMM rate, and a training step
-# costs about 3 forward passes (forward, backward for activations, backward for weights).
-CNN_EFFICIENCY = 0.3
-TRAIN_PASSES = 3.0
-STARTUP_SECONDS = 5.0  # interpreter, torch import, model build
-
-
-def estimate_seconds(models: list[str], batches: list[int], plan: Plan, image_size: int | None, gflops: float, passes: float) -> float:
-    total = 0.0
-    for model in models:
-        entry = resolve_entry(model)
-        flops = forward_flops(entry, image_size or entry.input_size)
-        for batch in batches:
-            step = passes * flops * batch / (gflops * 1e9 * CNN_EFFICIENCY)
-            steady = plan.num_batches * step
-            if plan.duration is not None:
-                steady = min(steady, max(plan.duration, plan.min_steady_steps * step))
-            total += STARTUP_SECONDS + plan.warmup * step + steady
-    return total
-
-
 @dataclass
 class Configuration:
-    model: str
-    batch_size: int
+    run: RunConfig  # the child's whole configuration
     log_name: str  # result_<...>.txt
-    argv: list[str]  # arguments after `python -m cnnbench`
     base_record: dict  # what a failure record says about the run when the run itself could not write one
-    num_accelerators: int = 1  # processes of a data-parallel training job
+    estimated_seconds: float = math.nan
+
+    @property
+    def argv(self) -> list[str]:  # arguments after `python -m cnnbench`
+        return [self.base_record["kind"], *config.to_argv(self.run)]
 
 
-def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path, estimate: float | None) -> int:
+def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str]) -> int:
+    """train-all and infer-all: validate every configuration, print the plan and estimate, rotate, run."""
+    settings.validate()
+    device = resolve_device(base.placement.device)  # a bad device fails before anything runs
+    plan = choose_plan(kind, settings, explicit, device)
+    models = parse_list(settings.models, "--models") if settings.models is not None else list(DEFAULT_MODELS)
+    batches = parse_counts(plan.batch_sizes if plan.batch_sizes and "sweep.batch_sizes" not in explicit
+                           else settings.batch_sizes, "--batch-sizes", "16,32,64")
+    configurations = plan_configurations(kind, settings, base, explicit, plan, models, batches, device)
+    rates = estimate.calibrate(device, kind)
+    for c in configurations:
+        c.estimated_seconds = estimate.configuration_seconds(c.run, kind, rates)
+    if settings.time_budget is not None:
+        configurations = fit_budget(configurations, settings.time_budget, kind, rates)
+    total = sum(c.estimated_seconds for c in configurations)
+    reporting.say(f"Plan: {plan.name}: {plan.reason}")
+    reporting.say(f"{len(configurations)} configurations ({describe_axes(configurations)}) on {device}; "
+                  f"estimated {clock(total)} ({rates.describe()})")
+    results_dir = Path(base.results_dir)
+    moved = results.rotate(results_dir)
+    if moved:
+        reporting.say(f"Previous results moved to {moved}")
+    results_dir.mkdir(parents=True)
+    return run_sweep(kind, configurations, results_dir, total)
+
+
+def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan,
+                        models: list[str], batches: list[int], device: torch.device) -> list[Configuration]:
+    """Every configuration as a validated child config; any mistake fails here, before anything runs."""
+    from cnnbench import distributed, inference, training
+
+    measure = {k: getattr(plan, k) for k in ("warmup", "num_batches", "duration")
+               if f"measure.{k}" not in explicit}
+    if "measure.min_steady_steps" not in explicit:
+        measure["min_steady_steps"] = plan.min_steady_steps
+    variants = engine_pairs(settings, device) if kind == "infer" else accelerator_counts(settings, device)
+    out = []
+    for model in models:
+        name = resolve_entry(model).name  # an unknown model fails here
+        for batch in batches:
+            for variant in variants:
+                run = dataclasses.replace(base, model=model, log_dir=base.log_dir or f"log_{name}_{batch}",
+                                          measure=dataclasses.replace(base.measure, batch_size=batch, **measure),
+                                          **{k: v for k, v in plan.run_overrides if k not in explicit})
+                if kind == "infer":
+                    engine, precision = variant
+                    run = dataclasses.replace(run, engine=engine, placement=dataclasses.replace(run.placement, precision=precision))
+                    inference.preflight(run)
+                    suffix = "" if variant == ("eager", "fp32") else f"_{engine}_{precision}"
+                else:
+                    run = dataclasses.replace(run, num_accelerators=variant)
+                    training.preflight(run, distributed.planned(variant))
+                    suffix = f"_x{variant}" if variant > 1 else ""
+                base_record = {"kind": kind, "model": name, "batch_size": batch, "device": str(device),
+                               "engine": getattr(run, "engine", None), "precision": run.placement.precision,
+                               "num_accelerators": getattr(run, "num_accelerators", 1), **config.flatten(run)}
+                out.append(Configuration(run, f"result_{name}_{batch}{suffix}.txt", base_record))
+    return out
+
+
+def engine_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
+    """--engines x --precisions, impossible pairs skipped with a line; by default eager fp32 and the
+    device's fastest engines (engines.default_pairs)."""
+    from cnnbench.engines import ENGINES, SUPPORTED, supported_pairs
+
+    if settings.engines is None and settings.precisions is None:
+        return default_pairs(device.type)
+    engines = parse_list(settings.engines or "eager", "--engines")
+    precisions = parse_list(settings.precisions or "fp32", "--precisions")
+    for engine in engines:
+        if engine not in ENGINES:
+            raise errors.UsageError(f"--engines: unknown engine {engine!r}; use some of: {', '.join(ENGINES)}")
+    pairs = [(e, p) for e in engines for p in precisions if p in SUPPORTED[e].get(device.type, ())]
+    skipped = [f"{e}/{p}" for e in engines for p in precisions if (e, p) not in pairs]
+    if not pairs:
+        raise errors.UsageError(f"no engine/precision pair of --engines and --precisions works on {device.type}; "
+                                f"pairs that do: {supported_pairs(device.type)}")
+    if skipped:
+        reporting.say(f"Skipping pairs that cannot run on {device.type}: {', '.join(skipped)}")
+    return pairs
+
+
+# The framework baseline and the machine's best, at fp32 and at reduced precision: on a CPU ONNX Runtime
+# beats eager and compile at fp32 (2.07x eager on the dev EPYC, 1.7x on AVX2; README engines table) and
+# its int8 is the fastest (6.7x, 3.0x); on CUDA compile at bf16 and fp16, TensorRT where installed.
+DEFAULT_PAIRS = {
+    "cpu": [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")],
+    "cuda": [("eager", "fp32"), ("compile", "bf16"), ("compile", "fp16"), ("tensorrt", "fp16"), ("tensorrt", "int8")],
+}
+
+
+def default_pairs(device_type: str) -> list[tuple[str, str]]:
+    """DEFAULT_PAIRS of the device, those whose engine is not installed left out with a line saying why."""
+    from cnnbench.engines import check_engine
+
+    pairs = []
+    for engine, precision in DEFAULT_PAIRS[device_type]:
+        try:
+            check_engine(engine, precision, device_type)
+            pairs.append((engine, precision))
+        except errors.UsageError as exc:
+            reporting.say(f"Default {engine}/{precision} left out: {exc}")
+    return pairs
+
+
+def accelerator_counts(settings, device: torch.device) -> list[int]:
+    """Each training configuration also runs at every accelerator count (data-parallel processes, batch
+    size per process); they share the configuration's log dir, so the inference sweep finds its checkpoint."""
+    from cnnbench import distributed
+
+    counts = parse_counts(settings.num_accelerators, "--num-accelerators", "1,2,4")
+    for count in counts:
+        distributed.check_world(count, distributed.planned(count), device)
+        note = distributed.cpu_note(distributed.planned(count), device)
+        if note:
+            reporting.say(f"x{count}: {note}")
+    return counts
+
+
+def fit_budget(configurations: list[Configuration], budget: float, kind: str, rates) -> list[Configuration]:
+    """Spread `budget` seconds over the configurations: each keeps 1 warm-up and 2 steady steps, and
+    the steady time left after every configuration's fixed costs is shared equally."""
+    lean = [dataclasses.replace(c.run, measure=dataclasses.replace(c.run.measure, warmup=1, min_steady_steps=2, duration=1e-9))
+            for c in configurations]
+    floor = [estimate.configuration_seconds(run, kind, rates) for run in lean]
+    share = max(0.0, (budget - sum(floor)) / len(configurations))
+    if share == 0.0:
+        reporting.warn(f"--time-budget {budget:g} s cannot be kept: 1 warm-up and 2 steady steps of every configuration "
+                       f"take about {clock(sum(floor))}; running that minimum")
+    out = []
+    for c, run in zip(configurations, lean):
+        run = dataclasses.replace(run, measure=dataclasses.replace(run.measure, duration=max(share, 1e-3)))
+        base_record = {**c.base_record, **config.flatten(run)}
+        out.append(Configuration(run, c.log_name, base_record, estimate.configuration_seconds(run, kind, rates)))
+    return out
+
+
+def describe_axes(configurations: list[Configuration]) -> str:
+    def distinct(key: str) -> list[str]:
+        return list(dict.fromkeys(str(c.base_record[key]) for c in configurations))
+
+    text = f"{', '.join(distinct('model'))} x batch {', '.join(distinct('batch_size'))}"
+    if configurations and configurations[0].base_record["kind"] == "infer":
+        text += " x " + ", ".join(dict.fromkeys(f"{c.base_record['engine']}/{c.base_record['precision']}" for c in configurations))
+    counts = distinct("num_accelerators")
+    return text + (f" x {', '.join(counts)} accelerators" if counts != ["1"] else "")
+
+
+def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path, estimated: float) -> int:
     """Run each configuration in a child process, tee its output to its log, record failures, summarise."""
     start = time.time()
-    done_seconds: list[float] = []
+    progress = reporting.Progress(len(configurations), f"{kind}-all")
+    code = 0
     for k, cfg in enumerate(configurations, 1):
-        elapsed = time.time() - start
-        left = _time_left(done_seconds, len(configurations) - k + 1, estimate, elapsed)
-        accelerators = f" x{cfg.num_accelerators} accelerators" if cfg.num_accelerators > 1 else ""
-        reporting.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.model} batch {cfg.batch_size}{accelerators}  "
-                               f"elapsed {_clock(elapsed)}  left ~{_clock(left)}")
-        t0 = time.time()
+        left = sum(c.estimated_seconds for c in configurations[k - 1:])
+        reporting.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.base_record['model']} batch "
+                               f"{cfg.base_record['batch_size']}  elapsed {clock(time.time() - start)}  left ~{clock(left)}")
         before = len(results.read_records(results_dir))
-        code = _run_child(cfg.argv, results_dir / cfg.log_name)
-        done_seconds.append(time.time() - t0)
+        code = run_child(cfg, results_dir / cfg.log_name)
+        progress.advance()
         if len(results.read_records(results_dir)) == before:  # the child died before it could write its record
-            results.append_record(results_dir, {**cfg.base_record, "status": "failed", "reason": _failure_reason(code, results_dir / cfg.log_name),
-                                                **environment.collect()})
-        if code == errors.EXIT_INTERRUPTED:
-            reporting.say(f"Sweep interrupted after {k - 1} complete configuration(s); results so far are in {results_dir}")
-            _summary(kind, results_dir)
-            return errors.EXIT_INTERRUPTED
-    reporting.say(f"Sweep finished in {_clock(time.time() - start)}; tables in {results_dir / results.TABLES_CSV}")
-    _summary(kind, results_dir)
-    return 0
+            results.append_record(results_dir, {**cfg.base_record, "status": "failed",
+                                                "reason": failure_reason(code, results_dir / cfg.log_name), **environment.collect()})
+        if code in (errors.EXIT_INTERRUPTED, EXIT_TERMINATED):
+            reporting.say(f"Sweep {'interrupted' if code == errors.EXIT_INTERRUPTED else 'terminated'} during configuration "
+                          f"{k} of {len(configurations)}; results so far are in {results_dir}")
+            break
+    progress.close()
+    if code not in (errors.EXIT_INTERRUPTED, EXIT_TERMINATED):
+        code = 0
+        reporting.say(f"Sweep finished in {clock(time.time() - start)} (estimated {clock(estimated)}); "
+                      f"tables in {results_dir / results.TABLES_CSV}")
+    summary(kind, results_dir)
+    return code
 
 
-def _run_child(argv: list[str], log_path: Path) -> int:
-    command = [sys.executable, "-m", "cnnbench", *argv]
+def run_child(cfg: Configuration, log_path: Path) -> int:
+    """`python -m cnnbench ...` with its output on the console and in its log (headed by the full
+    configuration). Ctrl-C reaches the child too (same process group); a SIGTERM to the sweep is
+    passed on. Either way the child records its completed steps, and the sweep stops after it."""
+    command = [sys.executable, "-m", "cnnbench", *cfg.argv]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        log.write("$ " + " ".join(command) + "\n")
+        log.write("$ " + " ".join(command) + "\n" + "".join(f"# {line}\n" for line in config.describe(cfg.run)))
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        try:
-            for line in process.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-                log.flush()
-            return process.wait()
-        except KeyboardInterrupt:
-            # The child got the same SIGINT (same process group); let it print its statistics and exit.
-            for line in process.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-            process.wait()
-            return errors.EXIT_INTERRUPTED
+        stopped = None
+        while True:
+            try:
+                for line in process.stdout:
+                    reporting.console.file.write(line)
+                    log.write(line)
+                    log.flush()
+                break
+            except KeyboardInterrupt as exc:
+                stopped = EXIT_TERMINATED if isinstance(exc, Terminated) else errors.EXIT_INTERRUPTED
+                if isinstance(exc, Terminated):
+                    process.send_signal(signal.SIGTERM)
+        code = process.wait()
+    return stopped if stopped is not None and code in (0, stopped) else code
 
 
-def _failure_reason(code: int, log_path: Path) -> str:
+def failure_reason(code: int, log_path: Path) -> str:
     if code < 0:
         name = signal.Signals(-code).name
         hint = " (likely the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
-    lines = [l for l in log_path.read_text().splitlines() if l.strip()]
+    lines = [l for l in log_path.read_text().splitlines() if l.strip() and not l.startswith("# ")]
     return f"exit code {code}: {lines[-1][:300] if lines else 'no output'}"
 
 
-def _time_left(done: list[float], remaining: int, estimate: float | None, elapsed: float) -> float:
-    if done:
-        return remaining * sum(done) / len(done)
-    return max(0.0, (estimate or math.nan) - elapsed)
-
-
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
-    seconds = int(seconds)
+    seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _summary(kind: str, results_dir: Path) -> None:
+def summary(kind: str, results_dir: Path) -> None:
     records = results.with_scaling_efficiency(results.read_records(results_dir))
     columns = [("model", "model"), ("batch", "batch_size")]
     if kind == "infer":
@@ -221,109 +342,3 @@ def _summary(kind: str, results_dir: Path) -> None:
     if several:
         columns += [("efficiency %", "scaling_efficiency")]
     reporting.summary_table(f"cnnbench {kind}-all: {results_dir}", records, columns)
-
-
-def child_argv(command: str, args: argparse.Namespace, model: str, overrides: dict) -> list[str]:
-    """`cnnbench COMMAND MODEL ...` reproducing every option the user gave, with this configuration's overrides.
-
-    Options are read off the child command's own parser, so a new option passes through with no edit here.
-    """
-    from cnnbench.cli import build_parser
-
-    child = build_parser()._subparsers._group_actions[0].choices[command]  # argparse keeps subparsers here
-    argv = [command, model]
-    for action in child._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = overrides.get(action.dest, getattr(args, action.dest, action.default))
-        if value is None or (value == action.default and action.dest not in overrides):
-            continue
-        if isinstance(action, argparse._StoreTrueAction):
-            argv += [action.option_strings[0]] if value else []
-        else:
-            argv += [action.option_strings[0], str(value)]
-    return argv
-
-
-# Inference on a CPU: a forward pass costs a third of a training step, so 10 s of steady time suffices.
-CPU_INFER_PLAN = Plan(
-    "cpu", 2, 500, 10.0, 3,
-    "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady batches per configuration",
-)
-
-
-def sweep(kind: str, args: argparse.Namespace) -> int:
-    """train-all and infer-all: validate every configuration, print the plan and estimate, rotate, run."""
-    from cnnbench import cli
-    from cnnbench.config import flatten
-
-    models = parse_list(args.models, "--models") if args.models else list(DEFAULT_MODELS)
-    batches = parse_batch_sizes(args.batch_sizes)
-    pairs = [(None, None)]
-    if kind == "infer":
-        from cnnbench.engines import ENGINES, SUPPORTED, supported_pairs
-
-        engines = parse_list(args.engines, "--engines")
-        precisions = parse_list(args.precisions, "--precisions")
-        for engine in engines:
-            if engine not in ENGINES:
-                raise errors.UsageError(f"--engines: unknown engine {engine!r}; use some of: {', '.join(ENGINES)}")
-    device = cli.placement_from(args).device  # bad device/precision options fail before anything runs
-    if kind == "infer":
-        pairs = [(e, p) for e in engines for p in precisions if p in SUPPORTED[e].get(device.type, ())]
-        skipped = [f"{e}/{p}" for e in engines for p in precisions if (e, p) not in pairs]
-        if not pairs:
-            raise errors.UsageError(f"no engine/precision pair of --engines and --precisions works on {device.type}; "
-                                    f"pairs that do: {supported_pairs(device.type)}")
-        if skipped:
-            reporting.say(f"Skipping pairs that cannot run on {device.type}: {', '.join(skipped)}")
-    # Training: each configuration also runs at every accelerator count (data-parallel processes, batch
-    # size per process); they share the configuration's log dir, so the inference sweep finds its checkpoint.
-    counts = parse_accelerator_counts(args.num_accelerators) if kind == "train" else [1]
-    if kind == "train":
-        from cnnbench import distributed
-
-        for count in counts:
-            distributed.check_world(count, distributed.planned(count), device)
-            note = distributed.cpu_note(distributed.planned(count), device)
-            if note:
-                reporting.say(f"x{count}: {note}")
-    plan = choose_plan(args, device, CPU_INFER_PLAN if kind == "infer" else CPU_PLAN)
-    results_dir = Path(args.results_dir)
-    configurations = []
-    for model in models:
-        name = resolve_entry(model).name  # an unknown model fails here, before anything runs
-        for batch in batches:
-            for engine, precision in pairs:
-                for count in counts:
-                    overrides = {"batch_size": batch, "warmup": plan.warmup, "num_batches": plan.num_batches,
-                                 "duration": plan.duration, "results_dir": str(results_dir), "log_dir": f"log_{name}_{batch}"}
-                    suffix = f"_x{count}" if count > 1 else ""
-                    if kind == "infer":
-                        overrides.update(engine=engine, precision=precision)
-                        suffix = "" if (engine, precision) == ("eager", "fp32") else f"_{engine}_{precision}"
-                    else:
-                        overrides.update(num_accelerators=count)
-                    cfg = cli.config_from(kind, args, model, overrides)
-                    cfg.validate()
-                    if kind == "infer":
-                        cli.check_infer_config(cfg)
-                    base = {"kind": kind, "model": name, "batch_size": batch, "device": str(device), "engine": engine,
-                            "precision": precision or cfg.placement.precision, **flatten(cfg)}
-                    if kind == "train":
-                        base["num_accelerators"] = count
-                    configurations.append(Configuration(name, batch, f"result_{name}_{batch}{suffix}.txt",
-                                                        child_argv(kind, args, model, overrides), base, count))
-
-    gflops = matmul_gflops(device)
-    estimate = estimate_seconds(models, batches, plan, args.image_size, gflops, TRAIN_PASSES if kind == "train" else 1.0) * len(pairs) * len(counts)
-    reporting.say(f"Plan: {plan.name}: {plan.reason}")
-    reporting.say(f"{len(configurations)} configurations ({', '.join(models)} x batch {', '.join(map(str, batches))}"
-                  + (f" x {', '.join(f'{e}/{p}' for e, p in pairs)}" if kind == "infer" else "")
-                  + (f" x {', '.join(map(str, counts))} accelerators" if counts != [1] else "")
-                  + f") on {device}; estimated {_clock(estimate)} (rough: from FLOPs and a matmul calibration of this device)")
-    moved = results.rotate(results_dir)
-    if moved:
-        reporting.say(f"Previous results moved to {moved}")
-    results_dir.mkdir(parents=True)
-    return run_sweep(kind, configurations, results_dir, estimate)

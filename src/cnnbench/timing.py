@@ -6,16 +6,25 @@ able to check it in a minute: nothing else (logging, loss reads) happens between
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler: the loop stops as on Ctrl-C and the run records status terminated."""
 
 
 @dataclass
 class StepTimes:
     warmup_seconds: list[float] = field(default_factory=list)
     steady_seconds: list[float] = field(default_factory=list)
-    interrupted: bool = False  # Ctrl-C arrived; the lists hold the steps that completed
+    stopped_by: str | None = None  # "SIGINT" (Ctrl-C) or "SIGTERM"; the lists hold the steps that completed
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by is not None
 
 
 def measure(
@@ -54,6 +63,32 @@ def measure(
             times.steady_seconds.append(elapsed)
             steady_total += elapsed
             after_step(len(times.steady_seconds) - 1, True, output, elapsed)
-    except KeyboardInterrupt:
-        times.interrupted = True
+    except KeyboardInterrupt as exc:
+        times.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+    return times
+
+
+def measure_together(step, synchronize, *, warmup: int, max_steps: int, duration: float | None, min_steps: int,
+                     after_step, slowest_elapsed: Callable[[float], float] | None = None) -> StepTimes:
+    """`measure`, with every rank of a data-parallel job running the same number of steps.
+
+    Each step's gradient all-reduce pairs up the ranks' steps: a rank that stopped one step early would
+    leave the others waiting in it. A step budget is the same everywhere; a time budget (--duration)
+    is not, as each rank reads its own clock. So under a time budget the ranks run steps in chunks
+    and, between chunks and outside the timed region, agree on the slowest rank's steady time so far
+    (`slowest_elapsed`, a collective), sizing the next chunk from it. Without it, plain `measure`.
+    """
+    if slowest_elapsed is None or duration is None:
+        return measure(step, synchronize, warmup=warmup, max_steps=max_steps, duration=duration,
+                       min_steps=min_steps, after_step=after_step)
+    times = measure(step, synchronize, warmup=warmup, max_steps=min(max(min_steps, 1), max_steps), after_step=after_step)
+    while not times.interrupted and len(times.steady_seconds) < max_steps:
+        done = len(times.steady_seconds)
+        elapsed = slowest_elapsed(sum(times.steady_seconds))
+        if elapsed >= duration and done >= min_steps:
+            break
+        chunk = min(max_steps - done, max(1, math.ceil((duration - elapsed) / (elapsed / done))))
+        more = measure(step, synchronize, warmup=0, max_steps=chunk, after_step=after_step)
+        times.steady_seconds += more.steady_seconds
+        times.stopped_by = more.stopped_by
     return times

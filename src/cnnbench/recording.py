@@ -1,0 +1,67 @@
+"""What every benchmark run writes, shared by training and inference: the header and the record's
+first fields, the out-of-memory record-and-raise guard, how a run ended, and saving the record
+after the figures are printed (a folder that refuses it sends it to a fallback file, never loses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Iterator
+
+from cnnbench import environment, errors, reporting, results
+from cnnbench.config import flatten
+from cnnbench.placement import Placement
+
+
+def begin(kind: str, cfg, entry, placement: Placement, batch: int, image_size: int, extra: list[str], **fields) -> dict:
+    """Print the run's header and return its record so far: what ran, the full configuration, the environment."""
+    env = environment.collect()
+    reporting.header(f"{kind} {entry.name}", cfg, env, extra=extra)
+    return {
+        "kind": kind, "model": entry.name, "batch_size": batch, "image_size": image_size,
+        "device": str(placement.device), "precision": placement.precision,
+        "memory_format": placement.memory_format_name, "channels_last": placement.channels_last,
+        **fields, "status": "ok", "reason": None, **flatten(cfg), **env,
+    }
+
+
+@contextlib.contextmanager
+def out_of_memory_recorded(record: dict, results_dir: str, entry, placement: Placement, *, training: bool,
+                           save: bool = True) -> Iterator[None]:
+    """An out-of-memory inside becomes a record with status oom (saved by the process that saves
+    records) and an OutOfMemory whose advice says what to change: the batch, or the image and model
+    when batch 1 alone cannot fit."""
+    try:
+        yield
+    except Exception as exc:
+        if not errors.is_out_of_memory(exc):
+            raise
+        oom = errors.out_of_memory(record["batch_size"], build=lambda: entry.build(record["image_size"]),
+                                   image_size=record["image_size"], device=placement.device, training=training)
+        record.update(status="oom", reason=str(oom))
+        if save:
+            results.save_record(Path(results_dir), record)
+        raise oom from None
+
+
+STOPS = {"SIGINT": ("interrupted", "interrupted by the user (Ctrl-C)"),
+         "SIGTERM": ("terminated", "terminated by SIGTERM (timeout, SLURM, Kubernetes)")}
+
+
+def ending(times, loss: float | None = None) -> dict:
+    """status and reason: ok, interrupted (Ctrl-C), terminated (SIGTERM) or diverged (a loss that is not
+    a finite number: the speed figures stand, the training does not)."""
+    if times.stopped_by:
+        status, reason = STOPS[times.stopped_by]
+        return {"status": status, "reason": reason}
+    if loss is not None and not math.isfinite(loss):
+        return {"status": "diverged", "reason": f"the loss became {loss} (not a finite number)"}
+    return {"status": "ok", "reason": None}
+
+
+def save(record: dict, results_dir: str) -> None:
+    """After the figures are printed: into the results folder, or a fallback file (RecordNotSaved)."""
+    path = results.save_record(Path(results_dir), record)
+    reporting.say(f"Record: {path}")
