@@ -11,13 +11,15 @@ returns logits as a torch tensor on the device.
 | tensorrt    | ONNX Runtime's TensorRT execution provider         | fp32, fp16, int8 (CUDA only)       |
 
 fp16/bf16 in eager and compile are autocast mixed precision, as in training. int8 is static
-post-training quantisation in ONNX's QDQ form (per-channel weights), calibrated on real or synthetic
-batches; the TensorRT provider reads the same QDQ model (explicit quantisation).
+post-training quantisation in ONNX's QDQ form (per-channel weights; uint8 activations on the CPU,
+symmetric int8 for TensorRT: quantize_int8), calibrated on real or synthetic batches; the TensorRT
+provider reads the same QDQ model (explicit quantisation).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import importlib.util
 import io
@@ -45,6 +47,33 @@ SUPPORTED = {
     "tensorrt": {"cuda": ("fp32", "fp16", "int8")},
 }
 ONNX_OPSET = 18
+
+# int8 activation types of the static quantisation: u8 (uint8, asymmetric) or s8 (int8, symmetric,
+# zero-point 0: the only form TensorRT's explicit quantisation takes). See quantize_int8.
+INT8_ACTIVATIONS = ("u8", "s8")
+_int8_activations_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("int8_activations", default=None)
+
+
+def default_int8_activations(device_type: str) -> str:
+    """u8 on the CPU, where x86's int8 instructions want unsigned activations; s8 elsewhere (TensorRT)."""
+    return "u8" if device_type == "cpu" else "s8"
+
+
+def _check_int8_activations(kind: str) -> None:
+    if kind not in INT8_ACTIVATIONS:
+        raise UsageError(f"unknown int8 activation type {kind!r}; use one of: {', '.join(INT8_ACTIVATIONS)}")
+
+
+@contextlib.contextmanager
+def int8_activations_as(kind: str):
+    """Quantise with `kind` activations within the block, for callers that reach build_engine through
+    `inference.run`, whose configuration has no option for it (benchmarks/engines.py --int8-activations)."""
+    _check_int8_activations(kind)
+    token = _int8_activations_override.set(kind)
+    try:
+        yield
+    finally:
+        _int8_activations_override.reset(token)
 
 
 def supported_pairs(device_type: str) -> str:
@@ -164,7 +193,10 @@ class EagerEngine(Engine):
 
 
 class CompiledEngine(EagerEngine):
-    """torch.compile; the first call compiles, and is timed as build time, never as a steady step."""
+    """torch.compile. Compilation is lazy (it happens at the first call), so the build makes that first
+    call itself, on the example batch and exactly as every later call runs (inference_mode, the
+    placement's autocast), and times it to the device's synchronisation: engine_build_seconds is the
+    compile cost, and no warm-up or guard step pays it."""
 
     name = "compile"
 
@@ -174,18 +206,25 @@ class CompiledEngine(EagerEngine):
         saved = cache.lookup("inductor_artifacts.bin") if hasattr(torch.compiler, "load_cache_artifacts") else None
         start = time.perf_counter()
         if saved is not None:
+            # Loading only fills inductor's caches; the first call below still traces the model and
+            # builds its kernels from them, so a hit's build time is measured the same way as a miss's.
             torch.compiler.load_cache_artifacts(saved.read_bytes())
             self.info["cache_hit"] = True
         self.info["engine_load_seconds"] = time.perf_counter() - start
-        start = time.perf_counter()
-        self(example)
-        placement.synchronize()
-        self.info["engine_build_seconds"] = time.perf_counter() - start
+        self.info["engine_build_seconds"] = self._compile_now(example)
         if saved is None and cache.persistent and hasattr(torch.compiler, "save_cache_artifacts"):
             artifacts = torch.compiler.save_cache_artifacts()
             if artifacts is not None:
                 (cache.dir / "inductor_artifacts.bin").write_bytes(artifacts[0])
                 cache.record("inductor_artifacts.bin")
+
+    def _compile_now(self, example: torch.Tensor) -> float:
+        """Seconds of the first call, which compiles; synchronised, so queued device work is included."""
+        self.placement.synchronize()
+        start = time.perf_counter()
+        self(example)
+        self.placement.synchronize()
+        return time.perf_counter() - start
 
 
 class _Calibration:
@@ -206,11 +245,12 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
     def __init__(self, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
-                 calibration: Callable[[], list[torch.Tensor]]):
+                 calibration: Callable[[], list[torch.Tensor]], int8_activations: str = "u8"):
         super().__init__()
         import onnxruntime as ort
 
         self.placement = placement
+        self.int8_activations = int8_activations
         self.input_dtype = torch.float16 if placement.precision == "fp16" else torch.float32
         self.info.update(onnx_opset=ONNX_OPSET, onnxruntime=ort.__version__)
         try:
@@ -234,15 +274,18 @@ class OnnxRuntimeEngine(Engine):
             cache.record(onnx_name)
             built = True
         if self.placement.precision == "int8":
-            quantized = cache.lookup("model.int8.onnx")
+            # The activation type is in the artefact's name: the cache key (inference.py) does not hold it.
+            name = f"model.int8-{self.int8_activations}.onnx"
+            quantized = cache.lookup(name)
             if quantized is None:
-                quantized = cache.dir / "model.int8.onnx"
+                quantized = cache.dir / name
                 calib = calibration()
                 self.info["calibration_batches"] = len(calib)
-                quantize_int8(onnx_path, quantized, calib, for_cpu=self.placement.device.type == "cpu")
-                cache.record("model.int8.onnx")
+                quantize_int8(onnx_path, quantized, calib, activations=self.int8_activations)
+                cache.record(name)
                 built = True
-            self.info.update(fp32_onnx_bytes=onnx_path.stat().st_size, int8_onnx_bytes=quantized.stat().st_size)
+            self.info.update(fp32_onnx_bytes=onnx_path.stat().st_size, int8_onnx_bytes=quantized.stat().st_size,
+                             int8_activations=self.int8_activations)
             onnx_path = quantized
         self.info["engine_build_seconds"] = time.perf_counter() - start if built else 0.0
         self.info["cache_hit"] = cache.persistent and not built
@@ -331,18 +374,23 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, half: bool 
     return exporter
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: list[torch.Tensor], for_cpu: bool) -> None:
-    """Static post-training quantisation: QDQ format, per-channel int8 weights, MinMax-calibrated activations."""
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: list[torch.Tensor], *, activations: str = "u8") -> None:
+    """Static post-training quantisation: QDQ format, per-channel int8 weights, MinMax-calibrated activations.
+
+    activations "u8": U8S8 (uint8 activations, int8 weights), the form x86's int8 dot-product
+    instructions take (VPMADDUBSW, AVX512-VNNI's VPDPBUSD multiply unsigned by signed bytes), hence the
+    CPU's default. On AVX2 machines without VNNI, U8S8 can saturate; the fp32 guard would show it.
+    activations "s8": S8S8 with symmetric (zero-point 0) activations and weights, the only form
+    TensorRT's explicit quantisation takes. Both on ONNX Runtime's CPU provider, side by side with eager
+    fp32 (ResNet-50, 224 px, batch 16; output saved as benchmarks/results/engines-<time>.{txt,jsonl}):
+        .venv/bin/python benchmarks/engines.py --int8-activations u8,s8
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
-    if for_cpu:
-        # U8S8 (uint8 activations, int8 weights): the form x86's int8 dot-product instructions take
-        # (VPMADDUBSW, AVX512-VNNI's VPDPBUSD multiply unsigned by signed bytes). Measured on the
-        # development EPYC (AVX512-VNNI), ResNet-50 batch 16 at 224 px: U8S8 87.7 img/s, S8S8 29.2,
-        # fp32 25.6. On AVX2 machines without VNNI, U8S8 can saturate; the fp32 guard would show it.
+    _check_int8_activations(activations)
+    if activations == "u8":
         types = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, extra_options={})
     else:
-        # TensorRT's explicit quantisation takes signed, symmetric (zero-point 0) int8 only.
         types = dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                      extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     prepared = out_path.with_suffix(".prep.onnx")
@@ -353,11 +401,18 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: list[torch.Tenso
 
 
 def build_engine(name: str, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
-                 calibration: Callable[[], list[torch.Tensor]], compile_mode: str) -> Engine:
+                 calibration: Callable[[], list[torch.Tensor]], compile_mode: str, *,
+                 int8_activations: str | None = None) -> Engine:
+    """int8_activations: u8 | s8 for int8 (quantize_int8); None: that of an enclosing
+    `int8_activations_as` block, else the device's default (u8 on the CPU, s8 on CUDA)."""
     if name == "eager":
         return EagerEngine(model, placement)
     if name == "compile":
         return CompiledEngine(model, placement, example, compile_mode, cache)
+    activations = int8_activations or _int8_activations_override.get() or default_int8_activations(placement.device.type)
+    _check_int8_activations(activations)
     if name == "onnxruntime":
-        return OnnxRuntimeEngine(model, placement, example, cache, calibration)
-    return TensorRTEngine(model, placement, example, cache, calibration)
+        return OnnxRuntimeEngine(model, placement, example, cache, calibration, activations)
+    if placement.precision == "int8" and activations != "s8":
+        raise UsageError(f"--engine tensorrt takes int8 with s8 activations only (symmetric int8), not {activations}")
+    return TensorRTEngine(model, placement, example, cache, calibration, activations)
