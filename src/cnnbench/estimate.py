@@ -9,6 +9,7 @@ which a matmul calibration missed (issue 8: 2 h 34 min estimated on a 2-core AVX
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -76,10 +77,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@functools.lru_cache(maxsize=None)
+def _gflops(model: str, image_size: int | None) -> float:
+    entry = resolve_entry(model)
+    return forward_flops(entry, image_size or entry.input_size) / 1e9
+
+
 def configuration_seconds(run: RunConfig, kind: str, rates: Rates) -> float:
     """Start-up + build + guard and calibration + warm-up + steady steps of one configuration."""
-    entry = resolve_entry(run.model)
-    gflops = forward_flops(entry, run.image_size or entry.input_size) / 1e9
+    gflops = _gflops(run.model, run.image_size)
     batch = run.measure.batch_size
     if kind == "train":
         step = gflops * TRAIN_PASSES * batch / rates.train_gflops

@@ -39,10 +39,14 @@ def out_of_memory_recorded(record: dict, results_dir: str, entry, placement: Pla
         if not errors.is_out_of_memory(exc):
             raise
         oom = errors.out_of_memory(record["batch_size"], build=lambda: entry.build(record["image_size"]),
-                                   image_size=record["image_size"], device=placement.device, training=training)
+                                   image_size=record["image_size"], device=placement.device, training=training,
+                                   bytes_per_value=2 if placement.autocast_dtype is not None else 4)
         record.update(status="oom", reason=str(oom))
         if save:
-            results.save_record(Path(results_dir), record)
+            try:
+                results.save_record(Path(results_dir), record)
+            except errors.RecordNotSaved as lost:  # the out-of-memory stays the error to report
+                reporting.warn(str(lost))
         raise oom from None
 
 

@@ -233,20 +233,28 @@ def accelerator_counts(settings, device: torch.device) -> list[int]:
 
 def fit_budget(configurations: list[Configuration], budget: float, kind: str, rates) -> list[Configuration]:
     """Spread `budget` seconds over the configurations: each keeps 1 warm-up and 2 steady steps, and
-    the steady time left after every configuration's fixed costs is shared equally."""
-    lean = [dataclasses.replace(c.run, measure=dataclasses.replace(c.run.measure, warmup=1, min_steady_steps=2, duration=1e-9))
-            for c in configurations]
-    floor = [estimate.configuration_seconds(run, kind, rates) for run in lean]
-    share = max(0.0, (budget - sum(floor)) / len(configurations))
-    if share == 0.0:
+    every configuration gets the same steady duration, the largest whose estimated total fits the budget."""
+    def fitted(duration: float) -> list[Configuration]:
+        out = []
+        for c in configurations:
+            measure = dataclasses.replace(c.run.measure, warmup=1, min_steady_steps=2, duration=duration)
+            run = dataclasses.replace(c.run, measure=measure)
+            out.append(Configuration(run, c.log_name, {**c.base_record, **config.flatten(run)},
+                                     estimate.configuration_seconds(run, kind, rates)))
+        return out
+
+    def total(runs: list[Configuration]) -> float:
+        return sum(c.estimated_seconds for c in runs)
+
+    low, high = 1e-3, budget  # the estimate grows with the duration: bisect for the largest that fits
+    if total(fitted(low)) > budget:
         reporting.warn(f"--time-budget {budget:g} s cannot be kept: 1 warm-up and 2 steady steps of every configuration "
-                       f"take about {clock(sum(floor))}; running that minimum")
-    out = []
-    for c, run in zip(configurations, lean):
-        run = dataclasses.replace(run, measure=dataclasses.replace(run.measure, duration=max(share, 1e-3)))
-        base_record = {**c.base_record, **config.flatten(run)}
-        out.append(Configuration(run, c.log_name, base_record, estimate.configuration_seconds(run, kind, rates)))
-    return out
+                       f"take about {clock(total(fitted(low)))}; running that minimum")
+        return fitted(low)
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(fitted(middle)) <= budget else (low, middle)
+    return fitted(low)
 
 
 def describe_axes(configurations: list[Configuration]) -> str:
@@ -273,8 +281,12 @@ def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path,
         code = run_child(cfg, results_dir / cfg.log_name)
         progress.advance()
         if len(results.read_records(results_dir)) == before:  # the child died before it could write its record
-            results.append_record(results_dir, {**cfg.base_record, "status": "failed",
-                                                "reason": failure_reason(code, results_dir / cfg.log_name), **environment.collect()})
+            record = {**cfg.base_record, "status": "failed", "reason": failure_reason(code, results_dir / cfg.log_name),
+                      **environment.collect()}
+            try:
+                results.save_record(results_dir, record)
+            except errors.RecordNotSaved as lost:  # the sweep goes on; the record is in the fallback file
+                reporting.warn(str(lost))
         if code in (errors.EXIT_INTERRUPTED, EXIT_TERMINATED):
             reporting.say(f"Sweep {'interrupted' if code == errors.EXIT_INTERRUPTED else 'terminated'} during configuration "
                           f"{k} of {len(configurations)}; results so far are in {results_dir}")

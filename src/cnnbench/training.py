@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnbench import checkpoints, distributed, environment, recording, reporting, results
+from cnnbench import checkpoints, distributed, environment, errors, recording, reporting, results
 from cnnbench.config import TrainConfig
 from cnnbench.data.sources import open_source
 from cnnbench.evaluation import evaluate
@@ -91,7 +91,8 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
         trainer = build(cfg, r, world, resume, lr0)
         times, display = train(cfg, trainer, r, world)
         per_rank = rank_reports(world, r.placement.device, times)
-        record.update(finish(cfg, r, world, trainer, times, display))
+        ended, unsaved = finish(cfg, r, world, trainer, times, display)
+        record.update(ended)
     record.update(results.figures(world.size * batch, distributed.slowest_steps(per_rank), time.time() - started_at))
     record.update(distributed.record_fields(world, per_rank, batch))
     if cfg.data.data_dir:
@@ -101,6 +102,8 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
     report(cfg, record, world, batch)
     if world.is_main:
         recording.save(record, cfg.results_dir)
+    if unsaved is not None:  # the figures and the record are kept; the missing checkpoint still fails the run
+        raise unsaved
     distributed.leave(world)
     return record
 
@@ -258,21 +261,25 @@ def rank_reports(world: distributed.World, device: torch.device, times: StepTime
     return [own] if times.interrupted else distributed.gather(world, own)
 
 
-def finish(cfg: TrainConfig, r: Resolved, world: distributed.World, t: Trainer, times: StepTimes, display: StepDisplay) -> dict:
+def finish(cfg: TrainConfig, r: Resolved, world: distributed.World, t: Trainer, times: StepTimes, display: StepDisplay):
     """How the run ended, the evaluation, and the checkpoint (kept only for a run that completed and
-    did not diverge: a NaN model would poison the inference benchmark that reads it)."""
+    did not diverge: a NaN model would poison the inference benchmark that reads it). Returns the
+    record's fields and the CheckpointNotSaved to raise once the figures are printed and recorded."""
     first_loss, final_loss = display.losses()
     ending = recording.ending(times, final_loss)
     completed = ending["status"] == "ok"
     evaluation = evaluate_at_end(cfg, r, t.model) if cfg.eval_at_end and completed and world.is_main else {}
-    saved = None
+    saved = unsaved = None
     if completed and world.is_main:
-        saved = checkpoints.save(r.log_dir, model_name=r.entry.name, step=display.global_step, model=t.model,
-                                 optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler)
+        try:
+            saved = checkpoints.save(r.log_dir, model_name=r.entry.name, step=display.global_step, model=t.model,
+                                     optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler)
+        except errors.CheckpointNotSaved as exc:  # a full disk at the end: the figures are still good
+            unsaved, ending = exc, {**ending, "reason": str(exc)}
     return {**ending, "initial_loss": first_loss, "final_loss": final_loss, "start_step": t.start_step,
             "end_step": display.global_step, "resumed": t.start_step > 0, "checkpoint": None if saved is None else str(saved),
             "compile_seconds": times.warmup_seconds[0] if cfg.compile and times.warmup_seconds else None,
-            "peak_memory_mib": environment.peak_memory_mib(r.placement.device), **evaluation}
+            "peak_memory_mib": environment.peak_memory_mib(r.placement.device), **evaluation}, unsaved
 
 
 def evaluate_at_end(cfg: TrainConfig, r: Resolved, model: nn.Module) -> dict:

@@ -1,0 +1,134 @@
+"""Sweeps: children's command lines from their configs, plans, the time budget, defaults, SIGTERM."""
+
+from __future__ import annotations
+
+import ast
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnbench import cli, config, estimate, sweep
+from helpers import REPO, read_jsonl
+
+QUICK = ["--image-size", "16", "--display-every", "1"]
+
+
+def parse(*argv: str):
+    args = cli.build_parser().parse_args([str(a) for a in argv])
+    return cli.given_options(args), cli.given_options(args, "sweep.")
+
+
+def test_a_child_command_line_rebuilds_the_same_config():
+    given, _ = parse("train", "resnet50", "--batch-size", "8", "--channels-last", "--compile", "--flip", "0",
+                     "--duration", "2.5", "--data-dir", "d", "--learning-rate", "0.01")
+    cfg = config.build(config.TrainConfig, given)
+    argv = ["train", *config.to_argv(cfg)]
+    assert argv[:2] == ["train", "resnet50"]
+    again = config.build(config.TrainConfig, parse(*argv)[0])
+    assert again == cfg and again.placement.memory_format == "nhwc" and again.data.flip == 0.0
+
+
+def test_defaults_live_in_the_config_tree_alone():
+    # An option the user did not give is absent from the parse: the tree's default applies.
+    given, settings = parse("infer-all", "--batch-sizes", "4")
+    assert given == {} and settings == {"batch_sizes": "4"}
+    assert config.build(config.InferConfig, given).results_dir == "results_infer"
+    assert config.build(config.InferSweepConfig, settings).engines is None
+
+
+def test_no_module_imports_the_cli_but_main():
+    importers = []
+    for path in (REPO / "src" / "cnnbench").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            module = node.module if isinstance(node, ast.ImportFrom) else ""
+            if module == "cnnbench.cli" or (module == "cnnbench" and "cli" in names) or "cnnbench.cli" in names:
+                importers.append(path.name)
+    assert importers == ["__main__.py"]
+
+
+def test_no_private_argparse_access_in_the_package():
+    for path in (REPO / "src" / "cnnbench").rglob("*.py"):
+        text = path.read_text()
+        assert "._subparsers" not in text and "argparse._" not in text and "._actions" not in text, path
+
+
+RATES = estimate.Rates("cpu", train_gflops=50.0, infer_gflops=50.0)
+
+
+def _configurations(kind: str, *argv: str):
+    given, settings = parse(f"{kind}-all", "--models", "resnet50,googlenet", "--batch-sizes", "2,4", "--random-weights"
+                            if kind == "infer" else "--seed", *(["0"] if kind == "train" else []), *argv)
+    base = config.build(config.InferConfig if kind == "infer" else config.TrainConfig, given)
+    settings = config.build(config.InferSweepConfig if kind == "infer" else config.TrainSweepConfig, settings)
+    plan = sweep.choose_plan(kind, settings, set(given), torch.device("cpu"))
+    batches = sweep.parse_counts(plan.batch_sizes or settings.batch_sizes, "--batch-sizes", "16")
+    runs = sweep.plan_configurations(kind, settings, base, set(given), plan, sweep.parse_list(settings.models, "--models"),
+                                     batches, torch.device("cpu"))
+    for c in runs:
+        c.estimated_seconds = estimate.configuration_seconds(c.run, kind, RATES)
+    return plan, runs
+
+
+def test_the_time_budget_is_spread_over_the_configurations():
+    _, runs = _configurations("train")
+    fitted = sweep.fit_budget(runs, 600.0, "train", RATES)
+    assert sum(c.estimated_seconds for c in fitted) == pytest.approx(600.0, rel=0.01)
+    durations = {c.run.measure.duration for c in fitted}
+    assert len(durations) == 1 and durations.pop() > 0
+    assert all(c.run.measure.warmup == 1 and c.run.measure.min_steady_steps == 2 for c in fitted)
+    assert all("--duration" in c.argv and "--min-steady-steps" in c.argv for c in fitted)
+
+
+def test_a_budget_too_small_runs_the_minimum_and_says_so(capsys):
+    _, runs = _configurations("train")
+    fitted = sweep.fit_budget(runs, 1.0, "train", RATES)
+    assert "--time-budget 1 s cannot be kept" in capsys.readouterr().out
+    assert all(c.run.measure.min_steady_steps == 2 and c.run.measure.warmup == 1 for c in fitted)
+
+
+def test_quick_plan_runs_batch_16_with_a_short_guard_and_calibration():
+    plan, runs = _configurations("infer", "--quick", "--batch-sizes", "16")
+    assert plan.name == "quick"
+    assert {c.run.measure.batch_size for c in runs} == {16}
+    assert all(c.run.guard_batches == 1 and c.run.calib_batches == 2 and c.run.measure.duration == 2.0 for c in runs)
+
+
+def test_explicit_options_win_over_the_plan():
+    plan, runs = _configurations("train", "--quick", "--warmup", "3")
+    assert plan.name == "quick+overrides"
+    assert all(c.run.measure.warmup == 3 and c.run.measure.duration == 3.0 for c in runs)
+
+
+def test_infer_all_runs_eager_and_the_cpu_s_fastest_engines_by_default(cli, tiny_spec, tmp_path):
+    code, _, err = cli("train", tiny_spec, *QUICK, "--batch-size", "4", "--num-batches", "2", "--warmup", "1")
+    assert code == 0, err
+    code, out, err = cli("infer-all", "--models", tiny_spec, "--batch-sizes", "4", *QUICK, "--num-batches", "2",
+                         "--warmup", "1", "--calib-batches", "2")
+    assert code == 0, err
+    records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
+    assert [(r["engine"], r["precision"], r["status"]) for r in records] == [
+        ("eager", "fp32", "ok"), ("onnxruntime", "fp32", "ok"), ("onnxruntime", "int8", "ok")]
+    assert records[0]["memory_format"] == "nhwc" and records[1]["memory_format"] == "nchw"
+    assert "Sweep finished in" in out and "(estimated" in out
+
+
+def test_sigterm_stops_a_sweep_with_the_running_configuration_recorded(tmp_path, tiny_spec):
+    process = subprocess.Popen([sys.executable, "-m", "cnnbench", "train-all", "--models", f"{tiny_spec},{tiny_spec}",
+                                "--batch-sizes", "2", *QUICK, "--num-batches", "100000", "--warmup", "1",
+                                "--duration", "600"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.split() and line.split()[0] == "5":  # the first configuration is in its steady steps
+            break
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "Sweep terminated during configuration 1 of 2" in out
+    records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
+    assert [r["status"] for r in records] == ["terminated"]  # the second configuration never started
+    assert records[0]["steady_steps"] >= 3
+    assert "Images/sec:" in (Path(tmp_path) / "results_train" / "result_tinyNet_2.txt").read_text()
