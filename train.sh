@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
 # Train one model at batch sizes 16, 32 and 64 (the original's train.sh), on NUM_ACCELERATORS accelerators
-# (batch size per accelerator). Extra arguments go to `cnnbench train`.
+# (batch size per accelerator). Options of `cnnbench train` follow the model, after an optional `--`.
 set -uo pipefail
 source "$(dirname "$0")/scripts/common.sh"
-model="${1:?usage: ./train.sh MODEL [cnnbench train options]}"
+
+usage() {
+    echo "Usage: $0 MODEL [-- cnnbench train options]"
+    echo "  MODEL  a registered name or a JSON spec file, trained at batch sizes 16, 32 and 64"
+    echo "  --     what follows goes to cnnbench train, e.g. -- --device cpu --num-batches 100"
+    echo "  NUM_ACCELERATORS=N in the environment: N data-parallel processes (default 1)"
+}
+
+case "${1:-}" in
+    -h | --help) usage; exit 0 ;;
+    "" | -*) { echo "train.sh: the first argument must be the model"; usage; } >&2; exit 2 ;;
+esac
+model="$1"
 shift
+[ "${1:-}" != -- ] || shift
+find_cnnbench
+read_num_accelerators
 status=0
 for batch in 16 32 64; do
-    "$CNNBENCH" train "$model" --batch-size "$batch" --log-dir "./log_${model}_${batch}" \
-        --num-accelerators "$NUM_ACCELERATORS" "$@" || status=$?
+    # No --log-dir: cnnbench's default is log_<name>_<batch>, the original's, and keeps a spec path whole.
+    "$CNNBENCH" train "$model" --batch-size "$batch" --num-accelerators "$NUM_ACCELERATORS" "$@" || status=$?
     [ "$status" -eq 2 ] || [ "$status" -eq 130 ] && exit "$status"
 done
 exit "$status"

@@ -1,4 +1,9 @@
-"""The original's root scripts, end to end with tiny settings."""
+"""The original's root scripts: arguments (against a stand-in cnnbench), end to end with tiny settings,
+and the set-up steps of a fresh clone (setup.sh's torch check, test.sh's ensure_venv)."""
+
+import shutil
+import sys
+from importlib import metadata
 
 import pytest
 
@@ -23,7 +28,9 @@ def test_sweep_scripts_build_the_tables(tmp_path, script):
     assert table.splitlines()[2:4][0] == "model,batch 2" and table.splitlines()[3].startswith("googlenet,")
     if script == "run.sh":  # then inference from the checkpoints training wrote
         records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
-        assert [(r["model"], r["batch_size"], r["weights_source"], r["status"]) for r in records] == [("googlenet", 2, "checkpoint", "ok")]
+        # one record per engine/precision pair the CPU plan sweeps, eager fp32 among them
+        assert {(r["model"], r["batch_size"], r["weights_source"], r["status"]) for r in records} == {("googlenet", 2, "checkpoint", "ok")}
+        assert ("eager", "fp32") in {(r["engine"], r["precision"]) for r in records}
         assert (tmp_path / "results_infer" / "results.csv").read_text().splitlines()[3].startswith("googlenet,")
 
 
@@ -40,3 +47,151 @@ def test_num_accelerators_is_checked(tmp_path, value, message):
 
 
 # NUM_ACCELERATORS=2 ./train.sh end to end: tests/test_distributed.py (it launches two gloo processes).
+
+
+# --- arguments, against a stand-in cnnbench (CNNBENCH) that only records how it was called ---------------
+
+SEPARATOR = "\x1f"  # between one call's arguments in the stand-in's log: no argument holds it
+
+
+@pytest.fixture
+def calls(tmp_path):
+    """Environment for a script that runs a stand-in cnnbench; calls.read() -> each call's arguments."""
+    log = tmp_path / "calls.txt"
+    stub = tmp_path / "cnnbench-stub"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s{SEPARATOR}" "$@" >> "{log}"\nprintf "\\n" >> "{log}"\n')
+    stub.chmod(0o755)
+
+    class Calls:
+        env = {"CNNBENCH": str(stub), "NUM_ACCELERATORS": "1"}
+
+        @staticmethod
+        def read():
+            lines = log.read_text().splitlines() if log.exists() else []
+            return [line.rstrip(SEPARATOR).split(SEPARATOR) for line in lines]
+
+    return Calls
+
+
+@pytest.mark.parametrize("args, expected", [
+    # issue 9: long options after the script's own used to fail with "illegal option -- -"
+    (["my-spec.json", "-b", "2", "--device", "cpu"], [["infer", "my-spec.json", "--batch-size", "2", "--device", "cpu"]]),
+    # after --, the original's way; a spec path keeps its hyphens
+    (["specs/tiny-net.json", "-b", "2", "--", "--device", "cpu"],
+     [["infer", "specs/tiny-net.json", "--batch-size", "2", "--device", "cpu"]]),
+    (["-m", "resnet50-googlenet;specs/a-b.json", "-b", "16:32", "--", "--random-weights"],
+     [["infer", m, "--batch-size", b, "--random-weights"]
+      for m in ("resnet50", "googlenet", "specs/a-b.json") for b in ("16", "32")]),
+    (["-mdensenet121", "-b16"], [["infer", "densenet121", "--batch-size", "16"]]),
+])
+def test_infer_sh_passes_cnnbench_options_through_and_keeps_spec_paths_whole(tmp_path, calls, args, expected):
+    done = run_process([str(REPO / "infer.sh"), *args], env=calls.env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls.read() == expected
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["-x"], "infer.sh: unknown option -x (options of cnnbench infer go after --)"),
+    (["-b"], "infer.sh: option -b needs a value"),
+    (["resnet50", "googlenet"], "infer.sh: unexpected argument 'googlenet' (several models: -m 'a,b')"),
+])
+def test_infer_sh_usage_errors_exit_2_before_running_anything(tmp_path, calls, args, reason):
+    done = run_process([str(REPO / "infer.sh"), *args], env=calls.env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == reason and "Usage:" in done.stderr
+    assert calls.read() == []
+
+
+@pytest.mark.parametrize("script, usage", [
+    ("infer.sh", "[MODEL] [-m models] [-b batch_sizes] [-- cnnbench infer options]"),
+    ("train.sh", "MODEL [-- cnnbench train options]"),
+])
+def test_help_says_where_cnnbench_options_go(tmp_path, calls, script, usage):
+    done = run_process([str(REPO / script), "--help"], env=calls.env, cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[0] == f"Usage: {REPO / script} {usage}"
+    assert calls.read() == []
+
+
+@pytest.mark.parametrize("args", [["specs/tiny-net.json", "--", "--device", "cpu"], ["specs/tiny-net.json", "--device", "cpu"]])
+def test_train_sh_passes_options_with_or_without_double_dash(tmp_path, calls, args):
+    done = run_process([str(REPO / "train.sh"), *args], env=calls.env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls.read() == [["train", "specs/tiny-net.json", "--batch-size", b, "--num-accelerators", "1", "--device", "cpu"]
+                            for b in ("16", "32", "64")]
+
+
+@pytest.mark.parametrize("args", [[], ["--device", "cpu"]])
+def test_train_sh_without_a_model_is_a_usage_error(tmp_path, calls, args):
+    done = run_process([str(REPO / "train.sh"), *args], env=calls.env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("train.sh: the first argument must be the model\nUsage:")
+    assert calls.read() == []
+
+
+@pytest.mark.parametrize("script, command", [("train-all.sh", ["train-all", "--plan", "auto", "--num-accelerators", "1"]),
+                                             ("infer-all.sh", ["infer-all", "--plan", "auto"])])
+def test_sweep_scripts_accept_the_double_dash_too(tmp_path, calls, script, command):
+    done = run_process([str(REPO / script), "--", "--models", "googlenet"], env=calls.env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls.read() == [[*command, "--models", "googlenet"]]
+
+
+def test_infer_sh_runs_a_spec_file_whose_path_has_a_hyphen(tmp_path, tiny_spec):
+    spec = tmp_path / "my-specs" / "tiny-net.json"
+    spec.parent.mkdir()
+    shutil.copy(tiny_spec, spec)
+    done = run_process([str(REPO / "infer.sh"), str(spec), "-b", "2", "--", "--device", "cpu", "--random-weights",
+                        "--num-batches", "1", "--warmup", "0"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
+    assert [(r["batch_size"], r["status"]) for r in records] == [(2, "ok")]
+
+
+# --- a fresh clone's set-up ---------------------------------------------------------------------------------
+
+def _venv_python_wrapper(root):
+    """root/.venv/bin/python running the repository's venv: torch is there, but no pip to install with."""
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+
+
+@pytest.mark.parametrize("bounds, accepted", [(None, True), ("torch<2.4", False), ("torch~=2.4", False)])
+def test_setup_keeps_torch_only_within_pyproject_bounds(tmp_path, bounds, accepted):
+    shutil.copy(REPO / "setup.sh", tmp_path / "setup.sh")
+    pyproject = (REPO / "pyproject.toml").read_text()
+    (tmp_path / "pyproject.toml").write_text(pyproject if bounds is None else pyproject.replace('"torch>=', f'"{bounds}", "unused>='))
+    _venv_python_wrapper(tmp_path)
+    done = run_process([str(tmp_path / "setup.sh"), "--check-torch"], cwd=tmp_path)
+    version = metadata.version("torch")
+    if accepted:
+        assert done.returncode == 0 and done.stdout.startswith(f"setup: keeping torch {version} (torch>=")
+    else:
+        assert done.returncode == 1
+        why = "is outside pyproject.toml's torch<2.4" if "<" in bounds else "cannot be checked against '~=2.4'"
+        assert done.stdout.startswith(f"setup: torch {version} {why}: ./setup.sh would install torch==")
+
+
+def test_test_sh_sets_up_a_fresh_clone_once_then_runs_pytest(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    for name in ("test.sh", "scripts/common.sh"):
+        shutil.copy(REPO / name, tmp_path / name)
+    # a stand-in setup.sh: makes a .venv whose python imports cnnbench and pytest, and whose pytest echoes
+    (tmp_path / "setup.sh").write_text(
+        "#!/usr/bin/env bash\nset -e\ncd \"$(dirname \"$0\")\"\necho 'stand-in setup'\n"
+        f"mkdir -p .venv/bin\nprintf '#!/usr/bin/env bash\\nexec {sys.executable} \"$@\"\\n' > .venv/bin/python\n"
+        "printf '#!/usr/bin/env bash\\necho pytest \"$@\"\\n' > .venv/bin/pytest\nchmod +x .venv/bin/python .venv/bin/pytest\n")
+    (tmp_path / "setup.sh").chmod(0o755)
+    first = run_process([str(tmp_path / "test.sh"), "-k", "median"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest yet; running ./setup.sh first",
+                                         "stand-in setup", "pytest -q -k median"]
+    again = run_process([str(tmp_path / "test.sh")], cwd=tmp_path)
+    assert again.stdout.splitlines() == ["pytest -q"]
+
+
+def test_ci_runs_the_readme_s_test_command():
+    commands = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert commands[-1] == "exec ./test.sh"
