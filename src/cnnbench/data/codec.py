@@ -42,7 +42,7 @@ def torchcodec_problem() -> str | None:
     # A wheel built for another torch fails while loading its compiled libraries, with whichever
     # exception the mismatch produces; the fallback decodes all the same, so any failure means "not this one".
     except Exception as exc:
-        return f"torchcodec does not load ({type(exc).__name__}: {str(exc).strip()[:120]})"
+        return f"torchcodec does not load: {type(exc).__name__}: {str(exc).strip()[:120]}"
     if not torch.equal(decoded, pixel):
         return "torchcodec mis-decodes a test pixel"
     return None

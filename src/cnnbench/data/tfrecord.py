@@ -32,7 +32,6 @@ import struct
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
-import google_crc32c
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -51,6 +50,10 @@ from cnnbench.errors import UsageError
 
 def crc32c(data: bytes | memoryview) -> int:
     """CRC-32C (Castagnoli) of `data`."""
+    # Imported here, not with the module: image folders (and `data sample`) then still work where a bare
+    # torch image lacks the package, as on the lent GPU machines (PYTHONPATH=src, nothing installable).
+    import google_crc32c
+
     return google_crc32c.value(bytes(data))  # the C extension takes only read-only bytes
 
 
