@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import time
 import warnings
@@ -81,11 +82,16 @@ def test_folder_classes_are_sorted_and_validation_alias_is_found(tmp_path):
 
 
 def _test_images() -> dict[str, bytes]:
-    """JPEG and PNG, RGB and grey, odd sizes (chroma subsampling edges), as the datasets hold them."""
+    """JPEG and PNG, RGB, grey and CMYK (some ImageNet JPEGs are), odd sizes (chroma subsampling edges)."""
+    from PIL import Image  # torchvision's own dependency; neither codec writes CMYK
+
     rgb = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     smooth = torch.nn.functional.interpolate(rgb[None].float(), size=(64, 48), mode="bilinear")[0].to(torch.uint8)
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb.permute(1, 2, 0).numpy()).convert("CMYK").save(cmyk, "JPEG", quality=95)
     return {"rgb.jpg": codec.encode_jpeg(rgb, quality=90), "smooth.jpg": codec.encode_jpeg(smooth),
-            "grey.jpg": codec.encode_jpeg(rgb[:1]), "rgb.png": codec.encode_png(rgb), "grey.png": codec.encode_png(rgb[:1])}
+            "grey.jpg": codec.encode_jpeg(rgb[:1]), "cmyk.jpg": cmyk.getvalue(),
+            "rgb.png": codec.encode_png(rgb), "grey.png": codec.encode_png(rgb[:1])}
 
 
 @pytest.mark.parametrize("name", sorted(_test_images()))
