@@ -110,9 +110,24 @@ def test_say_lines_print_once_above_an_active_bar(terminal):
     with reporting.Progress(4, "sweep", unit="configurations") as bar:
         reporting.say("train googlenet batch 16: 12.3 images/s")
         bar.advance()
-    shown = _plain(terminal.getvalue())
-    assert shown.count("train googlenet batch 16: 12.3 images/s") == 1
-    assert "/4 configurations" in shown
+    lines = _terminal_lines(terminal.getvalue())
+    assert lines.count("train googlenet batch 16: 12.3 images/s") == 1
+    assert "/4 configurations" in _plain(terminal.getvalue())
+
+
+def test_passthrough_keeps_a_child_s_line_as_it_is(out):
+    line = "x" * 300 + " [bold]not markup[/bold] 1.5 True\n"
+    reporting.passthrough(line)
+    assert out.getvalue() == line
+
+
+def test_passthrough_lines_land_above_an_active_bar(terminal):
+    with reporting.progress(2, "sweep", unit="configurations") as bar:
+        reporting.passthrough("Images/sec: 12.3 +/- 0.1 (jitter = 0.2)\n")
+        bar.advance()
+    lines = _terminal_lines(terminal.getvalue())
+    assert lines.count("Images/sec: 12.3 +/- 0.1 (jitter = 0.2)") == 1  # a line of its own, not after the bar
+    assert "1/2 configurations" in _plain(terminal.getvalue())
 
 
 def test_progress_of_an_unknown_total_with_a_nested_bar(terminal):
@@ -137,3 +152,9 @@ def test_a_quiet_terminal_gets_no_bar(terminal):
 def _plain(ansi: str) -> str:
     """Terminal output without its escape sequences (colours, cursor moves)."""
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", ansi)
+
+
+def _terminal_lines(ansi: str) -> list[str]:
+    """What a terminal keeps on each line: the text after the line's last carriage return (the bar
+    redraws its line from the start), without escape sequences."""
+    return [_plain(line.rsplit("\r", 1)[-1]) for line in ansi.split("\n")]

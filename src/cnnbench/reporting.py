@@ -30,6 +30,12 @@ def warn(line: str) -> None:
     console.print(f"WARNING: {line}", markup=False, style="yellow")
 
 
+def passthrough(text: str) -> None:
+    """Another process's output (a sweep's child), unchanged: no markup, wrapping or highlighting. Through
+    the console rather than its file, so that it lands above an active progress bar and obeys set_quiet."""
+    console.out(text, end="", highlight=False)
+
+
 def set_quiet(quiet: bool) -> None:
     """Silence (or restore) everything this module prints: ranks other than 0 of a data-parallel job."""
     console.quiet = quiet
