@@ -271,7 +271,18 @@ def describe_axes(configurations: list[Configuration]) -> str:
 def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path, estimated: float) -> int:
     """Run each configuration in a child process, tee its output to its log, record failures, summarise."""
     start = time.time()
-    progress = reporting.Progress(len(configurations), f"{kind}-all")
+    with reporting.progress(len(configurations), f"{kind}-all", unit="configurations") as bar:
+        code = run_each(kind, configurations, results_dir, start, bar)
+    if code not in (errors.EXIT_INTERRUPTED, EXIT_TERMINATED):
+        code = 0
+        reporting.say(f"Sweep finished in {clock(time.time() - start)} (estimated {clock(estimated)}); "
+                      f"tables in {results_dir / results.TABLES_CSV}")
+    summary(kind, results_dir)
+    return code
+
+
+def run_each(kind: str, configurations: list[Configuration], results_dir: Path, start: float, bar) -> int:
+    """The configurations one by one, until the last or until one is interrupted; returns the last exit code."""
     code = 0
     for k, cfg in enumerate(configurations, 1):
         left = sum(c.estimated_seconds for c in configurations[k - 1:])
@@ -279,7 +290,7 @@ def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path,
                                f"{cfg.base_record['batch_size']}  elapsed {clock(time.time() - start)}  left ~{clock(left)}")
         before = len(results.read_records(results_dir))
         code = run_child(cfg, results_dir / cfg.log_name)
-        progress.advance()
+        bar.advance(time_left=sum(c.estimated_seconds for c in configurations[k:]))
         if len(results.read_records(results_dir)) == before:  # the child died before it could write its record
             record = {**cfg.base_record, "status": "failed", "reason": failure_reason(code, results_dir / cfg.log_name),
                       **environment.collect()}
@@ -291,12 +302,6 @@ def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path,
             reporting.say(f"Sweep {'interrupted' if code == errors.EXIT_INTERRUPTED else 'terminated'} during configuration "
                           f"{k} of {len(configurations)}; results so far are in {results_dir}")
             break
-    progress.close()
-    if code not in (errors.EXIT_INTERRUPTED, EXIT_TERMINATED):
-        code = 0
-        reporting.say(f"Sweep finished in {clock(time.time() - start)} (estimated {clock(estimated)}); "
-                      f"tables in {results_dir / results.TABLES_CSV}")
-    summary(kind, results_dir)
     return code
 
 
@@ -313,7 +318,7 @@ def run_child(cfg: Configuration, log_path: Path) -> int:
         while True:
             try:
                 for line in process.stdout:
-                    reporting.console.file.write(line)
+                    reporting.passthrough(line)
                     log.write(line)
                     log.flush()
                 break

@@ -7,7 +7,7 @@ import argparse
 from cnnbench.errors import UsageError
 
 
-def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_data_commands(subparsers) -> None:
     """Add the `data` command group to the CLI's subparsers."""
     data = subparsers.add_parser("data", help="real datasets: write a sample, convert folders to TFRecord, time the input pipeline")
     sub = data.add_subparsers(dest="data_command", required=True, parser_class=type(data))
