@@ -31,7 +31,7 @@ CUDA_REDUCED_SPEEDUP = 2.0
 # ResNet-50; larger graphs take longer, roughly with their FLOPs, so the figure scales by FLOPs^0.5.
 BUILD_SECONDS = {"compile": 60.0, "onnxruntime": 15.0, "tensorrt": 120.0}
 INT8_QUANTISE_SECONDS = 10.0
-REFERENCE_GFLOPS = 4.1  # ResNet-50's forward GFLOPs per image at 224 px, the unit of BUILD_SECONDS' scaling
+REFERENCE_GFLOPS = 8.2  # ResNet-50's forward GFLOPs per image at 224 px (`cnnbench models`), the unit of BUILD_SECONDS' scaling
 TRAIN_PASSES = 3.0  # a training step is about 3 forward passes (forward, backward for activations and weights)
 
 

@@ -1,0 +1,103 @@
+"""What the default sweeps do on this machine: how long they take against their printed estimate, and
+what `cnnbench infer-all` runs by default against what it ran before (eager fp32, NCHW).
+
+    .venv/bin/python benchmarks/sweep_defaults.py --run-sh-quick          # ./run.sh --quick, timed (target < 10 min on 2 cores)
+    .venv/bin/python benchmarks/sweep_defaults.py --infer-defaults        # infer-all defaults before/after, ResNet-50 batch 16
+    .venv/bin/python benchmarks/sweep_defaults.py --train-all --models googlenet --batch-sizes 16   # any train-all, timed
+
+Each sweep runs in a scratch folder through the real command line; the estimate is the one the sweep
+prints before it starts, the actual time is the sweep's own wall time (its "Sweep finished in" line)
+and the whole command's. Output saved under benchmarks/results/ (record.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from record import Recorder, add_save_option
+
+REPO = Path(__file__).resolve().parents[1]
+CLOCK = r"(\d+):(\d\d):(\d\d)"
+
+
+def seconds(text: str) -> float:
+    h, m, s = map(int, re.fullmatch(CLOCK, text).groups())
+    return 3600 * h + 60 * m + s
+
+
+def run(command: list[str], cwd: Path, rec: Recorder, label: str) -> dict:
+    """Run a sweep command; its printed estimates and finish times, and the command's wall time."""
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    (cwd / f"{label}.log").write_text(done.stdout + done.stderr)
+    estimates = [seconds(":".join(g)) for g in re.findall(rf"; estimated {CLOCK}", done.stdout)]
+    finished = [seconds(":".join(g)) for g in re.findall(rf"Sweep finished in {CLOCK}", done.stdout)]
+    row = {"label": label, "command": " ".join(command), "exit_code": done.returncode, "wall_seconds": wall,
+           "estimated_seconds": estimates, "sweep_seconds": finished}
+    if estimates and finished:
+        row["estimate_error"] = [e / f - 1 for e, f in zip(estimates, finished)]
+    rec.row(kind="sweep", **row)
+    errors = ", ".join(f"{100 * e:+.0f}%" for e in row.get("estimate_error", []))
+    rec.say(f"{label}: exit {done.returncode}, whole command {wall / 60:.1f} min; sweeps {finished} s against estimates "
+            f"{estimates} s ({errors or 'n/a'})")
+    if done.returncode != 0:
+        rec.say(done.stdout[-2000:] + done.stderr[-2000:])
+    return row
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def infer_defaults(rec: Recorder, scratch: Path, model: str, batch: int) -> None:
+    """Before: eager fp32 NCHW (the old defaults); after: the defaults of today."""
+    cnnbench = [sys.executable, "-m", "cnnbench", "infer-all", "--models", model, "--batch-sizes", str(batch),
+                "--random-weights"]
+    for label, extra in (("before", ["--engines", "eager", "--precisions", "fp32", "--memory-format", "nchw"]), ("after", [])):
+        folder = scratch / label
+        folder.mkdir()
+        run([*cnnbench, *extra], folder, rec, f"infer-all defaults {label}")
+        for r in records(folder / "results_infer" / "runs.jsonl"):
+            rec.row(kind="engine", when=label, model=r["model"], batch_size=r["batch_size"], engine=r["engine"],
+                    precision=r["precision"], memory_format=r.get("memory_format", "nchw"), status=r["status"],
+                    images_per_sec=r.get("images_per_sec"), images_per_sec_stderr=r.get("images_per_sec_stderr"),
+                    guard_relative_error=r.get("guard_relative_error"), **{k: v for k, v in r.items() if k.startswith("env.")})
+            rec.say(f"  {label}: {r['engine']} {r['precision']} {r.get('memory_format', 'nchw')}: "
+                    f"{r.get('images_per_sec') or 0:.1f} +/- {r.get('images_per_sec_stderr') or 0:.1f} img/s, "
+                    f"guard rel. err {r.get('guard_relative_error')}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-sh-quick", action="store_true", help="time ./run.sh --quick")
+    p.add_argument("--infer-defaults", action="store_true", help="infer-all defaults before/after")
+    p.add_argument("--train-all", action="store_true", help="time cnnbench train-all with the extra arguments")
+    p.add_argument("--model", default="resnet50", help="model of --infer-defaults (default resnet50)")
+    p.add_argument("--batch-size", type=int, default=16, help="batch of --infer-defaults (default 16)")
+    add_save_option(p)
+    args, extra = p.parse_known_args()
+    rec = Recorder(__file__, args.save_to)
+    with tempfile.TemporaryDirectory(prefix="cnnbench-sweep-") as tmp:
+        scratch = Path(tmp)
+        if args.run_sh_quick:
+            row = run([str(REPO / "run.sh"), "--quick"], scratch, rec, "./run.sh --quick")
+            rec.say(f"./run.sh --quick: {row['wall_seconds'] / 60:.1f} min (target under 10 min on 2 cores): "
+                    f"{'PASS' if row['wall_seconds'] < 600 and row['exit_code'] == 0 else 'FAIL'}")
+        if args.infer_defaults:
+            infer_defaults(rec, scratch, args.model, args.batch_size)
+        if args.train_all:
+            run([sys.executable, "-m", "cnnbench", "train-all", *extra], scratch, rec, "train-all " + " ".join(extra))
+    rec.save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
