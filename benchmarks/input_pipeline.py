@@ -2,6 +2,8 @@
 
     python benchmarks/input_pipeline.py [--images-per-class 30] [--image-size 384] [--rounds 3]
 
+Output saved under benchmarks/results/ (record.py).
+
 Both read the same JPEG files (the scikit-learn digits written by `cnnbench data sample`, scaled to
 --image-size px) and produce the same thing: a normalised float batch of 224x224 centre crops after
 resizing the shorter side to 256, in one process with one thread ("per core").
@@ -25,6 +27,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from record import Recorder, add_save_option
 
 
 def ours(root: Path, batch_size: int) -> int:
@@ -63,7 +67,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=384, help="side of the JPEG files (default 384)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over the files per pipeline; the median is reported")
+    add_save_option(parser)
     args = parser.parse_args()
+    rec = Recorder(__file__, args.save_to)
 
     from cnnbench.data import codec
     from cnnbench.data.sample import write_sample_dataset
@@ -74,7 +80,7 @@ def main() -> None:
         write_sample_dataset(root, image_size=args.image_size, image_format="jpeg", max_per_class=args.images_per_class)
         files = sorted((root / "train").glob("*/*.jpg"))
         mean_kb = sum(p.stat().st_size for p in files) / len(files) / 1024
-        print(f"{len(files)} JPEG files, {args.image_size}x{args.image_size}, {mean_kb:.1f} KB on average; "
+        rec.say(f"{len(files)} JPEG files, {args.image_size}x{args.image_size}, {mean_kb:.1f} KB on average; "
               f"resize 256, centre crop 224, normalise; 1 thread, batch {args.batch_size}; ours decodes with {codec.describe()}")
         rates: dict[str, list[float]] = {"ours": [], "PIL": []}
         for _ in range(args.rounds + 1):  # the first round warms the page cache and libraries, untimed
@@ -83,8 +89,13 @@ def main() -> None:
                 n = run(root, args.batch_size)
                 rates[name].append(n / (time.perf_counter() - start))
         for name, values in rates.items():
-            print(f"{name:5s} {statistics.median(values[1:]):8.1f} images/s per core")
-        print(f"ratio ours/PIL: {statistics.median(rates['ours'][1:]) / statistics.median(rates['PIL'][1:]):.2f}")
+            rec.say(f"{name:5s} {statistics.median(values[1:]):8.1f} images/s per core")
+            rec.row(kind="pipeline", pipeline=name, images_per_sec_median=statistics.median(values[1:]),
+                    images_per_sec_rounds=values[1:], decoder=codec.describe())
+        ratio = statistics.median(rates['ours'][1:]) / statistics.median(rates['PIL'][1:])
+        rec.say(f"ratio ours/PIL: {ratio:.2f} ({'PASS' if ratio > 1 else 'FAIL'}: ours must be the faster)")
+        rec.row(kind="verdict", ratio=ratio)
+    rec.save()
 
 
 if __name__ == "__main__":

@@ -146,9 +146,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             record = training.run(cfg)
     elif cfg.num_accelerators > 1:
         launched_at = environment.process_start_time()
-        placement = training.preflight(cfg, distributed.planned(cfg.num_accelerators))
+        device = training.preflight(cfg, distributed.planned(cfg.num_accelerators)).placement.device
         say(f"Launching {cfg.num_accelerators} data-parallel processes on this machine with torchrun's agent "
-            f"({'nccl' if placement.device.type == 'cuda' else 'gloo'}); rank 0 reports")
+            f"({'nccl' if device.type == 'cuda' else 'gloo'}); rank 0 reports")
         return launcher.launch(["train", *config.to_argv(cfg)], cfg.num_accelerators, launched_at)
     else:
         record = training.run(cfg)
