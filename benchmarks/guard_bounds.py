@@ -33,6 +33,7 @@ from rich.table import Table
 from cnnbench import engines, inference
 from cnnbench import weights as weights_module
 from cnnbench.config import DataConfig, InferConfig, MeasureConfig, PlacementConfig
+from cnnbench.data.sample import DIGIT_NET
 from cnnbench.data.sources import open_source
 from cnnbench.engines import EagerEngine
 from cnnbench.placement import Placement
@@ -42,19 +43,6 @@ from record import Recorder, add_save_option
 PAIRS = [("onnxruntime", "fp32", None), ("compile", "fp32", None), ("eager", "fp16", None), ("eager", "bf16", None),
          ("onnxruntime", "int8", "u8"), ("onnxruntime", "int8", "s8")]
 MARGIN = 3.0  # a bound at least this many times the largest measured error
-
-# A synNet-form network the digits sample trains to ~90% top-1 in a few epochs (tests/test_real_data.py's).
-DIGIT_NET = {
-    "name": "digitNet",
-    "input": {"height": 32, "width": 32, "channels": 3},
-    "groups": [
-        {"name": "g1", "layers": [{"type": "conv", "filters": 16, "kernel": [3, 3]}, {"type": "maxpool"}]},
-        {"name": "g2", "layers": [{"type": "conv", "filters": 32, "kernel": [3, 3]}, {"type": "maxpool"}]},
-        {"name": "g3", "layers": [{"type": "conv", "filters": 64, "kernel": [3, 3]}, {"type": "maxpool"}]},
-    ],
-    "head": {"fully_connected": {"outputs": 1000}},
-    "training": {"learning_rate": 0.05},
-}
 
 
 @dataclass

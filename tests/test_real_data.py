@@ -5,21 +5,9 @@ import json
 import pytest
 import torch
 from cnnbench.data.codec import encode_jpeg
+from cnnbench.data.sample import DIGIT_NET
 from cnnbench.data.tfrecord import write_examples
 from helpers import read_jsonl
-
-# A small network of synNet's form that the digits sample trains to high accuracy in seconds.
-DIGIT_NET = {
-    "name": "digitNet",
-    "input": {"height": 32, "width": 32, "channels": 3},
-    "groups": [
-        {"name": "g1", "layers": [{"type": "conv", "filters": 16, "kernel": [3, 3]}, {"type": "maxpool"}]},
-        {"name": "g2", "layers": [{"type": "conv", "filters": 32, "kernel": [3, 3]}, {"type": "maxpool"}]},
-        {"name": "g3", "layers": [{"type": "conv", "filters": 64, "kernel": [3, 3]}, {"type": "maxpool"}]},
-    ],
-    "head": {"fully_connected": {"outputs": 1000}},
-    "training": {"learning_rate": 0.05},
-}
 
 
 @pytest.fixture

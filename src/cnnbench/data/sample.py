@@ -30,6 +30,20 @@ from cnnbench.errors import UsageError
 JPEG_QUALITY = 95  # re-encoding quality (the ImageNet build script's PNG->JPEG conversion uses 100; 95 is smaller and visually the same)
 SHUFFLE_SEED = 12345  # the build script's random.seed(12345)
 
+# A small network of synNet's form that the digits sample trains to 95-99% top-1 in seconds at 32 px
+# (tests/test_real_data.py's convergence check, benchmarks/guard_bounds.py's real-image network).
+DIGIT_NET = {
+    "name": "digitNet",
+    "input": {"height": 32, "width": 32, "channels": 3},
+    "groups": [
+        {"name": "g1", "layers": [{"type": "conv", "filters": 16, "kernel": [3, 3]}, {"type": "maxpool"}]},
+        {"name": "g2", "layers": [{"type": "conv", "filters": 32, "kernel": [3, 3]}, {"type": "maxpool"}]},
+        {"name": "g3", "layers": [{"type": "conv", "filters": 64, "kernel": [3, 3]}, {"type": "maxpool"}]},
+    ],
+    "head": {"fully_connected": {"outputs": 1000}},
+    "training": {"learning_rate": 0.05},
+}
+
 
 def _digits(image_size: int, seed: int, max_per_class: int | None) -> dict[str, list[tuple[torch.Tensor, int, int]]]:
     """{"train": [...], "val": [...]} of (uint8 3xSxS image, label, index in load_digits)."""
