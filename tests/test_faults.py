@@ -7,6 +7,8 @@ Each section covers one kind of fault; add new cases to the section they belong 
   4. checkpoints: saving into a folder that cannot take it, files that are not checkpoints
   5. --weights files of the wrong kind or for another model
   6. out of memory: advice that can work
+  7. end to end through the command line: bad options, folders, weights, model lists, signals (infer,
+     a distributed job), a torn results file, unwritable folders as an unprivileged user
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from cnnbench import checkpoints, errors, reporting, results, weights
+from cnnbench import checkpoints, errors, recording, reporting, results, weights
 from cnnbench.models.registry import resolve_entry
 from helpers import read_jsonl
 
@@ -55,12 +59,14 @@ NOBODY = 65534
 SKIP_CODE = 77
 
 
-def run_as_nobody(body: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_as_nobody(body: str, cwd: Path, prelude: str = "") -> subprocess.CompletedProcess:
+    """Run `body` as nobody; `prelude` runs before the switch (imports nobody could not read)."""
     script = (
         "import json, os, sys\n"
         "from pathlib import Path\n"
         "from cnnbench import errors, results\n"
-        "try:\n"
+        + prelude
+        + "try:\n"
         f"    os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
         "except OSError:\n"
         f"    sys.exit({SKIP_CODE})\n"
@@ -477,3 +483,369 @@ def test_available_memory_is_the_whole_device():
     if torch.cuda.is_available():
         assert errors.available_bytes("cuda:0") == torch.cuda.get_device_properties(0).total_memory
     assert errors.available_bytes("meta") is None
+
+
+# --- 7. end to end through the command line -------------------------------------------------------------
+#
+# Each case runs `cnnbench ...` (in-process through the `cli` fixture, or as a real process where a signal
+# or a user switch needs one) and checks what a user sees: the exit code, one line on stderr naming what to
+# change, no traceback, and the record where one is due (none where the run must not start).
+#
+# FAULT CASES, counted as pytest cases (a parametrized case counts once per parameter set):
+#   the whole file: 74 cases, 68 pass, 6 are strict xfails (3 open defects, named in their reasons);
+#   sections 1-6: 37 cases, all pass; this section: 37 cases, 31 pass, 6 xfail:
+#     --image-size too large to represent (train, infer): a traceback from torch, not one line;
+#     --dist-timeout inf / 1e15: accepted, then every rank dies with OverflowError;
+#     infer-all --engines '' / --precisions '': silently eager / fp32 instead of an error.
+# Update these numbers with the cases (the closing note of issue 9 quotes them).
+
+TINY16 = ["--image-size", "16", "--batch-size", "2", "--num-batches", "2", "--warmup", "1", "--display-every", "1"]
+
+
+def _one_error_line(code: int, out: str, err: str, expected_code: int = 2) -> str:
+    """The single `cnnbench: error: ...` line of a refused command, after checking code and traceback."""
+    assert code == expected_code, (code, out, err)
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _nothing_written(folder: Path, *, except_: tuple[str, ...] = ()) -> None:
+    """No results folder, log folder, checkpoint or fallback record appeared in the current folder."""
+    left = sorted(p.name for p in folder.iterdir() if p.name not in except_)
+    assert left == [], left
+
+
+@pytest.mark.parametrize("command", ["train", "infer"])
+def test_cli_a_batch_size_beyond_64_bits_is_one_line(cli, tiny_spec, tmp_path, command):
+    extra = ["--random-weights"] if command == "infer" else []
+    code, out, err = cli(command, tiny_spec, "--batch-size", "99999999999999999999999", *extra)
+    line = _one_error_line(code, out, err)
+    assert "argument --batch-size: 99999999999999999999999 is out of range (at most 2147483647)" in line
+    _nothing_written(tmp_path, except_=("tiny.json",))
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "2147483648"), ("--num-batches", "-99999999999999999999"),
+                                           ("--seed", "99999999999999999999999"), ("--image-size", "1e400")])
+def test_cli_integer_options_are_bounded(cli, tiny_spec, option, value):
+    # One past the bound, a huge negative, the seed (handed to torch.manual_seed), a float where an int goes.
+    code, out, err = cli("infer", tiny_spec, option, value, "--random-weights")
+    line = _one_error_line(code, out, err)
+    assert f"argument {option}: " in line
+
+
+@pytest.mark.parametrize("command", ["train-all", "infer-all"])
+def test_cli_a_sweep_batch_size_beyond_64_bits_is_one_line(cli, tiny_spec, tmp_path, command):
+    code, out, err = cli(command, "--models", tiny_spec, "--batch-sizes", "2,99999999999999999999999")
+    line = _one_error_line(code, out, err)
+    assert "--batch-sizes" in line and "99999999999999999999999" in line
+    _nothing_written(tmp_path, except_=("tiny.json",))
+
+
+@pytest.mark.xfail(reason="models are built outside any size check: an --image-size within the integer bound whose "
+                          "tensors overflow 64-bit storage sizes raises RuntimeError('Storage size calculation overflowed') "
+                          "from torch.nn.Linear in synnet.build_from_spec, not an out-of-memory, so it ends in a traceback",
+                   strict=True, raises=RuntimeError)
+@pytest.mark.parametrize("command", ["train", "infer"])
+def test_cli_an_image_size_too_large_to_represent_is_one_line(cli, tiny_spec, command):
+    extra = ["--random-weights"] if command == "infer" else []
+    code, out, err = cli(command, tiny_spec, "--image-size", "2147483647", "--batch-size", "1", "--num-batches", "1",
+                         "--warmup", "0", *extra)
+    assert code in (errors.EXIT_USAGE, errors.EXIT_OUT_OF_MEMORY)
+    line = _one_error_line(code, out, err, expected_code=code)
+    assert "--image-size" in line
+
+
+@pytest.mark.xfail(reason="config.TrainConfig.validate checks --dist-timeout > 0 only: inf, or more than timedelta's "
+                          "8.6e13 s, passes and every rank of a distributed run dies with OverflowError in "
+                          "distributed.join (datetime.timedelta(seconds=...)), exit 4 after a launch", strict=True)
+@pytest.mark.parametrize("value", ["inf", "1e15"])
+def test_cli_a_dist_timeout_that_cannot_be_represented_is_refused(cli, tiny_spec, tmp_path, value):
+    code, out, err = cli("train", tiny_spec, *TINY16, "--dist-timeout", value)
+    line = _one_error_line(code, out, err)
+    assert "--dist-timeout" in line
+    _nothing_written(tmp_path, except_=("tiny.json",))
+
+
+@pytest.mark.parametrize("command", ["infer", "infer-all"])
+def test_cli_a_bogus_compile_mode_is_refused_before_any_work(cli, tiny_spec, tmp_path, command):
+    model = ["--models", str(tiny_spec)] if command == "infer-all" else [str(tiny_spec)]
+    started = time.monotonic()
+    code, out, err = cli(command, *model, "--engine" + ("s" if command == "infer-all" else ""), "compile",
+                         "--compile-mode", "bogus", "--random-weights", *TINY16)
+    line = _one_error_line(code, out, err)
+    assert "argument --compile-mode: invalid choice: 'bogus'" in line
+    assert "max-autotune-no-cudagraphs" in line  # the modes that exist are listed
+    assert time.monotonic() - started < 5 and out == ""  # no header, no model built, no compilation
+    _nothing_written(tmp_path, except_=("tiny.json",))
+
+
+@pytest.mark.parametrize("engine", ["eager", "onnxruntime"])
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_cli_a_cache_path_that_is_a_file_is_one_line_naming_the_option(cli, tiny_spec, tmp_path, engine, where):
+    Path("taken").write_text("a file, not a folder")
+    cache = "taken" if where == "file" else "taken/cache"
+    code, out, err = cli("infer", tiny_spec, "--random-weights", "--engine", engine, "--cache-path", cache, *TINY16)
+    line = _one_error_line(code, out, err)
+    assert line.startswith(f"cnnbench: error: --cache-path {cache} ")
+    assert "is a file" in line and "give --cache-path another folder" in line
+    assert "NotADirectoryError" not in line
+    assert Path("taken").read_text() == "a file, not a folder"
+    _nothing_written(tmp_path, except_=("tiny.json", "taken"))
+
+
+@pytest.mark.parametrize("command, option", [("train", "--results-dir"), ("train", "--log-dir"), ("infer", "--results-dir")])
+def test_cli_a_results_or_log_dir_that_is_a_file_stops_the_run_before_any_step(cli, tiny_spec, tmp_path, command, option):
+    Path("taken").write_text("a file")
+    extra = ["--random-weights"] if command == "infer" else []
+    code, out, err = cli(command, tiny_spec, *TINY16, *extra, option, "taken")
+    line = _one_error_line(code, out, err)
+    assert line == f"cnnbench: error: {option} taken is a file; remove it or give {option} another folder"
+    assert "Images/sec" not in out and out == ""  # not one step ran: no header, no step line
+    # No record anywhere (no results folder, no fallback file), no checkpoint, the file untouched.
+    _nothing_written(tmp_path, except_=("tiny.json", "taken"))
+    assert Path("taken").read_text() == "a file"
+
+
+def _spec_with_classes(tmp_path: Path, classes: int) -> Path:
+    from conftest import TINY_SPEC
+
+    path = tmp_path / f"tiny{classes}.json"
+    path.write_text(json.dumps({**TINY_SPEC, "name": f"tiny{classes}Net", "head": {"fully_connected": {"outputs": classes}}}))
+    return path
+
+
+@pytest.mark.parametrize("classes", [10, 2])
+def test_cli_a_head_of_few_classes_trains_and_infers_on_synthetic_data(cli, tmp_path, classes):
+    spec = _spec_with_classes(tmp_path, classes)
+    code, out, err = cli("train", spec, *TINY16, "--batch-size", "16", "--log-dir", "ck")
+    assert code == 0, err
+    assert "Traceback" not in out + err and "IndexError" not in out + err
+    trained = read_jsonl("results_train/runs.jsonl")[-1]
+    assert trained["status"] == "ok" and trained["model"] == f"tiny{classes}Net"
+    assert trained["checkpoint"] == str(Path("ck") / "checkpoint.pt")
+    code, out, err = cli("infer", spec, *TINY16, "--batch-size", "16", "--log-dir", "ck")
+    assert code == 0, err
+    inferred = read_jsonl("results_infer/runs.jsonl")[-1]
+    assert inferred["status"] == "ok" and inferred["weights_source"] == "checkpoint"
+
+
+def test_cli_weights_and_random_weights_together_are_refused(cli, tiny_spec, tmp_path):
+    torch.save(resolve_entry(str(tiny_spec)).build(16).state_dict(), "w.pt")
+    code, out, err = cli("infer", tiny_spec, *TINY16, "--weights", "w.pt", "--random-weights")
+    line = _one_error_line(code, out, err)
+    assert line == "cnnbench: error: --weights and --random-weights name different weights; give one of them"
+    _nothing_written(tmp_path, except_=("tiny.json", "w.pt"))
+
+
+def test_cli_random_weights_losing_to_a_checkpoint_says_so_and_records_the_truth(cli, tiny_spec):
+    code, _, err = cli("train", tiny_spec, *TINY16, "--log-dir", "ck")
+    assert code == 0, err
+    code, out, err = cli("infer", tiny_spec, *TINY16, "--log-dir", "ck", "--random-weights")
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    warnings_ = [line for line in (out + err).splitlines() if line.startswith("WARNING:")]
+    assert len(warnings_) == 1, out + err
+    assert warnings_[0].startswith(f"WARNING: --random-weights: checkpoint {Path('ck') / 'checkpoint.pt'} (step ")
+    assert "takes precedence" in warnings_[0] and "it is what runs" in warnings_[0]
+    record = read_jsonl("results_infer/runs.jsonl")[-1]
+    assert record["weights_source"] == "checkpoint"
+    assert record["weights"].startswith(f"checkpoint {Path('ck') / 'checkpoint.pt'}")
+    # The digest is that of the trained weights, not of a random initialisation.
+    code, _, err = cli("infer", tiny_spec, *TINY16, "--log-dir", "none", "--random-weights")
+    assert code == 0, err
+    random_run = read_jsonl("results_infer/runs.jsonl")[-1]
+    assert random_run["weights_source"] == "random" and random_run["weights_digest"] != record["weights_digest"]
+
+
+@pytest.mark.parametrize("command, models", [("train-all", ""), ("infer-all", ","), ("train-all", " ; - : "),
+                                             ("infer-all", "")])
+def test_cli_an_empty_model_list_is_an_error_naming_models(cli, tmp_path, command, models):
+    code, out, err = cli(command, "--models", models, *(["--random-weights"] if command == "infer-all" else []))
+    line = _one_error_line(code, out, err)
+    assert line.startswith("cnnbench: error: --models is empty")
+    assert "synNet" not in line  # it did not fall back to every model
+    _nothing_written(tmp_path, except_=("tiny.json",))
+
+
+@pytest.mark.xfail(reason="sweep.engine_pairs: `parse_list(settings.engines or 'eager', ...)` and `settings.precisions "
+                          "or 'fp32'` turn an empty --engines or --precisions into eager / fp32 and run the sweep",
+                   strict=True)
+@pytest.mark.parametrize("option", ["--engines", "--precisions"])
+def test_cli_an_empty_engine_or_precision_list_is_an_error_naming_it(cli, tiny_spec, tmp_path, option, monkeypatch):
+    from cnnbench import estimate
+
+    def started(*args):  # the configurations were accepted: the sweep would calibrate, then run them
+        raise AssertionError(f"the sweep started with an empty {option}")
+
+    monkeypatch.setattr(estimate, "calibrate", started)
+    code, out, err = cli("infer-all", "--models", tiny_spec, option, "", "--random-weights", "--batch-sizes", "2",
+                         "--image-size", "16", "--num-batches", "1", "--warmup", "0")
+    line = _one_error_line(code, out, err)
+    assert line.startswith(f"cnnbench: error: {option} is empty")
+    _nothing_written(tmp_path, except_=("tiny.json",))
+
+
+def _start_and_wait_for_a_step(args: list[str], cwd: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "cnnbench", *args], cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    return _wait_for_a_step(process)
+
+
+def _wait_for_a_step(process: subprocess.Popen, step_token: str = "3") -> subprocess.Popen:
+    """Returns once the run printed step line `step_token` (step 3: warm-up 1, then steady steps run)."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.split()[:1] == [step_token]:
+            return process
+    process.wait()
+    raise AssertionError(f"the run ended before step {step_token}: {process.returncode}\n{''.join(seen)}{process.stderr.read()}")
+
+
+@pytest.mark.parametrize("signum, code, status", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_cli_a_signal_mid_inference_prints_and_records_the_completed_batches(tmp_path, tiny_spec, signum, code, status):
+    process = _start_and_wait_for_a_step(
+        ["infer", str(tiny_spec), "--random-weights", "--image-size", "16", "--batch-size", "2",
+         "--num-batches", "100000", "--warmup", "1", "--display-every", "1"], tmp_path)
+    try:
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == code, err
+    assert "Traceback" not in out + err
+    assert "Images/sec:" in out and "System performance in images/second is:" in out
+    assert f"Stopped: {recording.STOPS[signal.Signals(signum).name][1]}" in out
+    assert err.strip() == ""  # the stop is a status, said on stdout with the figures; no error line
+    record, = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
+    assert record["status"] == status and record["reason"] == recording.STOPS[signal.Signals(signum).name][1]
+    assert record["steady_steps"] >= 2 and record["images_per_sec"] > 0
+    assert f"Record: {Path('results_infer') / 'runs.jsonl'}" in out
+
+
+DISTRIBUTED_RUN = ["--image-size", "16", "--batch-size", "2", "--num-batches", "100000", "--warmup", "1",
+                   "--display-every", "1", "--num-accelerators", "2", "--dist-timeout", "20"]
+
+
+def test_cli_sigterm_to_the_launcher_of_a_distributed_run_records_rank_0_as_terminated(tmp_path, tiny_spec):
+    """SIGTERM to the launching process (what timeout, SLURM send) once rank 0 prints a steady step: the agent
+    passes it to the ranks, which stop after the current step; rank 0 prints and records, the job exits 143."""
+    process = _start_and_wait_for_a_step(["train", str(tiny_spec), *DISTRIBUTED_RUN], tmp_path)
+    started = time.monotonic()
+    try:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert time.monotonic() - started < 30  # the ranks stopped on the agent's SIGTERM, no SIGKILL after its 30 s
+    assert process.returncode == 143, err
+    assert "Traceback" not in out + err and "cnnbench: error" not in err  # no rank "lost contact"
+    assert "Stopped: terminated by SIGTERM" in out and out.count("Images/sec:") == 1  # rank 0 alone reports
+    record, = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
+    assert record["status"] == "terminated" and record["world_size"] == 2 and record["backend"] == "gloo"
+    assert record["steady_steps"] >= 2 and record["images_per_sec"] > 0
+    assert record["checkpoint"] is None and not (tmp_path / "log_tinyNet_2" / "checkpoint.pt").exists()
+
+
+def test_cli_a_torn_line_in_the_results_folder_does_not_stop_a_real_run(cli, tiny_spec, monkeypatch):
+    monkeypatch.setattr(results, "_warned_torn", set())
+    code, _, err = cli("train", tiny_spec, *TINY16, "--log-dir", "ck1")
+    assert code == 0, err
+    with open("results_train/runs.jsonl", "a") as handle:
+        handle.write('{"kind": "train", "model": "tin')  # a crash mid-write by another tool
+    code, out, err = cli("train", tiny_spec, *TINY16, "--log-dir", "ck2")
+    assert code == 0, err
+    assert "Traceback" not in out + err and "JSONDecodeError" not in out + err
+    torn = [line for line in (out + err).splitlines() if "torn line" in line]
+    assert torn == [f"WARNING: {Path('results_train') / 'runs.jsonl'}: skipped 1 torn line (not a JSON record): line 2"]
+    lines = Path("results_train/runs.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["config.log_dir"] == "ck2"
+    records, torn_lines = results.read_records_counting(Path("results_train"))
+    assert [r["config.log_dir"] for r in records] == ["ck1", "ck2"] and torn_lines == [2]
+    assert all(r["status"] == "ok" for r in records)
+    assert len(Path("results_train/runs.csv").read_text().splitlines()) == 3  # header and both intact runs
+
+
+# Everything `cnnbench train` and `infer` import, loaded before the switch to nobody (who cannot enter /root).
+CLI_IMPORTS = ("import resource, torch, torchvision, rich\n"
+               "from cnnbench import cli, training, inference, engines, recording, reporting, checkpoints, weights\n"
+               "from cnnbench.data import sources, synthetic\n")
+
+
+def test_cli_an_unwritable_results_folder_as_an_unprivileged_user(shared_dir, tiny_spec):
+    spec = shared_dir / "tiny.json"
+    shutil.copy(tiny_spec, spec)
+    spec.chmod(0o644)
+    locked = shared_dir / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    work = shared_dir / "work"
+    work.mkdir()
+    os.chown(work, NOBODY, NOBODY)
+    commands = [["train", str(spec), *TINY16, "--results-dir", str(locked)],
+                ["train", str(spec), *TINY16, "--log-dir", str(locked / "ck")],
+                ["infer", str(spec), *TINY16, "--random-weights", "--results-dir", str(locked / "deeper")]]
+    done = run_as_nobody(  # one process, one import of torch: each command's code, stdout and stderr
+        "import contextlib, io\n"
+        f"for args in {commands!r}:\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        code = cli.main(args)\n"
+        "    print(json.dumps([code, out.getvalue(), err.getvalue()]))\n",
+        cwd=work, prelude=CLI_IMPORTS)
+    assert done.returncode == 0, done.stderr
+    runs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(runs) == 3
+    for (code, out, err), option, target in zip(runs, ["--results-dir", "--log-dir", "--results-dir"],
+                                                [locked, locked / "ck", locked / "deeper"]):
+        line = _one_error_line(code, out, err)
+        assert line == (f"cnnbench: error: {option} {target}: cannot write in {locked} (Permission denied); "
+                        f"give {option} a folder you can write to")
+        assert out == ""  # refused before the header: nothing measured, nothing to lose
+    assert list(locked.iterdir()) == [] and list(work.iterdir()) == []  # no record, no fallback, no checkpoint
+
+
+def test_cli_a_results_folder_that_turns_read_only_at_the_end_keeps_figures_and_record(shared_dir, tiny_spec):
+    """As nobody, so that the permission is really denied: the folder passes the pre-flight, then turns
+    read-only while the run ends (a quota, a remount). The figures are printed first, the record goes to
+    a fallback file whose path is printed, and the run exits 4."""
+    spec = shared_dir / "tiny.json"
+    shutil.copy(tiny_spec, spec)
+    spec.chmod(0o644)
+    work = shared_dir / "work"
+    (work / "res").mkdir(parents=True)
+    for path in (work, work / "res"):
+        os.chown(path, NOBODY, NOBODY)
+    args = ["train", str(spec), *TINY16, "--results-dir", "res", "--log-dir", "ck"]
+    done = run_as_nobody(
+        "real = reporting.final_lines\n"
+        "def final_lines(*args, **kwargs):\n"
+        "    real(*args, **kwargs)\n"
+        "    os.chmod('res', 0o555)\n"
+        "reporting.final_lines = final_lines\n"
+        f"sys.exit(cli.main({args!r}))\n",
+        cwd=work, prelude=CLI_IMPORTS)
+    assert done.returncode == errors.EXIT_RUN_FAILED == 4, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "Images/sec:" in done.stdout and "System performance in images/second is:" in done.stdout
+    line, = done.stderr.strip().splitlines()
+    fallbacks = list(work.glob("cnnbench-record-*.json"))
+    assert len(fallbacks) == 1, sorted(p.name for p in work.iterdir())
+    fallback = fallbacks[0]
+    assert line == (f"cnnbench: error: could not add the run's record to {Path('res') / 'runs.jsonl'} "
+                    f"(PermissionError: [Errno 13] Permission denied: '{Path('res') / results.LOCK_FILE}'); "
+                    f"saved it to {fallback} instead; once the folder is writable, append it with "
+                    f"`cat {fallback} >> {Path('res') / 'runs.jsonl'}`")
+    record = json.loads(fallback.read_text())
+    assert record["status"] == "ok" and record["model"] == "tinyNet" and record["images_per_sec"] > 0
+    assert record["checkpoint"] == str(Path("ck") / "checkpoint.pt") and (work / "ck" / "checkpoint.pt").exists()
+    assert list((work / "res").iterdir()) == []
+    # The advice works: once the folder is writable again, the appended file is one intact record.
+    (work / "res").chmod(0o755)
+    subprocess.run(f"cat {fallback} >> res/runs.jsonl", shell=True, cwd=work, check=True)
+    assert results.read_records_counting(work / "res") == ([record], [])
