@@ -9,6 +9,7 @@ child's command line back from its tree (`to_argv`), never from the parser.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from cnnbench.errors import UsageError
@@ -16,6 +17,7 @@ from cnnbench.errors import UsageError
 # Largest integer an option may take: torch and numpy hold sizes and seeds in 64-bit integers, and a
 # batch of 2**31 images is already far beyond any device; bigger values are a typo, not a request.
 MAX_INT = 2**31 - 1
+MAX_DIST_TIMEOUT = 7 * 24 * 3600.0
 
 SCENARIOS = ("offline", "single-stream")
 MEMORY_FORMATS = ("auto", "nchw", "nhwc")
@@ -152,10 +154,11 @@ class TrainConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         _int_at_least(self.num_accelerators, 1, "--num-accelerators")
-        if not self.dist_timeout > 0:
-            raise UsageError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise UsageError(f"--learning-rate must be positive, got {self.learning_rate}")
+        # A week: far beyond any collective's legitimate wait, and what datetime.timedelta holds with room to spare.
+        if not 0 < self.dist_timeout <= MAX_DIST_TIMEOUT:
+            raise UsageError(f"--dist-timeout must be a number of seconds in (0, {MAX_DIST_TIMEOUT}], got {self.dist_timeout}")
+        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
+            raise UsageError(f"--learning-rate must be a positive finite number, got {self.learning_rate}")
         if self.eval_at_end and self.data.data_dir is None:
             raise UsageError("--eval-at-end needs --data-dir (a validation split to evaluate on)")
         if self.compile and self.measure.warmup < 1:
@@ -203,7 +206,7 @@ class SweepConfig:
                                        metavar="SECONDS")
 
     def validate(self) -> None:
-        if self.time_budget is not None and not self.time_budget > 0:
+        if self.time_budget is not None and not 0 < self.time_budget < math.inf:
             raise UsageError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
 
 

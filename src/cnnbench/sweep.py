@@ -179,8 +179,8 @@ def engine_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
 
     if settings.engines is None and settings.precisions is None:
         return default_pairs(device.type)
-    engines = parse_list(settings.engines or "eager", "--engines")
-    precisions = parse_list(settings.precisions or "fp32", "--precisions")
+    engines = parse_list("eager" if settings.engines is None else settings.engines, "--engines")
+    precisions = parse_list("fp32" if settings.precisions is None else settings.precisions, "--precisions")
     for engine in engines:
         if engine not in ENGINES:
             raise errors.UsageError(f"--engines: unknown engine {engine!r}; use some of: {', '.join(ENGINES)}")

@@ -135,11 +135,23 @@ def get_model(name_or_path: str, image_size: int | None = None) -> nn.Module:
 
 
 def check_image_size(entry: ModelEntry, image_size: int) -> None:
+    """Large enough for the network, and small enough that its tensors can be described at all (a
+    spec's fully connected layer grows with the image's area; built on the meta device: shapes only)."""
     if image_size < entry.min_input_size:
         raise UsageError(
             f"--image-size {image_size} is too small for {entry.name}: it needs at least {entry.min_input_size} px "
             f"(its default is {entry.input_size})"
         )
+    import torch
+
+    try:
+        with torch.device("meta"):
+            entry.build(image_size)
+    except RuntimeError as exc:
+        if "overflow" not in str(exc).lower():
+            raise
+        raise UsageError(f"--image-size {image_size} makes {entry.name}'s tensors larger than PyTorch can represent; "
+                         f"use a smaller --image-size (its default is {entry.input_size})") from None
 
 
 def count_parameters(model: nn.Module) -> int:
