@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnbench import distributed, errors
+from cnnbench import distributed, errors, launcher
 from cnnbench.data.sample import write_sample_dataset
 from cnnbench.models.registry import resolve_entry
 from cnnbench.timing import StepTimes
@@ -225,9 +225,10 @@ def test_num_accelerators_2_train_sh_runs_end_to_end(tmp_path):
     records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
     assert [(r["model"], r["num_accelerators"], r["backend"], r["status"], r["images_processed"]) for r in records] == [
         ("synNet", 2, "gloo", "ok", 2 * 2)] * 3
-    # train.sh leaves --log-dir to cnnbench's default, the original's log_<model>_<batch>
-    assert [r["checkpoint"] for r in records] == [f"log_synNet_{b}/checkpoint.pt" for b in (16, 32, 64)]
-    assert all((tmp_path / f"log_synNet_{b}" / "checkpoint.pt").exists() for b in (16, 32, 64))
+    # train.sh leaves --log-dir to cnnbench's default, log_<model>_<batch> of the batch that ran: the
+    # three runs at batch 2 share log_synNet_2, each resuming from the one before
+    assert [(r["checkpoint"], r["resumed"]) for r in records] == [
+        ("log_synNet_2/checkpoint.pt", False), ("log_synNet_2/checkpoint.pt", True), ("log_synNet_2/checkpoint.pt", True)]
 
 
 def test_sweep_over_accelerator_counts_writes_the_efficiency_table(tmp_path, tiny_spec):
@@ -252,17 +253,19 @@ def test_sweep_over_accelerator_counts_writes_the_efficiency_table(tmp_path, tin
 
 @pytest.fixture
 def two_gpus(monkeypatch):
-    """A machine that shows two CUDA devices (only their count is asked for before a launch)."""
+    """A machine that shows two CUDA devices (only their count and compute capability, for the memory
+    format, are asked for before a launch)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 @pytest.mark.parametrize("args, message", [
     (["train", "resnet50", "--num-accelerators", "0"], "--num-accelerators must be an integer of at least 1, got 0"),
     (["train", "resnet50", "--num-accelerators", "two"], "argument --num-accelerators: invalid int value: 'two'"),
-    (["train-all", "--num-accelerators", "1,x"], "--num-accelerators: 'x' is not a positive integer; give counts such as 1,2,4"),
-    (["train", "resnet50", "--num-accelerators", "2", "--dist-timeout", "0"], "--dist-timeout must be a positive number of seconds, got 0.0"),
+    (["train-all", "--num-accelerators", "1,x"], "--num-accelerators: 'x' is not a positive integer; give integers of at least 1, e.g. 1,2,4"),
+    (["train", "resnet50", "--num-accelerators", "2", "--dist-timeout", "0"], "--dist-timeout must be a number of seconds in (0, 604800.0], got 0.0"),
 ])
 def test_bad_accelerator_counts(cli, args, message):
     code, out, err = cli(*args)
@@ -321,7 +324,7 @@ def test_failure_report_names_the_cause(exits, expected_code, named, not_named):
     from types import SimpleNamespace
 
     failures = {rank: SimpleNamespace(exitcode=code, local_rank=rank, pid=100 + rank) for rank, code in exits.items()}
-    message, code = distributed._failure_summary(failures, 2)
+    message, code = launcher._failure_summary(failures, 2)
     assert code == expected_code
     assert message.startswith(f"distributed training failed on {socket.gethostname()}: ")
     assert all(text in message for text in named) and not any(text in message for text in not_named)

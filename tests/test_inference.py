@@ -90,8 +90,9 @@ def test_compile_reports_build_time_apart(cli, trained):
     assert code == 0
     r = _last()
     assert r["compile_mode"] == "default" and r["engine_build_seconds"] > 0
-    # compilation happened before the timed steps: no steady step is anywhere near the build time
-    assert max(r["steady_seconds"]) < r["engine_build_seconds"]
+    assert f"engine = compile: build {r['engine_build_seconds']:.2f} s" in out
+    # That the build holds the compilation (the first compiled call, synchronised) and the warm-up does not
+    # is checked in-process, against steady calls, by tests/test_engines.py.
 
 
 def test_single_stream_is_batch_1_with_hand_checked_percentiles(cli, trained):
@@ -201,7 +202,7 @@ BAD = [
     (["infer", "resnet50", "--random-weights", "--engine", "onnxruntime", "--precision", "bf16"], "--engine onnxruntime cannot run --precision bf16 on cpu"),
     (["infer", "resnet50", "--random-weights", "--engine", "tvm"], "unknown --engine 'tvm'"),
     (["infer", "resnet50", "--random-weights", "--batch-size", "0"], "--batch-size must be an integer of at least 1, got 0"),
-    (["infer", "resnet50", "--random-weights", "--scenario", "server"], "unknown --scenario 'server'"),
+    (["infer", "resnet50", "--random-weights", "--scenario", "server"], "argument --scenario: invalid choice: 'server'"),
     (["infer", "synNet", "--pretrained"], "torchvision publishes no weights for synNet"),
     (["infer-all", "--models", "googlenet", "--batch-sizes", "2"], "no weights for googlenet: no checkpoint in log_googlenet_2"),
 ]
