@@ -29,7 +29,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench import checkpoints, errors, recording, reporting, results, weights
+from cnnbench import checkpoints, errors, memory, recording, reporting, results, weights
 from cnnbench.models.registry import resolve_entry
 from helpers import read_jsonl
 
@@ -443,28 +443,28 @@ def test_batch_one_estimate_counts_parameters_and_activations():
     parameters = (3 * 4 * 9 + 4) + (256 * 10 + 10)
     image, conv, relu, flat, linear = 3 * 64, 256, 256, 256, 10
     # training: weights, gradients and momentum, and every leaf's output kept for the backward pass
-    assert errors.batch_one_bytes(_small_net, 8, training=True) == 3 * 4 * parameters + 4 * (image + conv + relu + flat + linear)
+    assert memory.batch_one_bytes(_small_net, 8, training=True) == 3 * 4 * parameters + 4 * (image + conv + relu + flat + linear)
     # inference: the weights and about two activations at a time
-    assert errors.batch_one_bytes(_small_net, 8, training=False) == 4 * parameters + 4 * (image + 2 * conv)
-    assert errors.batch_one_bytes(_small_net, 8, training=False, bytes_per_value=2) == 4 * parameters + 2 * (image + 2 * conv)
+    assert memory.batch_one_bytes(_small_net, 8, training=False) == 4 * parameters + 4 * (image + 2 * conv)
+    assert memory.batch_one_bytes(_small_net, 8, training=False, bytes_per_value=2) == 4 * parameters + 2 * (image + 2 * conv)
 
 
 def test_the_estimate_runs_on_the_meta_device_and_grows_with_the_image(tiny_entry):
-    small = errors.batch_one_bytes(lambda: tiny_entry.build(16), 16, training=True)
-    large = errors.batch_one_bytes(lambda: tiny_entry.build(64), 64, training=True)
+    small = memory.batch_one_bytes(lambda: tiny_entry.build(16), 16, training=True)
+    large = memory.batch_one_bytes(lambda: tiny_entry.build(64), 64, training=True)
     assert 0 < small < large
     # 100,000 px would need over 100 GB for the input alone; on the meta device it costs nothing.
-    assert errors.batch_one_bytes(lambda: tiny_entry.build(100_000), 100_000, training=False) > 3 * 100_000**2 * 4
+    assert memory.batch_one_bytes(lambda: tiny_entry.build(100_000), 100_000, training=False) > 3 * 100_000**2 * 4
 
 
 def test_oom_advice_is_the_image_size_when_batch_1_cannot_fit(tiny_entry):
-    huge = errors.out_of_memory(2, build=lambda: tiny_entry.build(100_000), image_size=100_000, device="cpu")
+    huge = memory.out_of_memory(2, build=lambda: tiny_entry.build(100_000), image_size=100_000, device="cpu")
     message = str(huge)
     assert isinstance(huge, errors.OutOfMemory) and huge.exit_code == 3 and _one_line(message)
     assert message.startswith("out of memory at batch size 2; batch 1 alone needs at least ")
     assert "reduce --image-size (now 100000) or use a smaller model or spec, not the batch size" in message
     assert "smaller --batch-size" not in message
-    fits = errors.out_of_memory(2, build=lambda: tiny_entry.build(16), image_size=16, device="cpu")
+    fits = memory.out_of_memory(2, build=lambda: tiny_entry.build(16), image_size=16, device="cpu")
     assert str(fits) == "out of memory at batch size 2; try a smaller --batch-size"
 
 
@@ -472,17 +472,17 @@ def test_oom_advice_falls_back_to_the_batch_when_nothing_is_known():
     def broken():
         raise RuntimeError("this network cannot be built on the meta device")
 
-    assert str(errors.out_of_memory(4, build=broken, image_size=64, device="cpu")) == \
+    assert str(memory.out_of_memory(4, build=broken, image_size=64, device="cpu")) == \
         "out of memory at batch size 4; try a smaller --batch-size"
-    assert str(errors.out_of_memory(4, detail="CUDA")) == "out of memory at batch size 4 (CUDA); try a smaller --batch-size"
+    assert str(memory.out_of_memory(4, detail="CUDA")) == "out of memory at batch size 4 (CUDA); try a smaller --batch-size"
     assert str(errors.OutOfMemory(8, hint="reduce --image-size")) == "out of memory at batch size 8; reduce --image-size"
 
 
 def test_available_memory_is_the_whole_device():
-    assert errors.available_bytes("cpu") == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert memory.available_bytes("cpu") == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if torch.cuda.is_available():
-        assert errors.available_bytes("cuda:0") == torch.cuda.get_device_properties(0).total_memory
-    assert errors.available_bytes("meta") is None
+        assert memory.available_bytes("cuda:0") == torch.cuda.get_device_properties(0).total_memory
+    assert memory.available_bytes("meta") is None
 
 
 # --- 7. end to end through the command line -------------------------------------------------------------

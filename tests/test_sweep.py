@@ -61,21 +61,23 @@ RATES = estimate.Rates("cpu", train_gflops=50.0, infer_gflops=50.0)
 
 
 def _configurations(kind: str, *argv: str):
-    given, settings = parse(f"{kind}-all", "--models", "resnet50,googlenet", "--batch-sizes", "2,4", "--random-weights"
-                            if kind == "infer" else "--seed", *(["0"] if kind == "train" else []), *argv)
+    """The planned configurations of `cnnbench KIND-all --models resnet50,googlenet ARGV` on a CPU, as the sweep plans them."""
+    extra = ["--random-weights"] if kind == "infer" else []
+    args = cli.build_parser().parse_args([f"{kind}-all", "--models", "resnet50,googlenet", *extra, *argv])
+    given, swept = cli.given_options(args), cli.given_options(args, "sweep.")
+    explicit = set(given) | {f"sweep.{k}" for k in swept}
     base = config.build(config.InferConfig if kind == "infer" else config.TrainConfig, given)
-    settings = config.build(config.InferSweepConfig if kind == "infer" else config.TrainSweepConfig, settings)
-    plan = sweep.choose_plan(kind, settings, set(given), torch.device("cpu"))
-    batches = sweep.parse_counts(plan.batch_sizes or settings.batch_sizes, "--batch-sizes", "16")
-    runs = sweep.plan_configurations(kind, settings, base, set(given), plan, sweep.parse_list(settings.models, "--models"),
-                                     batches, torch.device("cpu"))
+    settings = config.build(config.InferSweepConfig if kind == "infer" else config.TrainSweepConfig, swept)
+    plan = sweep.choose_plan(kind, settings, explicit, torch.device("cpu"))
+    runs = sweep.plan_configurations(kind, settings, base, explicit, plan, ["resnet50", "googlenet"],
+                                     sweep.batch_sizes(plan, settings, explicit), torch.device("cpu"))
     for c in runs:
         c.estimated_seconds = estimate.configuration_seconds(c.run, kind, RATES)
     return plan, runs
 
 
 def test_the_time_budget_is_spread_over_the_configurations():
-    _, runs = _configurations("train")
+    _, runs = _configurations("train", "--batch-sizes", "2,4")
     fitted = sweep.fit_budget(runs, 600.0, "train", RATES)
     assert sum(c.estimated_seconds for c in fitted) == pytest.approx(600.0, rel=0.01)
     durations = {c.run.measure.duration for c in fitted}
@@ -85,17 +87,24 @@ def test_the_time_budget_is_spread_over_the_configurations():
 
 
 def test_a_budget_too_small_runs_the_minimum_and_says_so(capsys):
-    _, runs = _configurations("train")
+    _, runs = _configurations("train", "--batch-sizes", "2,4")
     fitted = sweep.fit_budget(runs, 1.0, "train", RATES)
     assert "--time-budget 1 s cannot be kept" in capsys.readouterr().out
     assert all(c.run.measure.min_steady_steps == 2 and c.run.measure.warmup == 1 for c in fitted)
 
 
 def test_quick_plan_runs_batch_16_with_a_short_guard_and_calibration():
-    plan, runs = _configurations("infer", "--quick", "--batch-sizes", "16")
+    plan, runs = _configurations("infer", "--quick")
     assert plan.name == "quick"
     assert {c.run.measure.batch_size for c in runs} == {16}
     assert all(c.run.guard_batches == 1 and c.run.calib_batches == 2 and c.run.measure.duration == 2.0 for c in runs)
+
+
+def test_explicit_batch_sizes_win_over_the_quick_plan():
+    _, runs = _configurations("train", "--quick")
+    assert {c.run.measure.batch_size for c in runs} == {16}
+    _, runs = _configurations("train", "--quick", "--batch-sizes", "32")
+    assert {c.run.measure.batch_size for c in runs} == {32}
 
 
 def test_explicit_options_win_over_the_plan():

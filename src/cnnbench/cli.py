@@ -172,7 +172,8 @@ def _sweep(kind: str, run_cls: type, sweep_cls: type, args: argparse.Namespace) 
 
     base = config.build(run_cls, given_options(args))
     settings = config.build(sweep_cls, given_options(args, "sweep."))
-    return sweep.sweep(kind, settings, base, explicit=set(given_options(args)))
+    explicit = set(given_options(args)) | {f"sweep.{name}" for name in given_options(args, "sweep.")}
+    return sweep.sweep(kind, settings, base, explicit=explicit)
 
 
 def _terminate(signum, frame):

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Iterator
 
-from cnnbench import environment, errors, reporting, results
+from cnnbench import environment, errors, memory, reporting, results
 from cnnbench.config import flatten
 from cnnbench.placement import Placement
 
@@ -38,7 +38,7 @@ def out_of_memory_recorded(record: dict, results_dir: str, entry, placement: Pla
     except Exception as exc:
         if not errors.is_out_of_memory(exc):
             raise
-        oom = errors.out_of_memory(record["batch_size"], build=lambda: entry.build(record["image_size"]),
+        oom = memory.out_of_memory(record["batch_size"], build=lambda: entry.build(record["image_size"]),
                                    image_size=record["image_size"], device=placement.device, training=training,
                                    bytes_per_value=2 if placement.autocast_dtype is not None else 4)
         record.update(status="oom", reason=str(oom))

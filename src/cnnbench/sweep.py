@@ -73,10 +73,16 @@ def choose_plan(kind: str, settings: SweepConfig, explicit: set[str], device: to
         name = "original" if device.type == "cuda" else "cpu"
     base = {"original": ORIGINAL_PLAN, "cpu": CPU_PLANS[kind], "quick": QUICK_PLANS[kind]}[name]
     reason = f"{device.type} device detected: {base.reason}" if settings.plan == "auto" and not settings.quick else base.reason
-    given = {k: v for k, v in (("warmup", None), ("num_batches", None), ("duration", None)) if f"measure.{k}" in explicit}
+    given = [k for k in ("warmup", "num_batches", "duration") if f"measure.{k}" in explicit]
     if given:
         reason += "; overridden by " + ", ".join(f"--{k.replace('_', '-')}" for k in given)
     return dataclasses.replace(base, name=base.name + ("+overrides" if given else ""), reason=reason)
+
+
+def batch_sizes(plan: Plan, settings: SweepConfig, explicit: set[str]) -> list[int]:
+    """--batch-sizes when given, else the plan's own (quick: 16), else the default 16,32,64."""
+    text = plan.batch_sizes if plan.batch_sizes and "sweep.batch_sizes" not in explicit else settings.batch_sizes
+    return parse_counts(text, "--batch-sizes", "16,32,64")
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -118,8 +124,7 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
     device = resolve_device(base.placement.device)  # a bad device fails before anything runs
     plan = choose_plan(kind, settings, explicit, device)
     models = parse_list(settings.models, "--models") if settings.models is not None else list(DEFAULT_MODELS)
-    batches = parse_counts(plan.batch_sizes if plan.batch_sizes and "sweep.batch_sizes" not in explicit
-                           else settings.batch_sizes, "--batch-sizes", "16,32,64")
+    batches = batch_sizes(plan, settings, explicit)
     configurations = plan_configurations(kind, settings, base, explicit, plan, models, batches, device)
     rates = estimate.calibrate(device, kind)
     for c in configurations:
