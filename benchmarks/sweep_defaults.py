@@ -2,6 +2,7 @@
 what `cnnbench infer-all` runs by default against what it ran before (eager fp32, NCHW).
 
     .venv/bin/python benchmarks/sweep_defaults.py --run-sh-quick          # ./run.sh --quick, timed (target < 10 min on 2 cores)
+    .venv/bin/python benchmarks/sweep_defaults.py --run-sh                # ./run.sh, the whole default benchmark, timed
     .venv/bin/python benchmarks/sweep_defaults.py --infer-defaults        # infer-all defaults before/after, ResNet-50 batch 16
     .venv/bin/python benchmarks/sweep_defaults.py --train-all --models googlenet --batch-sizes 16   # any train-all, timed
 
@@ -78,6 +79,7 @@ def infer_defaults(rec: Recorder, scratch: Path, model: str, batch: int) -> None
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-sh-quick", action="store_true", help="time ./run.sh --quick")
+    p.add_argument("--run-sh", action="store_true", help="time ./run.sh (the default plan)")
     p.add_argument("--infer-defaults", action="store_true", help="infer-all defaults before/after")
     p.add_argument("--train-all", action="store_true", help="time cnnbench train-all with the extra arguments")
     p.add_argument("--model", default="resnet50", help="model of --infer-defaults (default resnet50)")
@@ -91,6 +93,8 @@ def main() -> int:
             row = run([str(REPO / "run.sh"), "--quick"], scratch, rec, "./run.sh --quick")
             rec.say(f"./run.sh --quick: {row['wall_seconds'] / 60:.1f} min (target under 10 min on 2 cores): "
                     f"{'PASS' if row['wall_seconds'] < 600 and row['exit_code'] == 0 else 'FAIL'}")
+        if args.run_sh:
+            run([str(REPO / "run.sh")], scratch, rec, "./run.sh")
         if args.infer_defaults:
             infer_defaults(rec, scratch, args.model, args.batch_size)
         if args.train_all:
