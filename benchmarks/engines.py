@@ -14,7 +14,6 @@ Output saved under benchmarks/results/ (record.py).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 
 from rich.table import Table
@@ -32,12 +31,10 @@ GPU_PAIRS = [(e, p, "nhwc") for p in ("bf16", "fp16") for e in ("eager", "compil
 def run(args, engine: str, precision: str, layout: str, device: str, tmp: str, activations: str | None) -> dict:
     cfg = InferConfig(model=args.model, engine=engine, compile_mode=args.compile_mode, random_weights=True,
                       image_size=args.image_size, results_dir=f"{tmp}/results", cache_path=f"{tmp}/cache", guard_batches=2,
-                      calib_batches=10, measure=MeasureConfig(batch_size=args.batch_size, num_batches=args.steps,
+                      calib_batches=10, int8_activations=activations or "auto", measure=MeasureConfig(batch_size=args.batch_size, num_batches=args.steps,
                                                               warmup=args.warmup, display_every=10**6),
                       placement=PlacementConfig(device=device, precision=precision, memory_format=layout))
-    # inference.run has no option for the int8 activation type; the block reaches its build_engine.
-    with engines.int8_activations_as(activations) if activations else contextlib.nullcontext():
-        return inference.run(cfg)
+    return inference.run(cfg)
 
 
 def configurations(args) -> list[tuple[str, str, str, str | None]]:

@@ -19,7 +19,6 @@ Output saved under benchmarks/results/ (record.py); README "The fp32 guard" quot
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
@@ -82,7 +81,7 @@ def measure_pair(net: Network, engine: str, precision: str, activations: str | N
                       random_weights=net.log_dir is None, log_dir=net.log_dir or str(tmp / "no_checkpoint"),
                       results_dir=str(tmp / "results_infer"), cache_path=str(tmp / "cache"), guard_batches=guard_batches,
                       measure=MeasureConfig(batch_size=net.batch), data=DataConfig(data_dir=net.data_dir, workers=0),
-                      placement=PlacementConfig(device="cpu", precision=precision))
+                      placement=PlacementConfig(device="cpu", precision=precision), int8_activations=activations or "auto")
     r = inference.preflight(cfg)
     weights = weights_module.resolve(r.entry, weights_file=None, pretrained=False, random_weights=cfg.random_weights,
                                      log_dir=r.log_dir)
@@ -94,8 +93,7 @@ def measure_pair(net: Network, engine: str, precision: str, activations: str | N
     batches = inputs.take(sets * guard_batches, 1000)
     fp32 = EagerEngine(model, Placement(r.placement.device, "fp32", r.placement.channels_last))
     references = [fp32(x) for x in batches]
-    with engines.int8_activations_as(activations) if activations else contextlib.nullcontext():
-        built, _ = inference.build(cfg, r, model, digest, inputs, batches)
+    built, _ = inference.build(cfg, r, model, digest, inputs, batches)
     figures = []
     for s in range(sets):
         part = slice(s * guard_batches, (s + 1) * guard_batches)

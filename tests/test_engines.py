@@ -12,10 +12,10 @@ from onnx import numpy_helper
 
 from cnnbench import engines
 from cnnbench.engines import ArtifactCache, build_engine
-from cnnbench.errors import UsageError
 from cnnbench.inference import GUARD_BOUNDS
 from cnnbench.models.registry import resolve_entry
 from cnnbench.placement import Placement
+from helpers import read_jsonl
 
 CPU = torch.device("cpu")
 
@@ -112,14 +112,14 @@ def test_int8_activation_types(tiny_spec, tmp_path, kind, dtype, symmetric):
     assert torch.linalg.vector_norm(output - reference) / torch.linalg.vector_norm(reference) < GUARD_BOUNDS["int8"]
 
 
-def test_int8_activations_block_reaches_build_engine(tiny_spec, tmp_path):
-    """What benchmarks/engines.py does, since inference.run has no option for the activation type."""
-    model, x = _model(tiny_spec), torch.randn(4, 3, 16, 16)
-    with engines.int8_activations_as("s8"):
-        engine = build_engine("onnxruntime", model, Placement(CPU, "int8", False), x, _cache(tmp_path, "onnxruntime", "int8"),
-                              calibration=lambda: [x], compile_mode="default")
-    assert engine.info["int8_activations"] == "s8"
+def test_int8_activations_option_reaches_the_engine_and_the_record(cli, tiny_spec):
+    """--int8-activations through the command line: the quantised model's type is in the record."""
+    for kind in ("s8", "auto"):
+        code, _, err = cli("infer", tiny_spec, "--random-weights", "--image-size", "16", "--batch-size", "4",
+                           "--num-batches", "2", "--warmup", "1", "--engine", "onnxruntime", "--precision", "int8",
+                           "--calib-batches", "2", "--int8-activations", kind)
+        assert code == 0, err
+        record = read_jsonl("results_infer/runs.jsonl")[-1]
+        assert record["int8_activations"] == {"s8": "s8", "auto": "u8"}[kind]
+        assert record["config.int8_activations"] == kind
     assert engines.default_int8_activations("cpu") == "u8" and engines.default_int8_activations("cuda") == "s8"
-    with pytest.raises(UsageError, match="use one of: u8, s8"):
-        with engines.int8_activations_as("u4"):
-            pass

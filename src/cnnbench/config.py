@@ -27,6 +27,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 PREPROCESS_PRESETS = ("torchvision", "torchvision-v2", "aimatrix")
 DATA_FORMATS = ("tfrecord", "folder")
 PLANS = ("auto", "original", "cpu", "quick")
+INT8_ACTIVATIONS = ("auto", "u8", "s8")
 
 
 def option(default=None, help: str = "", *, flag: str | None = None, choices: tuple[str, ...] | None = None,
@@ -178,6 +179,10 @@ class InferConfig(RunConfig):
     pretrained: bool = option(False, "torchvision's ImageNet weights (cached under TORCH_HOME)")
     random_weights: bool = option(False, "no weights: a pure speed run")
     calib_batches: int = option(10, "int8 calibration batches (the original's 10)")
+    # u8: uint8 activations (U8S8), the form x86's int8 dot-product instructions take; s8: symmetric int8
+    # (S8S8), the only form TensorRT's explicit quantisation takes (engines.quantize_int8).
+    int8_activations: str = option("auto", "int8 activation type: auto (u8 on the CPU, s8 on CUDA), u8 or s8",
+                                   choices=INT8_ACTIVATIONS)
     guard_batches: int = option(4, "batches compared against eager fp32")
     cache_path: str | None = option(None, "keep exported / quantised / compiled artefacts here and reuse them")
 

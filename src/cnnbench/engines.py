@@ -19,7 +19,6 @@ provider reads the same QDQ model (explicit quantisation).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hashlib
 import importlib.util
 import io
@@ -51,7 +50,6 @@ ONNX_OPSET = 18
 # int8 activation types of the static quantisation: u8 (uint8, asymmetric) or s8 (int8, symmetric,
 # zero-point 0: the only form TensorRT's explicit quantisation takes). See quantize_int8.
 INT8_ACTIVATIONS = ("u8", "s8")
-_int8_activations_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("int8_activations", default=None)
 
 
 def default_int8_activations(device_type: str) -> str:
@@ -62,18 +60,6 @@ def default_int8_activations(device_type: str) -> str:
 def _check_int8_activations(kind: str) -> None:
     if kind not in INT8_ACTIVATIONS:
         raise UsageError(f"unknown int8 activation type {kind!r}; use one of: {', '.join(INT8_ACTIVATIONS)}")
-
-
-@contextlib.contextmanager
-def int8_activations_as(kind: str):
-    """Quantise with `kind` activations within the block, for callers that reach build_engine through
-    `inference.run`, whose configuration has no option for it (benchmarks/engines.py --int8-activations)."""
-    _check_int8_activations(kind)
-    token = _int8_activations_override.set(kind)
-    try:
-        yield
-    finally:
-        _int8_activations_override.reset(token)
 
 
 def supported_pairs(device_type: str) -> str:
@@ -403,13 +389,15 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: list[torch.Tenso
 def build_engine(name: str, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
                  calibration: Callable[[], list[torch.Tensor]], compile_mode: str, *,
                  int8_activations: str | None = None) -> Engine:
-    """int8_activations: u8 | s8 for int8 (quantize_int8); None: that of an enclosing
-    `int8_activations_as` block, else the device's default (u8 on the CPU, s8 on CUDA)."""
+    """int8_activations: u8 | s8 for int8 (quantize_int8); None or "auto": the device's default (u8 on
+    the CPU, s8 on CUDA)."""
     if name == "eager":
         return EagerEngine(model, placement)
     if name == "compile":
         return CompiledEngine(model, placement, example, compile_mode, cache)
-    activations = int8_activations or _int8_activations_override.get() or default_int8_activations(placement.device.type)
+    if int8_activations in (None, "auto"):
+        int8_activations = default_int8_activations(placement.device.type)
+    activations = int8_activations
     _check_int8_activations(activations)
     if name == "onnxruntime":
         return OnnxRuntimeEngine(model, placement, example, cache, calibration, activations)

@@ -160,7 +160,8 @@ def build(cfg: InferConfig, r: Resolved, model, digest: str, inputs: Inputs, gua
     # Engines that build (export, compile) trace one batch; eager builds nothing and needs none.
     example = guard_inputs[0] if guard_inputs else None if cfg.engine == "eager" else inputs.take(1, 3000)[0]
     try:
-        engine = build_engine(cfg.engine, model, p, example, cache, inputs.calibration, r.compile_mode)
+        engine = build_engine(cfg.engine, model, p, example, cache, inputs.calibration, r.compile_mode,
+                              int8_activations=cfg.int8_activations)
     finally:
         cache.close()
     for note in cache.notes:
