@@ -216,15 +216,16 @@ def test_bad_inference_input(cli, args, message):
 
 
 def test_infer_all_sweeps_engines_and_precisions(cli, trained, tmp_path):
-    code, out, err = cli("infer-all", "--models", trained, "--batch-sizes", "4", "--engines", "eager,onnxruntime",
-                         "--precisions", "fp32,int8", *QUICK[:2], "--num-batches", "2", "--warmup", "1", "--calib-batches", "2")
+    # No --engines / --precisions: on a CPU, eager fp32 and onnxruntime fp32 and int8 (tests/test_sweep.py)
+    code, out, err = cli("infer-all", "--models", trained, "--batch-sizes", "4", *QUICK[:2], "--num-batches", "2",
+                         "--warmup", "1", "--calib-batches", "2")
     assert code == 0, err
-    assert "Skipping pairs that cannot run on cpu: eager/int8" in out
+    assert "Sweep finished in" in out and "(estimated" in out
     files = {p.name for p in (tmp_path / "results_infer").iterdir()}
     assert {"result_tinyNet_4.txt", "result_tinyNet_4_onnxruntime_fp32.txt", "result_tinyNet_4_onnxruntime_int8.txt"} <= files
     records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
-    assert [(r["engine"], r["precision"], r["status"]) for r in records] == [
-        ("eager", "fp32", "ok"), ("onnxruntime", "fp32", "ok"), ("onnxruntime", "int8", "ok")]
+    assert [(r["engine"], r["precision"], r["status"], r["memory_format"]) for r in records] == [
+        ("eager", "fp32", "ok", "nhwc"), ("onnxruntime", "fp32", "ok", "nchw"), ("onnxruntime", "int8", "ok", "nchw")]
     table = (tmp_path / "results_infer" / "results.csv").read_text()
     assert table.count("System performance, unit is images/second") == 3  # a table pair per engine/precision
     assert "(onnxruntime int8)" in table

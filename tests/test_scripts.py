@@ -21,17 +21,18 @@ def test_train_sh_sweeps_16_32_64_for_one_model(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["train-all.sh", "run.sh"])
-def test_sweep_scripts_build_the_tables(tmp_path, script):
-    done = run_process([str(REPO / script), "--models", "googlenet", "--batch-sizes", "2", *QUICK], cwd=tmp_path)
+def test_sweep_scripts_build_the_tables(tmp_path, script, tiny_spec):
+    done = run_process([str(REPO / script), "--models", str(tiny_spec), "--batch-sizes", "2", "--image-size", "16",
+                        "--num-batches", "1", "--warmup", "0"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "results_train" / "results.csv").read_text()
-    assert table.splitlines()[2:4][0] == "model,batch 2" and table.splitlines()[3].startswith("googlenet,")
+    assert table.splitlines()[2:4][0] == "model,batch 2" and table.splitlines()[3].startswith("tinyNet,")
     if script == "run.sh":  # then inference from the checkpoints training wrote
         records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
         # one record per engine/precision pair the CPU plan sweeps, eager fp32 among them
-        assert {(r["model"], r["batch_size"], r["weights_source"], r["status"]) for r in records} == {("googlenet", 2, "checkpoint", "ok")}
+        assert {(r["model"], r["batch_size"], r["weights_source"], r["status"]) for r in records} == {("tinyNet", 2, "checkpoint", "ok")}
         assert ("eager", "fp32") in {(r["engine"], r["precision"]) for r in records}
-        assert (tmp_path / "results_infer" / "results.csv").read_text().splitlines()[3].startswith("googlenet,")
+        assert (tmp_path / "results_infer" / "results.csv").read_text().splitlines()[3].startswith("tinyNet,")
 
 
 @pytest.mark.parametrize("value, message", [

@@ -113,17 +113,13 @@ def test_explicit_options_win_over_the_plan():
     assert all(c.run.measure.warmup == 3 and c.run.measure.duration == 3.0 for c in runs)
 
 
-def test_infer_all_runs_eager_and_the_cpu_s_fastest_engines_by_default(cli, tiny_spec, tmp_path):
-    code, _, err = cli("train", tiny_spec, *QUICK, "--batch-size", "4", "--num-batches", "2", "--warmup", "1")
-    assert code == 0, err
-    code, out, err = cli("infer-all", "--models", tiny_spec, "--batch-sizes", "4", *QUICK, "--num-batches", "2",
-                         "--warmup", "1", "--calib-batches", "2")
-    assert code == 0, err
-    records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
-    assert [(r["engine"], r["precision"], r["status"]) for r in records] == [
-        ("eager", "fp32", "ok"), ("onnxruntime", "fp32", "ok"), ("onnxruntime", "int8", "ok")]
-    assert records[0]["memory_format"] == "nhwc" and records[1]["memory_format"] == "nchw"
-    assert "Sweep finished in" in out and "(estimated" in out
+def test_infer_all_by_default_runs_eager_and_the_cpu_s_fastest_engines(capsys):
+    # End to end (records, logs, tables) in tests/test_inference.py::test_infer_all_sweeps_engines_and_precisions.
+    settings = config.build(config.InferSweepConfig, {})
+    assert sweep.engine_pairs(settings, torch.device("cpu")) == [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    crossed = config.build(config.InferSweepConfig, {"engines": "eager,onnxruntime", "precisions": "fp32,int8"})
+    assert sweep.engine_pairs(crossed, torch.device("cpu")) == [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    assert "Skipping pairs that cannot run on cpu: eager/int8" in capsys.readouterr().out
 
 
 def test_sigterm_stops_a_sweep_with_the_running_configuration_recorded(tmp_path, tiny_spec):
