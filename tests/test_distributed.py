@@ -215,20 +215,20 @@ def test_a_hung_rank_ends_the_job_after_the_group_timeout(tmp_path):
     assert not any(_alive(pid) for pid in ranks.values())
 
 
-def test_num_accelerators_2_train_sh_runs_end_to_end(tmp_path):
+def test_num_accelerators_2_train_sh_runs_end_to_end(tmp_path, tiny_spec):
     # Extra arguments go to `cnnbench train` after the script's own, so the trailing --batch-size 2
-    # replaces its 16, 32 and 64 (synNet at those batches would take most of a minute on 2 cores).
-    done = run_process([str(REPO / "train.sh"), "synNet", "--image-size", "64", "--num-batches", "1", "--warmup", "0",
+    # replaces its 16, 32 and 64.
+    done = run_process([str(REPO / "train.sh"), str(tiny_spec), "--image-size", "16", "--num-batches", "1", "--warmup", "0",
                         "--batch-size", "2"], env={"NUM_ACCELERATORS": "2"}, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("Launching 2 data-parallel processes") == 3
     records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
     assert [(r["model"], r["num_accelerators"], r["backend"], r["status"], r["images_processed"]) for r in records] == [
-        ("synNet", 2, "gloo", "ok", 2 * 2)] * 3
+        ("tinyNet", 2, "gloo", "ok", 2 * 2)] * 3
     # train.sh leaves --log-dir to cnnbench's default, log_<model>_<batch> of the batch that ran: the
-    # three runs at batch 2 share log_synNet_2, each resuming from the one before
+    # three runs at batch 2 share log_tinyNet_2, each resuming from the one before
     assert [(r["checkpoint"], r["resumed"]) for r in records] == [
-        ("log_synNet_2/checkpoint.pt", False), ("log_synNet_2/checkpoint.pt", True), ("log_synNet_2/checkpoint.pt", True)]
+        ("log_tinyNet_2/checkpoint.pt", False), ("log_tinyNet_2/checkpoint.pt", True), ("log_tinyNet_2/checkpoint.pt", True)]
 
 
 def test_sweep_over_accelerator_counts_writes_the_efficiency_table(tmp_path, tiny_spec):
