@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import json
+import os
+
+# The suite runs on the CPU whatever the machine has (CI has no GPU; a developer's machine may): hide
+# every GPU from this process and the cnnbench processes the tests start, before torch initialises CUDA.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest
 
