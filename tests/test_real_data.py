@@ -19,9 +19,10 @@ def digits(cli, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data", ["digits", "digits_tfr"])
+@pytest.mark.parametrize("data", ["digits_tfr"])
 def test_training_converges_on_the_sample_set(cli, digits, data):
-    """The convergence check: >= 95% validation top-1 within a couple of minutes on 2 cores.
+    """The convergence check: >= 95% validation top-1 within a couple of minutes on 2 cores, through the
+    TFRecord reader (the folder reader gives the same accuracy: test_inference's folder-and-tfrecord test).
 
     Mirrored digits are other symbols, so no flip; 8x8 digits upscaled need crops of at least half the image.
     """

@@ -65,19 +65,20 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
 
 
-def test_train_all_sweeps_rotates_and_writes_everything(cli, tmp_path):
+def test_train_all_sweeps_rotates_and_writes_everything(cli, tmp_path, tiny_spec):
     (tmp_path / "results_train").mkdir()
-    code, out, _ = cli("train-all", "--models", "resnet50,synNet", "--batch-sizes", "2,3", *TINY[:2], *TINY[4:])
+    code, out, _ = cli("train-all", "--models", f"resnet50,{tiny_spec}", "--batch-sizes", "2,3", "--image-size", "32",
+                       *TINY[4:])
     assert code == 0
-    assert "Plan: cpu+overrides" in out and "estimated" in out
+    assert "Plan: cpu+overrides" in out and "estimated" in out and "Sweep finished in" in out
     assert any(p.name.startswith("results_train_") for p in tmp_path.iterdir())
     files = {p.name for p in (tmp_path / "results_train").iterdir()}
-    assert {"results.csv", "runs.csv", "runs.jsonl", "result_resnet50_2.txt", "result_synNet_3.txt"} <= files
-    assert "Images/sec:" in (tmp_path / "results_train" / "result_synNet_2.txt").read_text()
+    assert {"results.csv", "runs.csv", "runs.jsonl", "result_resnet50_2.txt", "result_tinyNet_3.txt"} <= files
+    assert "Images/sec:" in (tmp_path / "results_train" / "result_tinyNet_2.txt").read_text()
     records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
     assert [(r["model"], r["batch_size"], r["status"]) for r in records] == [
-        ("resnet50", 2, "ok"), ("resnet50", 3, "ok"), ("synNet", 2, "ok"), ("synNet", 3, "ok")]
-    assert (tmp_path / "log_synNet_3" / "checkpoint.pt").exists()
+        ("resnet50", 2, "ok"), ("resnet50", 3, "ok"), ("tinyNet", 2, "ok"), ("tinyNet", 3, "ok")]
+    assert (tmp_path / "log_tinyNet_3" / "checkpoint.pt").exists()
 
 
 def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatch):

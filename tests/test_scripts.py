@@ -20,19 +20,20 @@ def test_train_sh_sweeps_16_32_64_for_one_model(tmp_path):
     assert all((tmp_path / f"log_googlenet_{b}" / "checkpoint.pt").exists() for b in (16, 32, 64))
 
 
-@pytest.mark.parametrize("script", ["train-all.sh", "run.sh"])
-def test_sweep_scripts_build_the_tables(tmp_path, script, tiny_spec):
-    done = run_process([str(REPO / script), "--models", str(tiny_spec), "--batch-sizes", "2", "--image-size", "16",
+def test_train_all_sh_builds_the_tables(tmp_path, tiny_spec):
+    done = run_process([str(REPO / "train-all.sh"), "--models", str(tiny_spec), "--batch-sizes", "2", "--image-size", "16",
                         "--num-batches", "1", "--warmup", "0"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "results_train" / "results.csv").read_text()
     assert table.splitlines()[2:4][0] == "model,batch 2" and table.splitlines()[3].startswith("tinyNet,")
-    if script == "run.sh":  # then inference from the checkpoints training wrote
-        records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
-        # one record per engine/precision pair the CPU plan sweeps, eager fp32 among them
-        assert {(r["model"], r["batch_size"], r["weights_source"], r["status"]) for r in records} == {("tinyNet", 2, "checkpoint", "ok")}
-        assert ("eager", "fp32") in {(r["engine"], r["precision"]) for r in records}
-        assert (tmp_path / "results_infer" / "results.csv").read_text().splitlines()[3].startswith("tinyNet,")
+
+
+def test_run_sh_runs_the_training_sweep_then_the_inference_sweep_with_the_same_options(tmp_path, calls):
+    # Each sweep end to end: test_train_all_sh_builds_the_tables here, infer-all in tests/test_inference.py.
+    done = run_process([str(REPO / "run.sh"), "--quick", "--models", "googlenet"], env=calls.env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls.read() == [["train-all", "--plan", "auto", "--num-accelerators", "1", "--quick", "--models", "googlenet"],
+                            ["infer-all", "--plan", "auto", "--quick", "--models", "googlenet"]]
 
 
 @pytest.mark.parametrize("value, message", [
