@@ -19,8 +19,6 @@ import typing
 
 from cnnbench import config, errors
 
-EXIT_TERMINATED = 128 + signal.SIGTERM  # as a shell reports a SIGTERM
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not argparse's usage block
@@ -163,7 +161,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def exit_code(record: dict) -> int:
     """0, or the stop's code once the completed steps are recorded (a diverged run: its figures recorded, exit 4)."""
-    return {"interrupted": errors.EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED,
+    return {"interrupted": errors.EXIT_INTERRUPTED, "terminated": errors.EXIT_TERMINATED,
             "diverged": errors.EXIT_RUN_FAILED}.get(record["status"], 0)
 
 
@@ -200,6 +198,6 @@ def main(argv: list[str] | None = None) -> int:
 
         terminated = isinstance(exc, Terminated)
         print(f"cnnbench: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
-        return EXIT_TERMINATED if terminated else errors.EXIT_INTERRUPTED
+        return errors.EXIT_TERMINATED if terminated else errors.EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)

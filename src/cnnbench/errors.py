@@ -15,6 +15,7 @@ EXIT_USAGE = 2
 EXIT_OUT_OF_MEMORY = 3
 EXIT_RUN_FAILED = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM (timeout, SLURM, Kubernetes)
 
 
 class CnnbenchError(Exception):

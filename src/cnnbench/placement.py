@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from cnnbench.config import MEMORY_FORMATS
 from cnnbench.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
-MEMORY_FORMATS = ("auto", "nchw", "nhwc")
 # Engines that run an exported ONNX graph: its input is NCHW and the runtime picks its own internal layout.
 ONNX_ENGINES = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")

@@ -170,10 +170,13 @@ class _TimeLeftColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         given = task.fields.get("time_left")
         left = max(0.0, given[0] - (time.monotonic() - given[1])) if given else task.time_remaining
-        return Text("left " + ("-:--:--" if left is None else _clock(left)), style="progress.remaining")
+        return Text("left " + ("-:--:--" if left is None else clock(left)), style="progress.remaining")
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """H:MM:SS; "?" for a time that is not known."""
+    if not math.isfinite(seconds):
+        return "?"
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 

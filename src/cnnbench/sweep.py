@@ -30,7 +30,6 @@ from cnnbench.placement import resolve_device
 from cnnbench.timing import Terminated
 
 DEFAULT_MODELS = results.ORIGINAL_MODEL_ORDER
-EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 @dataclass(frozen=True)
@@ -134,7 +133,7 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
     total = sum(c.estimated_seconds for c in configurations)
     reporting.say(f"Plan: {plan.name}: {plan.reason}")
     reporting.say(f"{len(configurations)} configurations ({describe_axes(configurations)}) on {device}; "
-                  f"estimated {clock(total)} ({rates.describe()})")
+                  f"estimated {reporting.clock(total)} ({rates.describe()})")
     results_dir = Path(base.results_dir)
     moved = results.rotate(results_dir)
     if moved:
@@ -254,7 +253,7 @@ def fit_budget(configurations: list[Configuration], budget: float, kind: str, ra
     low, high = 1e-3, budget  # the estimate grows with the duration: bisect for the largest that fits
     if total(fitted(low)) > budget:
         reporting.warn(f"--time-budget {budget:g} s cannot be kept: 1 warm-up and 2 steady steps of every configuration "
-                       f"take about {clock(total(fitted(low)))}; running that minimum")
+                       f"take about {reporting.clock(total(fitted(low)))}; running that minimum")
         return fitted(low)
     for _ in range(40):
         middle = (low + high) / 2
@@ -278,9 +277,9 @@ def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path,
     start = time.time()
     with reporting.progress(len(configurations), f"{kind}-all", unit="configurations") as bar:
         code = run_each(kind, configurations, results_dir, start, bar)
-    if code not in (errors.EXIT_INTERRUPTED, EXIT_TERMINATED):
+    if code not in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
         code = 0
-        reporting.say(f"Sweep finished in {clock(time.time() - start)} (estimated {clock(estimated)}); "
+        reporting.say(f"Sweep finished in {reporting.clock(time.time() - start)} (estimated {reporting.clock(estimated)}); "
                       f"tables in {results_dir / results.TABLES_CSV}")
     summary(kind, results_dir)
     return code
@@ -292,7 +291,7 @@ def run_each(kind: str, configurations: list[Configuration], results_dir: Path, 
     for k, cfg in enumerate(configurations, 1):
         left = sum(c.estimated_seconds for c in configurations[k - 1:])
         reporting.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.base_record['model']} batch "
-                               f"{cfg.base_record['batch_size']}  elapsed {clock(time.time() - start)}  left ~{clock(left)}")
+                               f"{cfg.base_record['batch_size']}  elapsed {reporting.clock(time.time() - start)}  left ~{reporting.clock(left)}")
         before = len(results.read_records(results_dir))
         code = run_child(cfg, results_dir / cfg.log_name)
         bar.advance(time_left=sum(c.estimated_seconds for c in configurations[k:]))
@@ -303,7 +302,7 @@ def run_each(kind: str, configurations: list[Configuration], results_dir: Path, 
                 results.save_record(results_dir, record)
             except errors.RecordNotSaved as lost:  # the sweep goes on; the record is in the fallback file
                 reporting.warn(str(lost))
-        if code in (errors.EXIT_INTERRUPTED, EXIT_TERMINATED):
+        if code in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
             reporting.say(f"Sweep {'interrupted' if code == errors.EXIT_INTERRUPTED else 'terminated'} during configuration "
                           f"{k} of {len(configurations)}; results so far are in {results_dir}")
             break
@@ -328,7 +327,7 @@ def run_child(cfg: Configuration, log_path: Path) -> int:
                     log.flush()
                 break
             except KeyboardInterrupt as exc:
-                stopped = EXIT_TERMINATED if isinstance(exc, Terminated) else errors.EXIT_INTERRUPTED
+                stopped = errors.EXIT_TERMINATED if isinstance(exc, Terminated) else errors.EXIT_INTERRUPTED
                 if isinstance(exc, Terminated):
                     process.send_signal(signal.SIGTERM)
         code = process.wait()
@@ -342,13 +341,6 @@ def failure_reason(code: int, log_path: Path) -> str:
         return f"killed by {name}{hint}"
     lines = [l for l in log_path.read_text().splitlines() if l.strip() and not l.startswith("# ")]
     return f"exit code {code}: {lines[-1][:300] if lines else 'no output'}"
-
-
-def clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def summary(kind: str, results_dir: Path) -> None:
