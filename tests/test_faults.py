@@ -767,6 +767,19 @@ CLI_IMPORTS = ("import resource, torch, torchvision, rich\n"
                "from cnnbench.data import sources, synthetic\n")
 
 
+def cli_prelude(spec: Path) -> str:
+    """CLI_IMPORTS, then one train and one infer run as root in a scratch folder: a checkout may sit in a
+    folder only root can read (a clone in a mktemp -d folder, mode 0700), and the modules, libraries and
+    submodules that torch, rich and cnnbench load lazily could not be loaded any more once nobody."""
+    runs = [["train", str(spec), *TINY16, "--results-dir", "{w}/r", "--log-dir", "{w}/ck"],
+            ["infer", str(spec), *TINY16, "--random-weights", "--results-dir", "{w}/ri", "--log-dir", "{w}/ck"]]
+    return (CLI_IMPORTS
+            + "import contextlib, io, tempfile\n"
+            + "with tempfile.TemporaryDirectory() as _warm, "
+              "contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            + "".join(f"    assert cli.main([a.format(w=_warm) for a in {args!r}]) == 0\n" for args in runs))
+
+
 def test_cli_an_unwritable_results_folder_as_an_unprivileged_user(shared_dir, tiny_spec):
     spec = shared_dir / "tiny.json"
     shutil.copy(tiny_spec, spec)
@@ -787,7 +800,7 @@ def test_cli_an_unwritable_results_folder_as_an_unprivileged_user(shared_dir, ti
         "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
         "        code = cli.main(args)\n"
         "    print(json.dumps([code, out.getvalue(), err.getvalue()]))\n",
-        cwd=work, prelude=CLI_IMPORTS)
+        cwd=work, prelude=cli_prelude(spec))
     assert done.returncode == 0, done.stderr
     runs = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(runs) == 3
@@ -819,7 +832,7 @@ def test_cli_a_results_folder_that_turns_read_only_at_the_end_keeps_figures_and_
         "    os.chmod('res', 0o555)\n"
         "reporting.final_lines = final_lines\n"
         f"sys.exit(cli.main({args!r}))\n",
-        cwd=work, prelude=CLI_IMPORTS)
+        cwd=work, prelude=cli_prelude(spec))
     assert done.returncode == errors.EXIT_RUN_FAILED == 4, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert "Images/sec:" in done.stdout and "System performance in images/second is:" in done.stdout
