@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from cnnbench import engines
 from cnnbench.engines import ArtifactCache, build_engine
+from cnnbench.errors import UsageError
 from cnnbench.inference import GUARD_BOUNDS
 from cnnbench.models.registry import resolve_entry
 from cnnbench.placement import Placement
@@ -123,3 +124,18 @@ def test_int8_activations_option_reaches_the_engine_and_the_record(cli, tiny_spe
         assert record["int8_activations"] == {"s8": "s8", "auto": "u8"}[kind]
         assert record["config.int8_activations"] == kind
     assert engines.default_int8_activations("cpu") == "u8" and engines.default_int8_activations("cuda") == "s8"
+
+
+def test_onnxruntime_int8_on_cuda_is_refused_with_its_reason(monkeypatch):
+    """ONNX Runtime's CUDA provider would run int8 as float convolutions between quantise/dequantise pairs:
+    refused with the reason and the engine that does run int8, whether or not onnxruntime-gpu is installed."""
+    reason = ("--engine onnxruntime --precision int8 on cuda: ONNX Runtime's CUDA provider has no int8 convolution "
+              "kernels: it dequantises QDQ models to float; use --engine tensorrt --precision int8")
+    for providers in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]):
+        monkeypatch.setattr(engines, "_ort_providers", lambda providers=providers: providers)
+        with pytest.raises(UsageError) as refused:
+            engines.check_engine("onnxruntime", "int8", "cuda")
+        assert str(refused.value) == reason
+    engines.check_engine("onnxruntime", "fp16", "cuda")  # the CUDA provider's real pairs still pass
+    engines.check_engine("onnxruntime", "int8", "cpu")
+    assert "onnxruntime: fp32, fp16;" in engines.supported_pairs("cuda")

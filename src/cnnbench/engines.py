@@ -7,7 +7,7 @@ returns logits as a torch tensor on the device.
 | engine      | back-end                                           | precisions                         |
 | eager       | PyTorch, torch.inference_mode                      | fp32, tf32 (CUDA), fp16, bf16      |
 | compile     | torch.compile (inductor)                           | fp32, tf32 (CUDA), fp16, bf16      |
-| onnxruntime | ONNX export + ONNX Runtime (CPU EP / CUDA EP)      | fp32, int8 (CPU); + fp16 (CUDA)    |
+| onnxruntime | ONNX export + ONNX Runtime (CPU EP / CUDA EP)      | fp32, int8 (CPU); fp32, fp16 (CUDA)|
 | tensorrt    | ONNX Runtime's TensorRT execution provider         | fp32, fp16, int8 (CUDA only)       |
 
 fp16/bf16 in eager and compile are autocast mixed precision, as in training. int8 is static
@@ -42,8 +42,19 @@ SUPPORTED = {
     "eager": {"cpu": ("fp32", "fp16", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
     "compile": {"cpu": ("fp32", "fp16", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
     # ONNX Runtime's CPU provider has no fp16 convolution kernels; fp16 is for the CUDA provider.
-    "onnxruntime": {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16", "int8")},
+    # int8 on CUDA: REFUSED below.
+    "onnxruntime": {"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")},
     "tensorrt": {"cuda": ("fp32", "fp16", "int8")},
+}
+# Pairs that would run, but not as their name says; check_engine gives the reason.
+# ONNX Runtime's CUDA provider has no int8 convolution: its CUDA build implements QuantizeLinear,
+# DequantizeLinear and MatMulInteger only (FAQ "Do the GPU builds support quantized models?",
+# https://github.com/microsoft/onnxruntime/blob/main/docs/FAQ.md), so a QDQ model's convolutions run in
+# float between quantise/dequantise pairs; "ORT leverage TRT EP for quantization on GPU"
+# (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html#quantization-on-gpu).
+REFUSED = {
+    ("onnxruntime", "int8", "cuda"): "ONNX Runtime's CUDA provider has no int8 convolution kernels: it dequantises "
+                                     "QDQ models to float; use --engine tensorrt --precision int8",
 }
 ONNX_OPSET = 18
 
@@ -70,6 +81,8 @@ def check_engine(engine: str, precision: str, device_type: str) -> None:
     """Fail early, with the pairs that do work, before any model is built."""
     if engine not in ENGINES:
         raise UsageError(f"unknown --engine {engine!r}; use one of: {', '.join(ENGINES)}")
+    if (engine, precision, device_type) in REFUSED:
+        raise UsageError(f"--engine {engine} --precision {precision} on {device_type}: {REFUSED[engine, precision, device_type]}")
     if engine in ("onnxruntime", "tensorrt"):
         _require_onnx(engine)
         providers = _ort_providers()
