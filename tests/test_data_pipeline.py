@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnbench.data import codec
+from cnnbench.data import codec, normalization
 from cnnbench.data.bench import bench_pipeline
 from cnnbench.data.commands import add_data_commands, parse_workers
 from cnnbench.data.folder import ImageFolder
@@ -259,6 +260,70 @@ def test_data_wait_is_reported_per_batch(digits):
     source.reset_data_wait()
     assert source.data_wait_seconds == 0 and source.data_wait_per_batch == []
 
+
+
+class _CountingTorch:
+    """torch, as seen by normalization.py, counting the tensors it makes from Python numbers."""
+
+    def __init__(self):
+        self.made = []
+
+    def tensor(self, data, *args, **kwargs):
+        self.made.append(tuple(data))
+        return torch.tensor(data, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+def test_normalisation_constants_are_made_once_per_source(digits, monkeypatch):
+    # On CUDA each such tensor is a blocking host-to-device copy; the source made two per batch (issue 10).
+    spy = _CountingTorch()
+    monkeypatch.setattr(normalization, "torch", spy)
+    preprocess = preprocess_for("resnet50", "imagenet", 16)
+    source = RealDataSource(digits, "val", 8, preprocess, "cpu", workers=0)
+    batches = list(source.epoch_batches()) + list(source.epoch_batches())
+    assert len(batches) == 10
+    assert spy.made == [normalization.IMAGENET_MEAN, normalization.IMAGENET_STD]
+
+
+class _FakeSideStream:
+    """Stands in for the loader's CUDA side stream on the CPU: logs each batch's event and what the
+    consumer waits for, in order."""
+
+    def __init__(self):
+        self.log, self.handed, self.queued, self.inside = [], [], 0, False
+
+    @contextlib.contextmanager
+    def queue(self):
+        self.inside = True
+        yield
+        self.inside = False
+
+    def mark(self):
+        assert self.inside  # recorded on the side stream, after the batch's copy and normalisation
+        self.log.append(("mark", self.queued))
+        self.queued += 1
+        return self.queued - 1
+
+    def hand_over(self, ready, tensors):
+        self.log.append(("wait", ready))
+        self.handed.append(tensors)
+
+
+def test_each_step_waits_for_its_own_batch_while_the_next_one_is_copied(digits):
+    preprocess = preprocess_for("resnet50", "imagenet", 16)
+    plain = list(RealDataSource(digits, "val", 8, preprocess, "cpu", workers=0).epoch_batches())
+    source = RealDataSource(digits, "val", 8, preprocess, "cpu", workers=0)
+    fake = source.side_stream = _FakeSideStream()
+    for k, (images, labels) in enumerate(source.epoch_batches()):
+        assert fake.log[-1] == ("wait", k)  # batch k's event, not the one of batch k + 1 queued behind it
+        assert fake.handed[-1][0] is images and fake.handed[-1][1] is labels
+        if k + 1 < len(plain):  # the next batch was queued before the step waits: its copy overlaps the step
+            assert fake.log.index(("mark", k + 1)) < fake.log.index(("wait", k))
+        torch.testing.assert_close(images, plain[k][0], rtol=0, atol=0)
+        assert torch.equal(labels, plain[k][1])
+    assert [entry for entry in fake.log if entry[0] == "wait"] == [("wait", k) for k in range(len(plain))] and len(plain) == 5
 
 @pytest.fixture
 def with_broken_image(tmp_path) -> Path:

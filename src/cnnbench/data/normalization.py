@@ -16,18 +16,40 @@ AIMATRIX_DENSENET_SCALE = 0.017
 NORMALIZATIONS = ("imagenet", "minus_one_to_one", "aimatrix_raw", "aimatrix_densenet")
 
 
+class Normalizer:
+    """`normalize` for one name and device, its per-channel constants made once, here.
+
+    A tensor made from Python numbers on a CUDA device is a host-to-device copy that blocks the host
+    (PyTorch synchronises the stream after a copy that is not non_blocking); made at every batch, it
+    stalled the real-data loader between its asynchronous copies (issue 10). A data source keeps one
+    Normalizer for its device.
+    """
+
+    def __init__(self, name: str, device: torch.device | str):
+        if name not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {name!r}; known: {', '.join(NORMALIZATIONS)}")
+        self.name, self.device = name, torch.device(device)
+        self.mean = self.std = None
+        if name == "aimatrix_densenet":
+            self.mean = torch.tensor(AIMATRIX_RGB_MEAN, device=self.device).view(1, 3, 1, 1)
+        elif name == "imagenet":
+            self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
+            self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW in [0, 255] on this device -> float32, normalised as the weights expect."""
+        x = images_uint8.float()
+        if self.name == "minus_one_to_one":
+            # synNet's input: [0, 255] mapped linearly onto [-1, 1].
+            return x / 127.5 - 1.0
+        if self.name == "aimatrix_raw":
+            return x
+        if self.name == "aimatrix_densenet":
+            return (x - self.mean) * AIMATRIX_DENSENET_SCALE
+        return (x - self.mean) / self.std
+
+
 def normalize(images_uint8: torch.Tensor, name: str) -> torch.Tensor:
-    """uint8 NCHW in [0, 255] -> float32, normalised as the weights named `name` expect."""
-    x = images_uint8.float()
-    if name == "minus_one_to_one":
-        # synNet's input: [0, 255] mapped linearly onto [-1, 1].
-        return x / 127.5 - 1.0
-    if name == "aimatrix_raw":
-        return x
-    if name == "aimatrix_densenet":
-        return (x - torch.tensor(AIMATRIX_RGB_MEAN, device=x.device).view(1, 3, 1, 1)) * AIMATRIX_DENSENET_SCALE
-    if name == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255.0
-        return (x - mean) / std
-    raise ValueError(f"unknown normalisation {name!r}; known: {', '.join(NORMALIZATIONS)}")
+    """uint8 NCHW in [0, 255] -> float32, normalised as the weights named `name` expect (a one-off:
+    repeated calls on a device should keep a `Normalizer`)."""
+    return Normalizer(name, images_uint8.device)(images_uint8)
