@@ -174,3 +174,66 @@ def test_sigterm_stops_after_the_current_step_and_records_what_completed(tmp_pat
     record = read_jsonl(tmp_path / "results_train/runs.jsonl")[-1]
     assert record["status"] == "terminated" and record["steady_steps"] >= 3
     assert record["checkpoint"] is None
+
+
+# ---------------------------------------------------------------- the timed loop and the display (issue 10)
+
+
+def test_device_work_queued_after_a_step_is_synchronised_before_the_next_clock_read(monkeypatch):
+    """On CUDA a kernel queued after a step's clock stopped (inference counts accuracy on the device in
+    its display callback) would run inside the next timed step. A fake device counts the work queued
+    and not yet synchronised; every clock read of the loop must find none."""
+    from cnnbench import timing
+
+    queued = [0]
+    reads: list[int] = []  # the work in flight at each clock read
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            reads.append(queued[0])
+            return float(len(reads))
+
+    def step():
+        queued[0] += 1  # the step's kernels
+
+    def synchronize():
+        queued[0] = 0
+
+    def after_step(index, steady, output, seconds):
+        queued[0] += 1  # e.g. Accuracy.add: topk, compare, sum, queued without a host read
+
+    monkeypatch.setattr(timing, "time", Clock)
+    times = timing.measure(step, synchronize, warmup=2, max_steps=3, after_step=after_step)
+    assert len(times.warmup_seconds) == 2 and len(times.steady_seconds) == 3
+    assert len(reads) == 2 * 5 and reads == [0] * 10
+
+
+def test_training_display_reads_the_loss_on_the_host_and_queues_nothing():
+    """The training display's only tensor operation is `.item()` at a display step, a read that waits
+    for the loss: it leaves no device work behind for the next timed step."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    from cnnbench.training import StepDisplay
+
+    class Calls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    optimizer = SimpleNamespace(param_groups=[{"lr": 0.1}])
+    display = StepDisplay(2, 4, 0, 100, optimizer, SimpleNamespace(advance=lambda: None))
+    losses = [torch.tensor(float(i)) for i in range(5)]
+    with Calls() as calls:
+        for index, loss in enumerate(losses):  # a warm-up step, then four steady ones: two display steps
+            display(index, index > 0, loss, 0.5)
+    assert calls.names == ["item", "item"]
+    assert display.losses() == (0.0, 4.0)
+

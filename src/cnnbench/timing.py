@@ -1,7 +1,10 @@
 """The measured loop: warm up, synchronise, then time every step with the device synchronised.
 
 This is the only place where benchmark clocks are read for per-step figures. A reviewer should be
-able to check it in a minute: nothing else (logging, loss reads) happens between the two clock reads.
+able to check it in a minute: nothing else (logging, loss reads) happens between the two clock reads,
+and no device work is in flight when a step's clock starts: the step's own work is synchronised before
+its clock stops, and whatever the after-step callback queued is synchronised before the next step's
+clock starts.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def measure(
     `duration` seconds of steady time once at least `min_steps` steps are done.
 
     `after_step(index, steady, output, seconds)` runs outside the timed region (display, progress).
+    It may queue device work (inference counts accuracy on the device): the loop synchronises after
+    it, so that this work is neither timed in the next step nor left out of the wall time.
     """
     times = StepTimes()
     try:
@@ -52,6 +57,7 @@ def measure(
             elapsed = time.perf_counter() - start
             times.warmup_seconds.append(elapsed)
             after_step(index, False, output, elapsed)
+            synchronize()  # host sync: the callback's device work ends before the next clock read
         steady_total = 0.0
         while len(times.steady_seconds) < max_steps:
             if duration is not None and steady_total >= duration and len(times.steady_seconds) >= min_steps:
@@ -63,6 +69,9 @@ def measure(
             times.steady_seconds.append(elapsed)
             steady_total += elapsed
             after_step(len(times.steady_seconds) - 1, True, output, elapsed)
+            # host sync: on CUDA the callback's kernels (inference's accuracy counts) would otherwise
+            # run inside the next timed step, issue 10; with nothing queued it returns at once.
+            synchronize()
     except KeyboardInterrupt as exc:
         times.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
     return times
