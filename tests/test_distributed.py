@@ -328,3 +328,15 @@ def test_failure_report_names_the_cause(exits, expected_code, named, not_named):
     assert code == expected_code
     assert message.startswith(f"distributed training failed on {socket.gethostname()}: ")
     assert all(text in message for text in named) and not any(text in message for text in not_named)
+
+
+def test_a_job_records_the_learning_rate_of_its_global_batch(tmp_path):
+    # ResNet-50's rate follows the batch (/1024): 2 ranks of batch 2 take one process of batch 4's rate,
+    # not batch 2's. (Batch 2 per rank: BatchNorm needs two values per channel at the last 1x1 stage.)
+    done = cnnbench_process("train", "resnet50", "--image-size", "32", "--batch-size", "2", "--num-batches", "1",
+                            "--warmup", "0", "--num-accelerators", "2", cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record, = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
+    entry = resolve_entry("resnet50")
+    assert record["learning_rate"] == entry.learning_rate(4) == 4 / 1024 != entry.learning_rate(2)
+    assert f"learning rate {4 / 1024:g}" in done.stdout

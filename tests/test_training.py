@@ -237,3 +237,23 @@ def test_training_display_reads_the_loss_on_the_host_and_queues_nothing():
     assert calls.names == ["item", "item"]
     assert display.losses() == (0.0, 4.0)
 
+
+# ---------------------------------------------------------------- learning rate of a data-parallel job
+
+
+@pytest.mark.parametrize("model", ["resnet50", "resnet152", "googlenet", "densenet121"])
+def test_n_ranks_of_batch_b_take_the_learning_rate_of_one_process_of_batch_nb(model):
+    from cnnbench.config import MeasureConfig, TrainConfig
+    from cnnbench.models.registry import resolve_entry
+    from cnnbench.training import initial_learning_rate
+
+    entry = resolve_entry(model)
+
+    def rate(ranks: int, batch: int, **options) -> float:
+        return initial_learning_rate(TrainConfig(model=model, measure=MeasureConfig(batch_size=batch), **options), entry, ranks)
+
+    for ranks, batch in ((2, 32), (4, 16), (8, 64)):
+        assert rate(ranks, batch) == rate(1, ranks * batch)
+        assert rate(ranks, batch, learning_rate=0.3) == 0.3  # an explicit --learning-rate is taken as given
+    if model.startswith("resnet"):  # the original's rule on the global batch: nvcnn.py's total_batch_size / 1024
+        assert rate(2, 32) == 64 / 1024 != rate(1, 32)

@@ -84,7 +84,7 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
     world = distributed.join(world, r.placement.device, cfg.dist_timeout)
     resume = load_resume(world, r)
     batch = cfg.measure.batch_size  # per process; the job's global batch is world.size x batch
-    lr0 = cfg.learning_rate or r.entry.learning_rate(batch)
+    lr0 = initial_learning_rate(cfg, r.entry, world.size)
     record = recording.begin("train", cfg, r.entry, r.placement, batch, r.image_size, header_lines(cfg, r, world, lr0),
                              compile=cfg.compile, learning_rate=lr0, num_accelerators=world.size)
     with recording.out_of_memory_recorded(record, cfg.results_dir, r.entry, r.placement, training=True, save=world.is_main):
@@ -106,6 +106,14 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
         raise unsaved
     distributed.leave(world)
     return record
+
+
+def initial_learning_rate(cfg: TrainConfig, entry: ModelEntry, world_size: int) -> float:
+    """--learning-rate, else the model's rule applied to the job's global batch (world size x the
+    per-process batch): DDP averages the gradients over every rank's batch, so N ranks of batch B take
+    the step of one process of batch N*B and need its rate. The original does the same: nvcnn.py's
+    ResNet rate is total_batch_size / 1024 with total_batch_size = batch_size * num_gpus."""
+    return cfg.learning_rate or entry.learning_rate(world_size * cfg.measure.batch_size)
 
 
 def load_resume(world: distributed.World, r: Resolved) -> dict | None:

@@ -48,7 +48,8 @@ def _constant(value: float) -> Callable[[int], float]:
 
 def _linear_scaling(batch_size: int) -> float:
     # ResNets: learning rate = batch size / 1024, the AI Matrix original's rule (0.1 at batch 102.4,
-    # i.e. Goyal et al.'s 0.1 per 256 images, scaled down for the original's single-GPU batches).
+    # i.e. Goyal et al.'s 0.1 per 256 images, scaled down for the original's single-GPU batches). The
+    # batch is the job's global one (training.initial_learning_rate), as nvcnn.py's total_batch_size.
     return batch_size / 1024
 
 
