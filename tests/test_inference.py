@@ -1,5 +1,6 @@
 """`cnnbench infer`: every CPU engine x precision checked against eager fp32, caching, weights, accuracy."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from cnnbench.evaluation import Accuracy, padded
 from cnnbench.inference import GUARD_BOUNDS
+from cnnbench.placement import Placement
 from helpers import read_jsonl
 
 QUICK = ["--image-size", "16", "--batch-size", "4", "--num-batches", "3", "--warmup", "1", "--display-every", "1"]
@@ -114,6 +116,60 @@ def test_guard_warns_when_an_engine_is_wrong(cli, trained, monkeypatch):
     assert "eager bf16 differs from eager fp32 beyond the bound: its figures should not be trusted" in out
     assert _last()["guard_ok"] is False
 
+
+
+@pytest.fixture
+def tf32_switches():
+    """Set the process-wide TF32 switches: `set(matmul, cudnn)`; restored after the test."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    def set_switches(matmul: bool, cudnn: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+    yield set_switches
+    set_switches(*saved)
+
+
+class _FlagRecorder(torch.nn.Module):
+    """A linear "network" that notes the TF32 switches each forward pass runs under."""
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * image_size * image_size, 1000)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return self.fc(x.flatten(1))
+
+
+def test_a_tf32_run_s_guard_references_are_true_fp32(cli, tiny_spec, monkeypatch, tf32_switches):
+    """tf32 needs CUDA: the run is given the placement a CUDA tf32 run resolves, on the CPU, and the global
+    TF32 switches as apply_global_settings leaves them there (issue 10: the references ran under TF32)."""
+    from cnnbench import inference
+
+    model = _FlagRecorder(16)
+    resolve = inference.preflight
+    monkeypatch.setattr(inference, "preflight", lambda cfg: dataclasses.replace(
+        resolve(cfg), placement=dataclasses.replace(resolve(cfg).placement, precision="tf32")))
+    monkeypatch.setattr(inference, "load_model", lambda r, weights: (model.eval(), "digest"))
+    tf32_switches(True, True)
+    code, out, err = cli("infer", tiny_spec, "--random-weights", *QUICK, "--guard-batches", "2")
+    assert code == 0, err
+    assert (_last()["precision"], _last()["guard_batches"], _last()["guard_bound"]) == ("tf32", 2, GUARD_BOUNDS["tf32"])
+    assert model.seen[:2] == [(False, False)] * 2  # the two references, before the engine runs
+    assert len(model.seen) > 2 and set(model.seen[2:]) == {(True, True)}  # the engine itself keeps TF32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)  # restored
+
+
+@pytest.mark.parametrize("before", [(True, True), (False, True), (True, False)])
+def test_true_fp32_restores_the_switches_even_after_an_error(tf32_switches, before):
+    tf32_switches(*before)
+    with pytest.raises(RuntimeError, match="inside"):
+        with Placement.true_fp32():
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+            raise RuntimeError("inside")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 def test_accuracy_counts_exactly_with_a_partial_last_batch():
     # 10 images in batches of 4, 4, 2; class = index % 3; the "model" is right on images 0..6 only.

@@ -94,8 +94,7 @@ def run(cfg: InferConfig, started_at: float | None = None) -> dict:
         inputs = Inputs(cfg, r, source)
         checked = (cfg.engine, r.placement.precision) != ("eager", "fp32")
         guard_inputs = inputs.take(cfg.guard_batches, 1000) if checked else []
-        references = [EagerEngine(model, Placement(r.placement.device, "fp32", r.placement.channels_last))(x)
-                      for x in guard_inputs]
+        references = fp32_references(model, r.placement, guard_inputs)
         engine, cache_notes = build(cfg, r, model, digest, inputs, guard_inputs)
         checks = fp32_guard(cfg, r, engine, guard_inputs, references) if checked else guard_fields(None)
         times, accuracy, corrupt = measure_engine(cfg, r, engine, source)
@@ -171,6 +170,14 @@ def build(cfg: InferConfig, r: Resolved, model, digest: str, inputs: Inputs, gua
     reporting.say(f"engine = {cfg.engine}: build {info['engine_build_seconds']:.2f} s, load {info['engine_load_seconds']:.2f} s, "
                   f"cache {state}" + "".join(f", {k} {info[k]}" for k in ("exporter", "execution_provider") if k in info))
     return engine, cache.notes
+
+
+def fp32_references(model: torch.nn.Module, placement: Placement, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Eager fp32 outputs on `inputs`, the guard's reference: true fp32, with TF32 off even in a tf32 run,
+    whose global switch is already on (Placement.true_fp32)."""
+    reference = EagerEngine(model, Placement(placement.device, "fp32", placement.channels_last))
+    with Placement.true_fp32():
+        return [reference(x) for x in inputs]
 
 
 def guard_fields(bound: float | None, inputs: int = 0, agreement: float | None = None, relative: float | None = None) -> dict:

@@ -60,6 +60,24 @@ class Placement:
             # cuDNN picks the fastest convolution algorithm for the fixed shapes of a benchmark, as TF did by default.
             torch.backends.cudnn.benchmark = True
 
+    @staticmethod
+    @contextlib.contextmanager
+    def true_fp32():
+        """TF32 off inside, the previous settings restored after: for the fp32 guard's references.
+
+        `apply_global_settings` switches TF32 on for the whole process in a tf32 run, and TF32 rounds
+        matmul and convolution inputs to a 10-bit mantissa (PyTorch, "TensorFloat-32 (TF32) on Ampere
+        (and later) devices", CUDA semantics notes); references computed under it compared tf32 with tf32
+        (issue 10). The flags are process-wide and ignored off CUDA, so they are switched on any device.
+        """
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
     @property
     def memory_format_name(self) -> str:
         return "nhwc" if self.channels_last else "nchw"
