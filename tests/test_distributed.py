@@ -340,3 +340,48 @@ def test_a_job_records_the_learning_rate_of_its_global_batch(tmp_path):
     entry = resolve_entry("resnet50")
     assert record["learning_rate"] == entry.learning_rate(4) == 4 / 1024 != entry.learning_rate(2)
     assert f"learning rate {4 / 1024:g}" in done.stdout
+
+
+@pytest.fixture
+def one_rank_group(monkeypatch):
+    """A real gloo process group of one process, in this process: enough for DDP's constructor."""
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield distributed.World(size=1, distributed=True, backend="gloo")
+    dist.destroy_process_group()
+
+
+def test_compile_wraps_the_ddp_module_so_its_graph_splits_at_the_buckets(one_rank_group, monkeypatch):
+    # Issue 10: DDP around a compiled module loses the all-reduce's overlap with the backward. A stand-in
+    # for torch.compile records what it was given: the order DDP then compile, whatever the device.
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from cnnbench.training import wrap_for_training
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **options: compiled.append(module) or ("compiled", module))
+    model, cpu = nn.Linear(3, 2), torch.device("cpu")
+    trainable = wrap_for_training(model, True, one_rank_group, cpu)
+    ddp, = compiled
+    assert isinstance(ddp, DistributedDataParallel) and ddp.module is model
+    assert trainable == ("compiled", ddp)
+    # Without --compile, DDP alone; outside a distributed run, the compiled model alone.
+    assert isinstance(wrap_for_training(model, False, one_rank_group, cpu), DistributedDataParallel)
+    assert wrap_for_training(model, True, distributed.World(), cpu) == ("compiled", model)
+    assert wrap_for_training(model, False, distributed.World(), cpu) is model
+
+
+def test_compile_with_two_ranks_trains_through_the_ddp_optimizer(tmp_path, tiny_spec):
+    # The same order end to end: the compiled DDP module (its graph split at the buckets) trains on gloo.
+    done = cnnbench_process("train", tiny_spec, "--image-size", "16", "--batch-size", "2", "--num-batches", "2",
+                            "--warmup", "1", "--num-accelerators", "2", "--compile", cwd=tmp_path, timeout=300,
+                            env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})  # a cold compile
+    assert done.returncode == 0, done.stderr
+    record, = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
+    assert (record["status"], record["compile"], record["world_size"]) == ("ok", True, 2)
+    assert max(record["steady_seconds"]) < record["compile_seconds"]  # the compiling step is the warm-up

@@ -203,15 +203,27 @@ def make_train_step(model: nn.Module, optimizer, scheduler, scaler, placement: P
     return step
 
 
-def train(cfg: TrainConfig, t: Trainer, r: Resolved, world: distributed.World):
-    """Wrap the model and run the measured loop; returns the step times and the display (losses, step count).
+def wrap_for_training(model: nn.Module, compile: bool, world: distributed.World, device: torch.device) -> nn.Module:
+    """The module the measured loop trains. Wrappers, from the inside out, always in this order (here
+    only): the placed module (the one whose state the checkpoint keeps) -> DistributedDataParallel
+    (gradient averaging, in a distributed run only) -> torch.compile (--compile). The model code knows
+    nothing of either.
 
-    Wrappers, from the inside out, always in this order: the placed module (the one whose state the
-    checkpoint keeps) -> torch.compile -> DistributedDataParallel (gradient averaging, in a distributed
-    run only). The model code knows nothing of either.
+    DDP inside compile: compiling the DDP-wrapped module lets TorchDynamo's DDPOptimizer split the graph
+    at DDP's bucket boundaries, so each bucket's all-reduce starts while the backward of the layers
+    before it still runs, as in eager DDP (PyTorch docs, torch.compiler FAQ, "Do you support Distributed
+    code?"). The other order, DDP around the compiled module, makes the backward one compiled graph whose
+    gradients DDP's hooks see only once it has ended: the all-reduce then follows the backward instead of
+    overlapping it. Issue 10; not measured on this project's machines (no GPU), see the README.
     """
-    trainable = torch.compile(t.model) if cfg.compile else t.model
-    trainable = distributed.wrap(trainable, world, r.placement.device)
+    trainable = distributed.wrap(model, world, device)
+    return torch.compile(trainable) if compile else trainable
+
+
+def train(cfg: TrainConfig, t: Trainer, r: Resolved, world: distributed.World):
+    """Wrap the model (wrap_for_training) and run the measured loop; returns the step times and the
+    display (losses, step count)."""
+    trainable = wrap_for_training(t.model, cfg.compile, world, r.placement.device)
     step = make_train_step(trainable, t.optimizer, t.scheduler, t.scaler, r.placement, t.source.batches())
     # A step of the job processes world.size batches; a real-data epoch is every rank's shard.
     epoch_images = t.source.images_per_epoch * (world.size if cfg.data.data_dir else 1)
