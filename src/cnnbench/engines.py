@@ -24,6 +24,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -158,6 +159,33 @@ class ArtifactCache:
     def record(self, name: str) -> None:
         manifest = self._manifest()
         manifest["files"][name] = sha256_file(self.dir / name)
+        self._write(manifest)
+
+    def record_folder(self, name: str) -> None:
+        """Checksum every file under the folder `name`: files a library writes itself (TensorRT's engines)."""
+        manifest = self._manifest()
+        manifest.setdefault("folders", {})[name] = self._folder_sums(name)
+        self._write(manifest)
+
+    def verify_folder(self, name: str) -> bool:
+        """True when the folder holds exactly its recorded files, intact. Otherwise (a file changed, missing or
+        unrecorded, a folder never recorded) it is deleted and noted, so that its library rebuilds it."""
+        folder = self.dir / name
+        if not folder.exists():
+            return False
+        expected = self._manifest().get("folders", {}).get(name)
+        if self.persistent and expected is not None and self._folder_sums(name) == expected:
+            return True
+        why = "is corrupt (checksum mismatch)" if expected is not None else "is not in the cache manifest (a build cut short)"
+        self.notes.append(f"cache entry {folder} {why}; rebuilding it")
+        shutil.rmtree(folder)
+        return False
+
+    def _folder_sums(self, name: str) -> dict[str, str]:
+        folder = self.dir / name
+        return {path.relative_to(folder).as_posix(): sha256_file(path) for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    def _write(self, manifest: dict) -> None:
         tmp = self._manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=1, default=str))
         os.replace(tmp, self._manifest_path)
@@ -252,15 +280,25 @@ class OnnxRuntimeEngine(Engine):
         self.int8_activations = int8_activations
         self.input_dtype = torch.float16 if placement.precision == "fp16" else torch.float32
         self.info.update(onnx_opset=ONNX_OPSET, onnxruntime=ort.__version__)
+        # The stream offered to ONNX Runtime: torch's current one at build time, which the measured loop
+        # keeps using; each call checks that it still is (run_bound).
+        stream = torch_stream(placement.device)
+        self._stream_handle = stream.cuda_stream if stream is not None else 0
+        self._rebuilt = False
         try:
             self.session = self._load(self._build(model, example, cache, calibration), cache)
         except _StaleArtifact as stale:
-            # An artefact that passed its checksum but does not load (written by another onnxruntime): rebuild once.
+            # An artefact that passed its checksum but does not load (written by another onnxruntime or
+            # TensorRT): rebuild once, TensorRT's engines with it.
             cache.notes.append(f"cache entry {stale.path} does not load ({stale.reason}); rebuilding it")
             for old in cache.dir.glob("*.onnx"):
                 old.unlink()
+            shutil.rmtree(cache.dir / "trt", ignore_errors=True)
+            self._rebuilt = True
             self.session = self._load(self._build(model, example, cache, calibration), cache)
-        self.info["execution_provider"] = self.session.get_providers()[0]
+        self.shared_stream = self._shared_stream()
+        if placement.device.type == "cuda":
+            self.info["ort_stream"] = "torch's" if self.shared_stream is not None else "its own, synchronised with torch's"
 
     def _build(self, model, example, cache: ArtifactCache, calibration) -> Path:
         """Export (and quantise) unless the cache holds the artefacts; returns the ONNX file to run."""
@@ -297,33 +335,40 @@ class OnnxRuntimeEngine(Engine):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # warnings about unused initialisers etc. are noise in a benchmark log
+        providers = self._providers(cache)
         start = time.perf_counter()
         try:
-            session = ort.InferenceSession(str(onnx_path), options, providers=self._providers(cache))
+            session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         except Exception as exc:
             if self._built:
                 raise
             raise _StaleArtifact(onnx_path, str(exc).splitlines()[0][:120]) from None
         self.info["engine_load_seconds"] = time.perf_counter() - start
+        self.info["execution_provider"] = check_provider(session.get_providers(), _provider_name(providers[0]), self.name)
         return session
 
     def _providers(self, cache: ArtifactCache) -> list:
         if self.placement.device.type == "cuda":
-            return [("CUDAExecutionProvider", {"device_id": self.placement.device.index or 0})]
+            return [("CUDAExecutionProvider", cuda_provider_options(self._device_index, self._stream_handle, self.info["onnxruntime"]))]
         return ["CPUExecutionProvider"]
+
+    def _shared_stream(self) -> int | None:
+        """torch's stream handle if the session really runs on it (ONNX Runtime reports its options back)."""
+        if self.placement.device.type != "cuda":
+            return None
+        return shared_stream(self.session.get_provider_options(), self._stream_handle)
+
+    @property
+    def _device_index(self) -> int:
+        return self.placement.device.index or 0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.input_dtype).contiguous()
         if self.placement.device.type == "cpu":
             (logits,) = self.session.run(None, {"images": images.numpy()})
             return torch.from_numpy(logits)
-        # On CUDA, bind the torch tensors' memory directly: no host round trip.
-        binding = self.session.io_binding()
-        index = self.placement.device.index or 0
-        binding.bind_input("images", "cuda", index, _ORT_TYPES[self.input_dtype], tuple(images.shape), images.data_ptr())
         out = torch.empty((images.shape[0], self.num_outputs), dtype=self.input_dtype, device=images.device)
-        binding.bind_output("logits", "cuda", index, _ORT_TYPES[self.input_dtype], tuple(out.shape), out.data_ptr())
-        self.session.run_with_iobinding(binding)
+        run_bound(self.session, images, out, self._device_index, torch_stream(self.placement.device), self.shared_stream)
         return out
 
     @property
@@ -338,17 +383,115 @@ class _StaleArtifact(Exception):
 
 
 class TensorRTEngine(OnnxRuntimeEngine):
+    """TensorRT writes its engines into the cache's trt folder itself: verified before TensorRT may load
+    them (a mismatch deletes the folder, so that TensorRT rebuilds it), checksummed once it has written them."""
+
     name = "tensorrt"
 
+    def __init__(self, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
+                 calibration: Callable[[], list[torch.Tensor]], int8_activations: str = "s8"):
+        engines_intact = cache.verify_folder("trt")
+        super().__init__(model, placement, example, cache, calibration, int8_activations)
+        self.info["trt_engine_cache_hit"] = engines_intact and not self._rebuilt
+        # By the first run TensorRT has built (or loaded) and written its engine: its time counts as load time.
+        start = time.perf_counter()
+        self(example)
+        self.info["engine_load_seconds"] += time.perf_counter() - start
+        if cache.persistent:
+            cache.record_folder("trt")
+
     def _providers(self, cache: ArtifactCache) -> list:
-        trt_options = {
-            "device_id": self.placement.device.index or 0,
-            "trt_fp16_enable": self.placement.precision == "fp16",
-            "trt_int8_enable": self.placement.precision == "int8",  # the QDQ model carries the scales
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache.dir / "trt"),
-        }
-        return [("TensorrtExecutionProvider", trt_options), ("CUDAExecutionProvider", {"device_id": trt_options["device_id"]})]
+        version, index, handle = self.info["onnxruntime"], self._device_index, self._stream_handle
+        trt = tensorrt_provider_options(index, self.placement.precision, cache.dir / "trt", handle, version)
+        # The CUDA provider after TensorRT takes the nodes TensorRT cannot (ONNX Runtime's partitioning).
+        return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda_provider_options(index, handle, version))]
+
+
+# The first ONNX Runtime releases that take a caller's CUDA stream from Python: CUDA provider
+# microsoft/onnxruntime#19229 (merged January 2024), TensorRT provider #20168 (April 2024); a release
+# before them throws on the unknown option, so each is given one release of margin. user_compute_stream
+# alone: it sets has_user_compute_stream itself, which set from Python has no effect (#19229). Stream 0,
+# torch's default (legacy) stream, is refused, and ONNX Runtime keeps its own stream (#19619). Usage:
+# https://onnxruntime.ai/docs/execution-providers/CUDA-ExecutionProvider.html#user_compute_stream
+USER_STREAM_SINCE = {"CUDAExecutionProvider": (1, 18), "TensorrtExecutionProvider": (1, 19)}
+
+
+def stream_option(provider: str, stream_handle: int, ort_version: str) -> dict:
+    """The provider option that puts ONNX Runtime's kernels on torch's stream, where this ONNX Runtime can."""
+    major_minor = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", ort_version).groups())
+    if stream_handle == 0 or major_minor < USER_STREAM_SINCE[provider]:
+        return {}
+    return {"user_compute_stream": str(stream_handle)}
+
+
+def cuda_provider_options(device_index: int, stream_handle: int, ort_version: str) -> dict:
+    return {"device_id": device_index, **stream_option("CUDAExecutionProvider", stream_handle, ort_version)}
+
+
+def tensorrt_provider_options(device_index: int, precision: str, engine_dir: Path, stream_handle: int, ort_version: str) -> dict:
+    return {
+        "device_id": device_index,
+        "trt_fp16_enable": precision == "fp16",
+        "trt_int8_enable": precision == "int8",  # the QDQ model carries the scales
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(engine_dir),
+        **stream_option("TensorrtExecutionProvider", stream_handle, ort_version),
+    }
+
+
+def shared_stream(session_options: dict[str, dict], stream_handle: int) -> int | None:
+    """`stream_handle` if every GPU provider of a session runs on that stream, by the options the session
+    reports (get_provider_options); None if any keeps its own."""
+    gpu = [options for provider, options in session_options.items() if provider != "CPUExecutionProvider"]
+    on_it = [options.get("has_user_compute_stream") == "1" and options.get("user_compute_stream") == str(stream_handle)
+             for options in gpu]
+    return stream_handle if stream_handle and gpu and all(on_it) else None
+
+
+def torch_stream(device: torch.device):
+    """torch's current stream on a CUDA device; None on the CPU."""
+    return torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+
+def run_bound(session, images: torch.Tensor, out: torch.Tensor, device_index: int, stream, shared: int | None) -> None:
+    """Run the session on CUDA tensors bound in place (no host round trip), ordered with torch's work on `stream`.
+
+    On a shared stream ONNX Runtime's kernels queue behind torch's (the conversion of `images`, the reuse of
+    `out`'s memory) and ahead of whatever reads `out`. On any other stream nothing orders them: wait for
+    torch's work before the run, and for ONNX Runtime's after it."""
+    ordered = shared is not None and stream.cuda_stream == shared
+    if not ordered:
+        stream.synchronize()
+    binding = session.io_binding()
+    dtype = _ORT_TYPES[images.dtype]
+    binding.bind_input("images", "cuda", device_index, dtype, tuple(images.shape), images.data_ptr())
+    binding.bind_output("logits", "cuda", device_index, dtype, tuple(out.shape), out.data_ptr())
+    session.run_with_iobinding(binding)
+    if not ordered:
+        binding.synchronize_outputs()
+
+
+# What ONNX Runtime does instead of failing (issue 10): it lists the TensorRT provider as available without
+# TensorRT's libraries, and a session asked for it then registers the CUDA provider only; a CUDA provider
+# whose CUDA or cuDNN libraries do not load leaves the CPU provider. get_providers() lists what registered.
+WHY_NOT_REGISTERED = {
+    "TensorrtExecutionProvider": "TensorRT's libraries did not load: install the tensorrt release onnxruntime-gpu was built for",
+    "CUDAExecutionProvider": "CUDA's or cuDNN's libraries did not load: install the releases onnxruntime-gpu was built for",
+}
+
+
+def check_provider(registered: list[str], requested: str, engine: str) -> str:
+    """The provider that runs the session, which must be the one asked for: a results table must never
+    name an engine for a run of another provider."""
+    ran = registered[0] if registered else "no provider"
+    if ran != requested:
+        why = WHY_NOT_REGISTERED.get(requested, "ONNX Runtime's messages above say why")
+        raise UsageError(f"--engine {engine}: ONNX Runtime would run on {ran}, not {requested} ({why}); nothing was measured")
+    return ran
+
+
+def _provider_name(provider) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
 
 
 _ORT_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
