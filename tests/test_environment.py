@@ -1,5 +1,8 @@
 """What a number was measured on: the CPU's vector ISA and the header's environment lines."""
 
+import sys
+import types
+
 import pytest
 import torch
 
@@ -56,3 +59,72 @@ def test_header_lines_are_four_short_lines_with_the_isa():
     assert [line.split(" = ")[0] for line in lines] == ["host", "cpu", "gpu", "versions"]
     assert lines[1].endswith(f"; isa = {env['env.cpu_isa']}")
     assert f"torch {env['env.torch']}" in lines[3] and f"cnnbench {env['env.cnnbench']}" in lines[3]
+
+
+class _FakeNVML(types.ModuleType):
+    """pynvml as nvidia-ml-py provides it, for the calls environment.device_memory_used makes."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, used_by_uuid: dict[str, int], start_fails: bool = False):
+        super().__init__("pynvml")
+        self.used_by_uuid, self.start_fails, self.calls = used_by_uuid, start_fails, []
+
+    def nvmlInit(self):
+        self.calls.append("init")
+        if self.start_fails:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid not in self.used_by_uuid:
+            raise self.NVMLError("Not Found")
+        return uuid
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return types.SimpleNamespace(used=self.used_by_uuid[handle], total=141 * 2**30)
+
+    def nvmlShutdown(self):
+        self.calls.append("shutdown")
+
+
+CUDA0 = torch.device("cuda", 0)
+
+
+@pytest.fixture
+def gpu_uuid(monkeypatch):
+    """cuda:0 is the GPU whose UUID is set (what CUDA reports, without NVML's GPU- prefix)."""
+    def set_uuid(uuid: str) -> None:
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(uuid=uuid))
+    return set_uuid
+
+
+def test_device_memory_is_nvml_s_for_the_run_s_gpu_found_by_uuid(monkeypatch, gpu_uuid):
+    # Two GPUs; CUDA_VISIBLE_DEVICES made the second one cuda:0, so NVML's index 0 would be the wrong one.
+    nvml = _FakeNVML({"GPU-aaaa": 3 * 2**30, "GPU-bbbb": 1536 * 2**20})
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    gpu_uuid("bbbb")
+    assert environment.device_memory_used(CUDA0) == (1536.0, None)
+    assert nvml.calls == ["init", "shutdown"]
+    nvml.used_by_uuid["MIG-cccc"] = 2**30  # a MIG instance: its own UUID
+    gpu_uuid("cccc")
+    assert environment.device_memory_used(CUDA0) == (1024.0, None)
+
+
+def test_device_memory_says_why_when_nvml_cannot_tell(monkeypatch, gpu_uuid):
+    gpu_uuid("dddd")
+    nvml = _FakeNVML({"GPU-aaaa": 2**30})
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    used, note = environment.device_memory_used(CUDA0)
+    assert used is None and "NVML knows no device with the UUID of cuda:0 (dddd)" in note
+    assert nvml.calls == ["init", "shutdown"]
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNVML({}, start_fails=True))
+    assert environment.device_memory_used(CUDA0) == (None, "NVML did not start (Driver Not Loaded)")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: the import fails
+    assert environment.device_memory_used(CUDA0) == (None, "nvidia-ml-py is not installed: pip install -e '.[gpu]'")
+
+
+def test_device_memory_is_not_asked_off_cuda(monkeypatch):
+    nvml = _FakeNVML({})
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    assert environment.device_memory_used(torch.device("cpu")) == (None, None) and nvml.calls == []

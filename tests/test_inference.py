@@ -40,6 +40,7 @@ def test_engine_agrees_with_eager_fp32(cli, trained, engine, precision):
     assert (r["engine"], r["precision"], r["status"]) == (engine, precision, "ok")
     assert r["weights_source"] == "checkpoint"  # the checkpoint `cnnbench train` wrote loads
     assert r["steady_steps"] == 3 and r["warmup_steps"] == 1 and r["images_per_sec"] > 0
+    assert r["device_memory_used_mib"] is None  # no CUDA device: NVML is not asked
     if (engine, precision) == ("eager", "fp32"):
         assert r["guard_batches"] == 0 and r["guard_relative_error"] is None  # the reference itself
         return
@@ -170,6 +171,23 @@ def test_true_fp32_restores_the_switches_even_after_an_error(tf32_switches, befo
             assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
             raise RuntimeError("inside")
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_the_device_s_memory_in_use_is_recorded_beside_the_allocator_s_peak(cli, tiny_spec, monkeypatch):
+    # What NVML says (environment.device_memory_used, checked with a stand-in pynvml in test_environment.py)
+    # goes into the record as it is, or None with a line saying why.
+    from cnnbench import environment
+
+    monkeypatch.setattr(environment, "device_memory_used", lambda device: (2048.0, None))
+    code, out, err = cli("infer", tiny_spec, "--random-weights", *QUICK)
+    assert code == 0, err
+    assert _last()["device_memory_used_mib"] == 2048.0 and _last()["peak_memory_mib"] > 0
+    assert "device_memory_used_mib not recorded" not in out
+    monkeypatch.setattr(environment, "device_memory_used", lambda device: (None, environment.GPU_EXTRA_HINT))
+    code, out, err = cli("infer", tiny_spec, "--random-weights", *QUICK)
+    assert code == 0, err
+    assert _last()["device_memory_used_mib"] is None
+    assert "WARNING: device_memory_used_mib not recorded: nvidia-ml-py is not installed: pip install -e '.[gpu]'" in out
 
 def test_accuracy_counts_exactly_with_a_partial_last_batch():
     # 10 images in batches of 4, 4, 2; class = index % 3; the "model" is right on images 0..6 only.

@@ -172,9 +172,51 @@ _IMPORT_TIME = _dt.datetime.now().timestamp()
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak accelerator memory allocated by PyTorch on CUDA; on the CPU the process's peak resident set."""
+    """Peak accelerator memory allocated by PyTorch on CUDA; on the CPU the process's peak resident set.
+
+    On CUDA this is PyTorch's caching allocator alone: ONNX Runtime's and TensorRT's memory is not in
+    it (see `device_memory_used`)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+GPU_EXTRA_HINT = "nvidia-ml-py is not installed: pip install -e '.[gpu]'"
+
+
+def device_memory_used(device: torch.device) -> tuple[float | None, str | None]:
+    """NVML's memory in use on the device now, in MiB, all processes together; with why not when it
+    cannot be read (None, None off CUDA).
+
+    What PyTorch's allocator reports leaves out ONNX Runtime's arenas and TensorRT's engines, which
+    allocate on their own (issue 10); NVML counts the device's whole memory in use (nvmlMemory_t.used:
+    "sum of reserved and allocated device memory", NVML API reference), the driver's own reservation and
+    other processes included. The device is found by its UUID, as CUDA_VISIBLE_DEVICES may renumber it;
+    a MIG instance's UUID names the instance, whose own memory NVML then reports.
+    """
+    if device.type != "cuda":
+        return None, None
+    try:
+        import pynvml  # the nvidia-ml-py package, cnnbench's `gpu` extra
+    except ImportError:
+        return None, GPU_EXTRA_HINT
+    uuid = str(torch.cuda.get_device_properties(device).uuid)
+    names = [uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return None, f"NVML did not start ({exc})"
+    try:
+        for name in names:
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(name)
+            except pynvml.NVMLError:
+                continue
+            return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20, None
+        return None, f"NVML knows no device with the UUID of {device} ({uuid})"
+    except pynvml.NVMLError as exc:
+        return None, f"NVML could not read the memory of {device} ({exc})"
+    finally:
+        pynvml.nvmlShutdown()
