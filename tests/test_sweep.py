@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnbench import cli, config, estimate, sweep
+from cnnbench import cli, config, errors, estimate, sweep
 from helpers import REPO, read_jsonl
 
 QUICK = ["--image-size", "16", "--display-every", "1"]
@@ -75,6 +75,35 @@ def _configurations(kind: str, *argv: str):
         c.estimated_seconds = estimate.configuration_seconds(c.run, kind, RATES)
     return plan, runs
 
+
+
+def test_calibration_runs_the_model_in_a_child_process_only(monkeypatch):
+    """The sweep's own process must not run a model: on a GPU that made a CUDA context and kept cached
+    memory there for the whole sweep (issue 10). A ResNet forward in this process fails the test."""
+    import torchvision
+
+    def refused(self, x):
+        raise AssertionError("ResNet-50 ran in the sweep's own process")
+
+    monkeypatch.setattr(torchvision.models.ResNet, "forward", refused)
+    commands = []
+    run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: commands.append(command) or run(command, **kw))
+    rates = estimate.calibrate(torch.device("cpu"), "train")
+    assert rates.device_type == "cpu" and rates.train_gflops > 0 and rates.infer_gflops > 0
+    assert commands == [[sys.executable, "-m", "cnnbench.estimate", "cpu"]]
+    assert not torch.cuda.is_initialized()
+
+
+def test_a_calibration_that_fails_is_one_line_with_the_child_s_error():
+    # conftest hides every GPU, so the child cannot run on cuda; this process never tries.
+    with pytest.raises(errors.CnnbenchError) as failed:
+        estimate.calibrate(torch.device("cuda"), "infer")
+    message = str(failed.value)
+    assert message.startswith("the sweep's calibration (a ResNet-50 step on cuda, `python -m cnnbench.estimate cuda`) "
+                              "failed with exit code 1: ")
+    assert "\n" not in message and "Traceback" not in message
+    assert not torch.cuda.is_initialized()
 
 def test_the_time_budget_is_spread_over_the_configurations():
     _, runs = _configurations("train", "--batch-sizes", "2,4")

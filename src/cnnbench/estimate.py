@@ -5,17 +5,25 @@ its warm-up and its steady steps. Step times come from the model's FLOPs and a m
 ResNet-50 on this very device (training: a forward and backward; inference: a forward), not from a
 matmul rate: convolution efficiency differs by CPU vector unit (AVX2 against AVX-512) by 2x or more,
 which a matmul calibration missed (issue 8: 2 h 34 min estimated on a 2-core AVX2 machine).
+
+The step is measured in a child process (`python -m cnnbench.estimate DEVICE` prints the rates as one
+JSON line): the sweep's own process never runs a model, so on a GPU it creates no CUDA context and
+keeps no cached memory beside the configurations' processes (issue 10).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
 from cnnbench.config import InferConfig, RunConfig, TrainConfig
+from cnnbench.errors import CnnbenchError
 from cnnbench.models.registry import forward_flops, resolve_entry
 
 # Process start-up (interpreter, torch import, model build, environment): measured 4-6 s on this project's
@@ -33,6 +41,9 @@ BUILD_SECONDS = {"compile": 60.0, "onnxruntime": 15.0, "tensorrt": 120.0}
 INT8_QUANTISE_SECONDS = 10.0
 REFERENCE_GFLOPS = 8.2  # ResNet-50's forward GFLOPs per image at 224 px (`cnnbench models`), the unit of BUILD_SECONDS' scaling
 TRAIN_PASSES = 3.0  # a training step is about 3 forward passes (forward, backward for activations and weights)
+# The calibration takes seconds on a CPU (README: a few seconds on a 2-core one); a child still running after
+# this long is stuck, and the sweep says so rather than wait for ever.
+CALIBRATION_TIMEOUT_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,27 @@ class Rates:
 
 
 def calibrate(device: torch.device, kind: str) -> Rates:
-    """Time a ResNet-50 training step (and an eager forward) here: a few seconds on a CPU."""
+    """Time a ResNet-50 training step (and an eager forward) on `device`: a few seconds on a CPU.
+
+    Measured in a child process on every device, one path: run in the sweep's process, the model would
+    create a CUDA context there and keep the caching allocator's blocks for the whole sweep, while every
+    configuration runs in a process of its own (issue 10)."""
+    command = [sys.executable, "-m", "cnnbench.estimate", str(device)]
+    what = f"the sweep's calibration (a ResNet-50 step on {device}, `python -m cnnbench.estimate {device}`)"
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CALIBRATION_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise CnnbenchError(f"{what} did not finish in {CALIBRATION_TIMEOUT_SECONDS} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CnnbenchError(f"{what} failed with exit code {done.returncode}: {detail}")
+    rates = json.loads(lines[-1])
+    return Rates(device.type, rates["train_gflops"], rates["infer_gflops"])
+
+
+def measure(device: torch.device) -> dict[str, float]:
+    """GFLOP/s of a ResNet-50 training step and of an eager forward, measured in this process (the child's side of `calibrate`)."""
     entry = resolve_entry("resnet50")
     batch = 2 if device.type == "cpu" else 32
     model = entry.build(224).to(device, memory_format=torch.channels_last)
@@ -59,7 +90,7 @@ def calibrate(device: torch.device, kind: str) -> Rates:
     model.eval()
     with torch.inference_mode():
         infer = flops / _seconds(lambda: model(images), device) / 1e9
-    return Rates(device.type, train, infer)
+    return {"train_gflops": train, "infer_gflops": infer}
 
 
 def _seconds(step, device: torch.device, repeats: int = 2) -> float:
@@ -120,3 +151,13 @@ def _inference_extra(run: InferConfig, gflops: float, reference_step: float, ste
         build += INT8_QUANTISE_SECONDS
         extra += run.calib_batches * reference_step
     return extra + build * (gflops / REFERENCE_GFLOPS) ** 0.5
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cnnbench.estimate DEVICE`: `measure` on DEVICE, printed as one JSON line (`calibrate` reads it)."""
+    (device,) = sys.argv[1:] if argv is None else argv
+    print(json.dumps(measure(torch.device(device))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

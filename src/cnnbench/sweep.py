@@ -125,6 +125,10 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
     models = parse_list(settings.models, "--models") if settings.models is not None else list(DEFAULT_MODELS)
     batches = batch_sizes(plan, settings, explicit)
     configurations = plan_configurations(kind, settings, base, explicit, plan, models, batches, device)
+    # Measured in a child process: this one runs no model, so it holds no CUDA context or cached memory
+    # while the configurations run (issue 10). Its device queries create none: is_available counts
+    # devices, and get_device_capability (preflight's memory format) reads properties, which left no
+    # process in nvidia-smi on PyTorch 2.10 (unslothai/unsloth-zoo PR 1053's measurements).
     rates = estimate.calibrate(device, kind)
     for c in configurations:
         c.estimated_seconds = estimate.configuration_seconds(c.run, kind, rates)
