@@ -120,6 +120,9 @@ def test_device_memory_says_why_when_nvml_cannot_tell(monkeypatch, gpu_uuid):
     assert nvml.calls == ["init", "shutdown"]
     monkeypatch.setitem(sys.modules, "pynvml", _FakeNVML({}, start_fails=True))
     assert environment.device_memory_used(CUDA0) == (None, "NVML did not start (Driver Not Loaded)")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace())
+    used, note = environment.device_memory_used(CUDA0)  # no UUID: no figure, and the run goes on
+    assert used is None and note.startswith("PyTorch did not give the UUID of cuda:0")
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: the import fails
     assert environment.device_memory_used(CUDA0) == (None, "nvidia-ml-py is not installed: pip install -e '.[gpu]'")
 

@@ -202,7 +202,10 @@ def device_memory_used(device: torch.device) -> tuple[float | None, str | None]:
         import pynvml  # the nvidia-ml-py package, cnnbench's `gpu` extra
     except ImportError:
         return None, GPU_EXTRA_HINT
-    uuid = str(torch.cuda.get_device_properties(device).uuid)
+    try:  # read after the measurement: a failure here must not lose the run's figures
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+    except (AttributeError, RuntimeError, AssertionError) as exc:
+        return None, f"PyTorch did not give the UUID of {device} ({exc})"
     names = [uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]
     try:
         pynvml.nvmlInit()
