@@ -2,8 +2,11 @@
 and the set-up steps of a fresh clone (setup.sh's torch check, test.sh's ensure_venv)."""
 
 import shutil
+import subprocess
 import sys
+import sysconfig
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -174,6 +177,37 @@ def test_setup_keeps_torch_only_within_pyproject_bounds(tmp_path, bounds, accept
         assert done.returncode == 1
         why = "is outside pyproject.toml's torch<2.4" if "<" in bounds else "cannot be checked against '~=2.4'"
         assert done.stdout.startswith(f"setup: torch {version} {why}: ./setup.sh would install torch==")
+
+
+def _python_with_torch(root):
+    """A virtual environment without pip whose python imports this suite's torch (as a GPU machine's
+    python3, itself a virtual environment, holds its own CUDA torch)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site = subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "borrow.pth").write_text(f"import site; site.addsitedir({sysconfig.get_path('purelib')!r})\n")
+    return root / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_setup_reuses_the_torch_of_a_python_that_has_one_without_network(tmp_path):
+    python = _python_with_torch(tmp_path / "gpu-python")
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "src", clone / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "setup.sh", clone / "setup.sh")
+    # a requirement nothing can install offline: named, and the set-up still completes
+    pyproject = (REPO / "pyproject.toml").read_text().replace('"numpy",', '"numpy", "cnnbench-absent-requirement",')
+    (clone / "pyproject.toml").write_text(pyproject)
+    done = run_process([str(clone / "setup.sh")], env={"PYTHON": str(python), "PIP_NO_INDEX": "1"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"uses {python}'s own packages: keeping torch {metadata.version('torch')}" in done.stdout
+    assert "installing torch==" not in done.stdout  # nothing downloaded, nothing reinstalled
+    assert "setup: could not install cnnbench-absent-requirement" in done.stdout
+    assert f"setup: cnnbench uses torch {metadata.version('torch')}" in done.stdout
+    models = run_process([str(clone / ".venv" / "bin" / "cnnbench"), "models"], cwd=tmp_path)
+    assert models.returncode == 0 and "resnet50" in models.stdout
+    where = run_process([str(clone / ".venv" / "bin" / "python"), "-c", "import cnnbench; print(cnnbench.__file__)"])
+    assert where.stdout.strip() == str(clone / "src" / "cnnbench" / "__init__.py")  # the clone's code, not another
 
 
 def test_test_sh_sets_up_a_fresh_clone_once_then_runs_pytest(tmp_path):
