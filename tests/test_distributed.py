@@ -145,12 +145,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _start_long_job(tmp_path: Path, timeout: float) -> tuple[subprocess.Popen, dict[int, int]]:
-    """A 2-rank job that would run for minutes; returns once rank 0 has printed a steady step line."""
+def _start_long_job(tmp_path: Path, timeout: float, launcher: list[str] = ("-m", "cnnbench")) -> tuple[subprocess.Popen, dict[int, int]]:
+    """A 2-rank job that would run for minutes; returns once rank 0 has printed a steady step line.
+    `launcher`: how the launching Python process is started (it gets `train ...` as its arguments)."""
     spec = tmp_path / "linear.json"
     spec.write_text(json.dumps({**LINEAR_SPEC, "head": {"fully_connected": {"outputs": 1000}}}))  # synthetic labels
     job = subprocess.Popen(
-        [sys.executable, "-m", "cnnbench", "train", str(spec), "--image-size", "16", "--batch-size", "2",
+        [sys.executable, *launcher, "train", str(spec), "--image-size", "16", "--batch-size", "2",
          "--num-batches", "100000", "--warmup", "1", "--display-every", "1", "--num-accelerators", "2",
          "--dist-timeout", str(timeout)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -212,6 +213,28 @@ def test_a_hung_rank_ends_the_job_after_the_group_timeout(tmp_path):
     assert code == errors.EXIT_RUN_FAILED
     assert "cnnbench: error: rank 0 of 2 lost contact with the other ranks" in stderr
     assert "rank 0 (local rank 0, pid" in stderr.strip().splitlines()[-1]
+    assert not any(_alive(pid) for pid in ranks.values())
+
+
+# NCCL's watchdog, as the launcher sees it: the launcher's view of the job says NCCL (this machine has
+# no GPU, so the workers run gloo), and rank 0 dies as the watchdog ends a rank, by SIGABRT.
+AS_IF_NCCL = ["-c", "import sys; from cnnbench import launcher, cli; launcher._job = lambda argv: ('nccl', 3.0); "
+              "sys.exit(cli.main(sys.argv[1:]))"]
+
+
+def test_a_rank_ended_by_nccls_watchdog_is_reported_as_lost_contact(tmp_path):
+    job, ranks = _start_long_job(tmp_path, timeout=3, launcher=AS_IF_NCCL)
+    os.kill(ranks[0], signal.SIGABRT)
+    try:
+        code = job.wait(timeout=30)
+    finally:
+        _stop(job, ranks)
+    last = job.stderr.read().strip().splitlines()[-1]
+    assert code == errors.EXIT_RUN_FAILED
+    assert last.startswith("cnnbench: error: distributed training failed on ")
+    assert (f"rank 0 (local rank 0, pid {ranks[0]}) lost contact with the other ranks: NCCL's watchdog ended it "
+            "(SIGABRT) when a collective had not completed within --dist-timeout 3 s or had failed") in last
+    # (rank 1 is stopped by the agent, or here loses contact with rank 0 in turn: it may be named too)
     assert not any(_alive(pid) for pid in ranks.values())
 
 
@@ -319,6 +342,8 @@ def test_the_slowest_rank_sets_each_step():
      ["rank 1 (local rank 1, pid 101) exited with code 3 (out of memory)", "rank 0 (local rank 0, pid 100) exited with code 4"], []),
     ({0: errors.EXIT_USAGE, 1: errors.EXIT_USAGE}, errors.EXIT_USAGE, ["rank 0", "rank 1", "(usage error)"], []),
     ({0: -signal.SIGTERM, 1: 1}, errors.EXIT_RUN_FAILED, ["rank 1 (local rank 1, pid 101) exited with code 1;"], ["rank 0"]),
+    # a rank that caught the agent's SIGTERM and stopped after its step (exit 143) was stopped too
+    ({0: errors.EXIT_TERMINATED, 1: -signal.SIGKILL}, errors.EXIT_RUN_FAILED, ["rank 1 (local rank 1, pid 101) was killed by SIGKILL;"], ["rank 0"]),
 ])
 def test_failure_report_names_the_cause(exits, expected_code, named, not_named):
     from types import SimpleNamespace
@@ -385,3 +410,62 @@ def test_compile_with_two_ranks_trains_through_the_ddp_optimizer(tmp_path, tiny_
     record, = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
     assert (record["status"], record["compile"], record["world_size"]) == ("ok", True, 2)
     assert max(record["steady_seconds"]) < record["compile_seconds"]  # the compiling step is the warm-up
+
+
+# ---------------------------------------------------------------- NCCL's timeout path and the worker's tie, in parts
+
+
+def test_an_nccl_group_gets_the_dist_timeout_and_tears_down_on_it(monkeypatch):
+    """What NCCL is given when the group is created (faked: no GPU here): --dist-timeout as the group's
+    timeout, and asynchronous error handling that ends the process, unless the user chose a value."""
+    import datetime
+
+    import torch.distributed as dist
+
+    created = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout, **options: created.append(
+        (backend, timeout, options, {name: os.environ.get(name) for name in distributed.NCCL_ERROR_HANDLING_NAMES})))
+    for name in distributed.NCCL_ERROR_HANDLING_NAMES:  # restored after the test, whatever join sets
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    world = distributed.World(rank=0, size=2, local_size=2, distributed=True)
+    gpu = torch.device("cuda", 0)
+    assert distributed.join(world, gpu, 7.5).backend == "nccl"
+    backend, timeout, options, handling = created.pop()
+    assert (backend, timeout, options["device_id"]) == ("nccl", datetime.timedelta(seconds=7.5), gpu)
+    assert handling == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "NCCL_ASYNC_ERROR_HANDLING": None}
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING")
+    monkeypatch.setenv("NCCL_ASYNC_ERROR_HANDLING", "1")  # the user's own choice, under the older name, stays
+    distributed.join(world, gpu, 7.5)
+    assert created.pop()[3] == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": None, "NCCL_ASYNC_ERROR_HANDLING": "1"}
+    monkeypatch.delenv("NCCL_ASYNC_ERROR_HANDLING")
+    distributed.join(world, torch.device("cpu"), 7.5)  # gloo raises on its timeout: nothing to set
+    assert created.pop()[:2] == ("gloo", datetime.timedelta(seconds=7.5))
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ
+
+
+def test_the_launcher_reads_the_workers_backend_and_timeout_from_their_command_line(two_gpus):
+    assert launcher._job(["train", "resnet50", "--dist-timeout", "7"]) == ("nccl", 7.0)  # --device auto: the GPUs
+    assert launcher._job(["train", "resnet50", "--device", "cpu"]) == ("gloo", 60.0)
+
+
+@pytest.mark.parametrize("backend, exits, expected_code, named", [
+    ("nccl", {0: -signal.SIGABRT, 1: -signal.SIGTERM}, errors.EXIT_RUN_FAILED,
+     ["rank 0 (local rank 0, pid 100) lost contact with the other ranks: NCCL's watchdog ended it (SIGABRT) when a "
+      "collective had not completed within --dist-timeout 9 s or had failed; another rank failed or hung; the other"]),
+    # rank 1 ran out of memory, rank 0 lost contact with it: the job's code is rank 1's
+    ("nccl", {0: -signal.SIGABRT, 1: errors.EXIT_OUT_OF_MEMORY}, errors.EXIT_OUT_OF_MEMORY,
+     ["rank 0 (local rank 0, pid 100) lost contact", "rank 1 (local rank 1, pid 101) exited with code 3 (out of memory)"]),
+    # with gloo a lost contact is an exception and exit code 4: a SIGABRT there is a crash, named as such
+    ("gloo", {0: -signal.SIGABRT, 1: -signal.SIGTERM}, errors.EXIT_RUN_FAILED,
+     ["rank 0 (local rank 0, pid 100) was killed by SIGABRT;"]),
+])
+def test_failure_report_of_nccls_watchdog(backend, exits, expected_code, named):
+    from types import SimpleNamespace
+
+    failures = {rank: SimpleNamespace(exitcode=code, local_rank=rank, pid=100 + rank) for rank, code in exits.items()}
+    message, code = launcher._failure_summary(failures, 2, backend, 9.0)
+    assert code == expected_code and len(message.splitlines()) == 1
+    assert all(text in message for text in named), message
+

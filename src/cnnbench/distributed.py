@@ -38,6 +38,16 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 # Set by `launch` for its workers: when the launching command started, so that system performance
 # covers the whole command (the workers' start-up included), as it does for one process.
 STARTED_AT_VARIABLE = "CNNBENCH_STARTED_AT"
+# NCCL's asynchronous error handling, set in a worker before its NCCL group exists unless the user set
+# it (either name; NCCL_ASYNC_ERROR_HANDLING is the older one). A rank whose collective outlives the
+# group's timeout is blocked in a CUDA synchronisation that no exception reaches; with 1 or 3, NCCL's
+# watchdog thread then takes the process down (SIGABRT), which the launcher reports as lost contact.
+# 3 (tear down without aborting the communicators) is PyTorch's default (torch 2.14's ProcessGroupNCCL.hpp,
+# ErrorHandlingMode; "ProcessGroupNCCL Environment Variables" in PyTorch's docs), set here so that the
+# --dist-timeout path does not rest on a default; 1 would first call ncclCommAbort, which can itself hang
+# (the same header). A user's 0 or 2 (no tear-down) is kept: a hung rank then hangs the job.
+NCCL_ERROR_HANDLING_NAMES = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING")
+NCCL_TEAR_DOWN = "3"
 
 
 @dataclass(frozen=True)
@@ -112,16 +122,24 @@ def started_at() -> float | None:
     return float(value) if value else None
 
 
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 # ---------------------------------------------------------------- inside a worker
 
 
 def join(world: World, device: torch.device, timeout_seconds: float) -> World:
-    """Enter the process group (env://, from torchrun's variables). From here on only rank 0 prints."""
+    """Enter the process group (env://, from torchrun's variables). From here on only rank 0 prints.
+    Every collective is bounded by `timeout_seconds` (--dist-timeout): gloo raises, NCCL's watchdog
+    ends the process (NCCL_TEAR_DOWN)."""
     if not world.distributed:
         return world
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend_for(device)
     options = {}
-    if device.type == "cuda":
+    if backend == "nccl":
+        if not any(name in os.environ for name in NCCL_ERROR_HANDLING_NAMES):
+            os.environ[NCCL_ERROR_HANDLING_NAMES[0]] = NCCL_TEAR_DOWN  # read when the group is created
         torch.cuda.set_device(device)
         options["device_id"] = device  # binds the communicator to this rank's GPU at once
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds), **options)

@@ -40,6 +40,7 @@ def launch(argv: list[str], count: int, launched_at: float) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    job = _job(argv)
     workers_env = {STARTED_AT_VARIABLE: repr(launched_at)}
     if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does, but the cores split rather than 1 each
         workers_env["OMP_NUM_THREADS"] = str(share_of_cores(planned(count)))
@@ -54,29 +55,45 @@ def launch(argv: list[str], count: int, launched_at: float) -> int:
         try:
             elastic_launch(config, sys.executable)("-m", "cnnbench", *argv)
         except ChildFailedError as exc:
-            raise JobFailed(*_failure_summary(exc.failures, count)) from None
+            raise JobFailed(*_failure_summary(exc.failures, count, *job)) from None
         except SignalException as exc:  # Ctrl-C or a kill of this process: the agent has stopped the workers
             return errors.EXIT_INTERRUPTED if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)
     return 0
 
 
-def _failure_summary(failures: dict, count: int) -> tuple[str, int]:
+def _job(argv: list[str]) -> tuple[str, float]:
+    """The workers' backend and --dist-timeout, read from their command line as each of them reads it."""
+    from cnnbench import cli, config, distributed, placement
+
+    cfg = config.build(config.TrainConfig, cli.given_options(cli.build_parser().parse_args(argv)))
+    return distributed.backend_for(placement.resolve_device(cfg.placement.device)), cfg.dist_timeout
+
+
+def _failure_summary(failures: dict, count: int, backend: str = "gloo", dist_timeout: float = 60.0) -> tuple[str, int]:
     """One line naming the rank(s) that failed, and the job's exit code.
 
-    The agent stops the surviving workers with SIGTERM once one fails: those are not the cause, unless
-    nothing else failed. A rank that lost contact with a failed one exits with code 4 too; the job's
+    The agent stops the surviving workers with SIGTERM once one fails, and they die of it or, having
+    caught it, exit 143: those are not the cause, unless nothing else failed. A rank that lost contact with a failed one exits with code 4 too; the job's
     exit code is the other failures' when they agree on one of ours (2 usage, 3 out of memory, 130).
+    With NCCL a rank that loses contact is blocked in a CUDA synchronisation, where no exception reaches
+    it, and NCCL's watchdog ends it with SIGABRT once its collective has outlived the group's timeout
+    (distributed.NCCL_TEAR_DOWN): that is reported as the same loss of contact, code 4.
     """
-    causes = {rank: f for rank, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
+    stopped = (-signal.SIGTERM, errors.EXIT_TERMINATED)
+    causes = {rank: f for rank, f in failures.items() if f.exitcode not in stopped} or failures
+    watchdog = {rank for rank, f in causes.items() if backend == "nccl" and f.exitcode == -signal.SIGABRT}
     parts = []
     for rank, failure in sorted(causes.items()):
-        code = failure.exitcode
-        if code < 0:
-            parts.append(f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) was killed by {signal.Signals(-code).name}")
+        code, who = failure.exitcode, f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid})"
+        if rank in watchdog:
+            parts.append(f"{who} lost contact with the other ranks: NCCL's watchdog ended it (SIGABRT) when a collective "
+                         f"had not completed within --dist-timeout {dist_timeout:g} s or had failed; another rank failed or hung")
+        elif code < 0:
+            parts.append(f"{who} was killed by {signal.Signals(-code).name}")
         else:
             meaning = f" ({EXIT_MEANINGS[code]})" if code in EXIT_MEANINGS else ""
-            parts.append(f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) exited with code {code}{meaning}")
-    codes = {f.exitcode for f in causes.values()}
+            parts.append(f"{who} exited with code {code}{meaning}")
+    codes = {errors.EXIT_RUN_FAILED if rank in watchdog else f.exitcode for rank, f in causes.items()}
     codes = (codes - {errors.EXIT_RUN_FAILED}) or codes
     exit_code = next(iter(codes)) if len(codes) == 1 and codes <= EXIT_MEANINGS.keys() else errors.EXIT_RUN_FAILED
     return (f"distributed training failed on {socket.gethostname()}: {'; '.join(parts)}; "
