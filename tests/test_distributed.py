@@ -238,6 +238,26 @@ def test_a_rank_ended_by_nccls_watchdog_is_reported_as_lost_contact(tmp_path):
     assert not any(_alive(pid) for pid in ranks.values())
 
 
+def test_killing_the_launcher_outright_stops_its_workers(tmp_path):
+    # SIGKILL leaves the launcher (and torchrun's agent inside it) no chance to stop the workers: Linux
+    # sends each of them SIGTERM when their parent dies, and they stop after their current step.
+    job, ranks = _start_long_job(tmp_path, timeout=20)
+    job.kill()
+    job.wait()
+    start = time.monotonic()
+    try:
+        while any(_alive(pid) for pid in ranks.values()) and time.monotonic() - start < 15:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in ranks.values()), "workers outlived their launcher"
+    finally:
+        for pid in ranks.values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert time.monotonic() - start < 10
+    record, = read_jsonl(tmp_path / "results_train" / "runs.jsonl")  # stopped as on SIGTERM: what completed is kept
+    assert record["status"] == "terminated" and record["steady_steps"] >= 2
+
+
 def test_num_accelerators_2_train_sh_runs_end_to_end(tmp_path, tiny_spec):
     # Extra arguments go to `cnnbench train` after the script's own, so the trailing --batch-size 2
     # replaces its 16, 32 and 64.
@@ -469,3 +489,20 @@ def test_failure_report_of_nccls_watchdog(backend, exits, expected_code, named):
     assert code == expected_code and len(message.splitlines()) == 1
     assert all(text in message for text in named), message
 
+
+TIE = ("import os, sys; from cnnbench import distributed; "
+       "distributed.end_with_launcher(distributed.World(size=2, distributed=True)); "
+       "import ctypes; value = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0); "  # PR_GET_PDEATHSIG
+       "print('tied to', value.value)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_asks_for_sigterm_when_its_launcher_dies_and_stops_if_it_already_has():
+    here = run_process([sys.executable, "-c", TIE], env={distributed.LAUNCHER_PID_VARIABLE: str(os.getpid())}, timeout=120)
+    assert here.returncode == 0 and here.stdout.strip() == f"tied to {int(signal.SIGTERM)}", here.stderr
+    # The recorded launcher is not the parent any more: it died before the tie, which then came too late.
+    gone = run_process([sys.executable, "-c", TIE], env={distributed.LAUNCHER_PID_VARIABLE: "999999999"}, timeout=120)
+    assert gone.returncode == -signal.SIGTERM and "tied to" not in gone.stdout
+    # Outside a distributed run nothing is tied.
+    alone = run_process([sys.executable, "-c", TIE.replace("size=2, distributed=True", "")], timeout=120)
+    assert alone.stdout.strip() == "tied to 0"

@@ -18,10 +18,13 @@ stops the others. Collectives run only outside the timed steps (DDP's own all-re
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import re
+import signal
 import socket
+import sys
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
@@ -38,6 +41,10 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 # Set by `launch` for its workers: when the launching command started, so that system performance
 # covers the whole command (the workers' start-up included), as it does for one process.
 STARTED_AT_VARIABLE = "CNNBENCH_STARTED_AT"
+# Set by `launch` for its workers: the launching process's pid (torchrun's agent runs inside it and
+# starts them), so that a worker can tell whether it lost its launcher before it was tied to it.
+LAUNCHER_PID_VARIABLE = "CNNBENCH_LAUNCHER_PID"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # NCCL's asynchronous error handling, set in a worker before its NCCL group exists unless the user set
 # it (either name; NCCL_ASYNC_ERROR_HANDLING is the older one). A rank whose collective outlives the
 # group's timeout is blocked in a CUDA synchronisation that no exception reaches; with 1 or 3, NCCL's
@@ -127,6 +134,31 @@ def backend_for(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------- inside a worker
+
+
+def end_with_launcher(world: World) -> None:
+    """Tie this worker's life to the process that started it, torchrun's agent (inside the launching
+    `cnnbench train --num-accelerators N`, or the torchrun command), so that a launcher killed with
+    SIGKILL, which stops nothing itself, leaves no worker running: Linux sends this process SIGTERM
+    when its parent dies (prctl(2), PR_SET_PDEATHSIG), and SIGTERM stops a run after its current step.
+
+    prctl(2): the signal follows the death of the parent *thread*, the one that forked; the agent starts
+    its workers from its main thread (torch.distributed.elastic's SubprocessContext), which lives as
+    long as its process. A launcher that died before this call sent nothing: the parent pid differs from
+    the one the launcher recorded, and the worker stops at once. Under torchrun started by hand there is
+    no record, and the parent at this moment is taken for the agent.
+    """
+    if not world.distributed or not sys.platform.startswith("linux"):
+        return
+    recorded = os.environ.get(LAUNCHER_PID_VARIABLE)
+    launcher = int(recorded) if recorded else os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        reporting.warn(f"cannot tie this worker to its launcher (prctl: {os.strerror(ctypes.get_errno())}); "
+                       "if the launcher is killed with SIGKILL, its workers must be stopped by hand")
+        return
+    if os.getppid() != launcher:  # the launcher is already gone: the signal it would have caused
+        signal.raise_signal(signal.SIGTERM)
 
 
 def join(world: World, device: torch.device, timeout_seconds: float) -> World:

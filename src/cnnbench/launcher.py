@@ -16,7 +16,7 @@ import uuid
 from typing import Iterator
 
 from cnnbench import errors
-from cnnbench.distributed import STARTED_AT_VARIABLE, planned, share_of_cores
+from cnnbench.distributed import LAUNCHER_PID_VARIABLE, STARTED_AT_VARIABLE, planned, share_of_cores
 
 EXIT_MEANINGS = {errors.EXIT_USAGE: "usage error", errors.EXIT_OUT_OF_MEMORY: "out of memory",
                  errors.EXIT_RUN_FAILED: "run failed", errors.EXIT_INTERRUPTED: "interrupted"}
@@ -34,14 +34,16 @@ def launch(argv: list[str], count: int, launched_at: float) -> int:
     """Run `python -m cnnbench ARGV` as `count` workers on this machine under torchrun's agent.
 
     Returns 0 when every rank succeeded; raises JobFailed naming the failed rank(s) otherwise. The
-    agent stops the other workers as soon as one fails (SIGTERM, then SIGKILL), so none is left behind.
+    agent stops the other workers as soon as one fails (SIGTERM, then SIGKILL), so none is left behind;
+    if this process is killed outright, each worker gets SIGTERM from Linux (distributed.end_with_launcher).
     """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     job = _job(argv)
-    workers_env = {STARTED_AT_VARIABLE: repr(launched_at)}
+    # The agent runs in this process and starts the workers: this pid is their parent's.
+    workers_env = {STARTED_AT_VARIABLE: repr(launched_at), LAUNCHER_PID_VARIABLE: str(os.getpid())}
     if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does, but the cores split rather than 1 each
         workers_env["OMP_NUM_THREADS"] = str(share_of_cores(planned(count)))
     with tempfile.TemporaryDirectory(prefix="cnnbench-torchelastic-") as logs, _environment(workers_env):

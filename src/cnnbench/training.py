@@ -79,6 +79,7 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
     """
     started_at = started_at or distributed.started_at() or environment.process_start_time()
     world = distributed.current()
+    distributed.end_with_launcher(world)
     r = preflight(cfg, world)
     r.placement.apply_global_settings()
     world = distributed.join(world, r.placement.device, cfg.dist_timeout)
