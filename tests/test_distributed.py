@@ -218,8 +218,8 @@ def test_a_hung_rank_ends_the_job_after_the_group_timeout(tmp_path):
 
 # NCCL's watchdog, as the launcher sees it: the launcher's view of the job says NCCL (this machine has
 # no GPU, so the workers run gloo), and rank 0 dies as the watchdog ends a rank, by SIGABRT.
-AS_IF_NCCL = ["-c", "import sys; from cnnbench import launcher, cli; launcher._job = lambda argv: ('nccl', 3.0); "
-              "sys.exit(cli.main(sys.argv[1:]))"]
+AS_IF_NCCL = ["-c", "import sys; from cnnbench import launcher, cli; real = launcher.launch; "
+              "launcher.launch = lambda cfg, backend, at: real(cfg, 'nccl', at); sys.exit(cli.main(sys.argv[1:]))"]
 
 
 def test_a_rank_ended_by_nccls_watchdog_is_reported_as_lost_contact(tmp_path):
@@ -465,9 +465,12 @@ def test_an_nccl_group_gets_the_dist_timeout_and_tears_down_on_it(monkeypatch):
     assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ
 
 
-def test_the_launcher_reads_the_workers_backend_and_timeout_from_their_command_line(two_gpus):
-    assert launcher._job(["train", "resnet50", "--dist-timeout", "7"]) == ("nccl", 7.0)  # --device auto: the GPUs
-    assert launcher._job(["train", "resnet50", "--device", "cpu"]) == ("gloo", 60.0)
+def test_the_launcher_is_told_the_workers_backend_and_timeout(two_gpus, monkeypatch, cli):
+    seen = []
+    monkeypatch.setattr(launcher, "launch", lambda cfg, backend, at: seen.append((backend, cfg.dist_timeout)) or 0)
+    assert cli("train", "resnet50", "--num-accelerators", "2", "--dist-timeout", "7")[0] == 0  # --device auto: the GPUs
+    assert cli("train", "resnet50", "--num-accelerators", "2", "--device", "cpu")[0] == 0
+    assert seen == [("nccl", 7.0), ("gloo", 60.0)]
 
 
 @pytest.mark.parametrize("backend, exits, expected_code, named", [

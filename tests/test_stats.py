@@ -54,7 +54,7 @@ def test_measure_counts_warmup_and_steady_steps_and_syncs_each():
     seen = []
     times = measure(c.step, c.sync, warmup=2, max_steps=5, after_step=lambda i, steady, out, s: seen.append((i, steady, out)))
     assert len(times.warmup_seconds) == 2 and len(times.steady_seconds) == 5
-    assert c.steps == 7 and c.syncs == 8  # one before warm-up, one after every step
+    assert c.steps == 7 and c.syncs == 15  # one before warm-up, then after every step and after its callback
     assert seen[:3] == [(0, False, 1), (1, False, 2), (0, True, 3)]
     assert not times.interrupted
 

@@ -145,9 +145,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif cfg.num_accelerators > 1:
         launched_at = environment.process_start_time()
         device = training.preflight(cfg, distributed.planned(cfg.num_accelerators)).placement.device
+        backend = distributed.backend_for(device)
         say(f"Launching {cfg.num_accelerators} data-parallel processes on this machine with torchrun's agent "
-            f"({'nccl' if device.type == 'cuda' else 'gloo'}); rank 0 reports")
-        return launcher.launch(["train", *config.to_argv(cfg)], cfg.num_accelerators, launched_at)
+            f"({backend}); rank 0 reports")
+        return launcher.launch(cfg, backend, launched_at)
     else:
         record = training.run(cfg)
     return exit_code(record)

@@ -15,7 +15,8 @@ import tempfile
 import uuid
 from typing import Iterator
 
-from cnnbench import errors
+from cnnbench import config, errors
+from cnnbench.config import TrainConfig
 from cnnbench.distributed import LAUNCHER_PID_VARIABLE, STARTED_AT_VARIABLE, planned, share_of_cores
 
 EXIT_MEANINGS = {errors.EXIT_USAGE: "usage error", errors.EXIT_OUT_OF_MEMORY: "out of memory",
@@ -30,8 +31,10 @@ class JobFailed(errors.CnnbenchError):
         self.exit_code = exit_code
 
 
-def launch(argv: list[str], count: int, launched_at: float) -> int:
-    """Run `python -m cnnbench ARGV` as `count` workers on this machine under torchrun's agent.
+def launch(cfg: TrainConfig, backend: str, launched_at: float) -> int:
+    """Run `python -m cnnbench train` with cfg as cfg.num_accelerators workers on this machine under
+    torchrun's agent; backend (gloo or nccl, the one the workers will choose) and cfg.dist_timeout
+    explain a failure.
 
     Returns 0 when every rank succeeded; raises JobFailed naming the failed rank(s) otherwise. The
     agent stops the other workers as soon as one fails (SIGTERM, then SIGKILL), so none is left behind;
@@ -41,13 +44,13 @@ def launch(argv: list[str], count: int, launched_at: float) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    job = _job(argv)
+    argv, count = ["train", *config.to_argv(cfg)], cfg.num_accelerators
     # The agent runs in this process and starts the workers: this pid is their parent's.
     workers_env = {STARTED_AT_VARIABLE: repr(launched_at), LAUNCHER_PID_VARIABLE: str(os.getpid())}
     if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does, but the cores split rather than 1 each
         workers_env["OMP_NUM_THREADS"] = str(share_of_cores(planned(count)))
     with tempfile.TemporaryDirectory(prefix="cnnbench-torchelastic-") as logs, _environment(workers_env):
-        config = LaunchConfig(
+        agent = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=count, run_id=f"cnnbench-{uuid.uuid4().hex[:12]}",
             # torchrun --standalone's rendezvous: on this machine, on a free port.
             rdzv_backend="c10d", rdzv_endpoint="localhost:0",
@@ -55,20 +58,12 @@ def launch(argv: list[str], count: int, launched_at: float) -> int:
             monitor_interval=0.1, logs_specs=DefaultLogsSpecs(log_dir=logs),
         )
         try:
-            elastic_launch(config, sys.executable)("-m", "cnnbench", *argv)
+            elastic_launch(agent, sys.executable)("-m", "cnnbench", *argv)
         except ChildFailedError as exc:
-            raise JobFailed(*_failure_summary(exc.failures, count, *job)) from None
+            raise JobFailed(*_failure_summary(exc.failures, count, backend, cfg.dist_timeout)) from None
         except SignalException as exc:  # Ctrl-C or a kill of this process: the agent has stopped the workers
             return errors.EXIT_INTERRUPTED if exc.sigval == signal.SIGINT else 128 + int(exc.sigval)
     return 0
-
-
-def _job(argv: list[str]) -> tuple[str, float]:
-    """The workers' backend and --dist-timeout, read from their command line as each of them reads it."""
-    from cnnbench import cli, config, distributed, placement
-
-    cfg = config.build(config.TrainConfig, cli.given_options(cli.build_parser().parse_args(argv)))
-    return distributed.backend_for(placement.resolve_device(cfg.placement.device)), cfg.dist_timeout
 
 
 def _failure_summary(failures: dict, count: int, backend: str = "gloo", dist_timeout: float = 60.0) -> tuple[str, int]:
