@@ -37,6 +37,8 @@ def test_record_holds_config_figures_and_environment(cli):
     # the header prints the resolved configuration and the environment
     assert "batch_size=2" in out and "torch 2." in out and "isa = " in out
     assert record["env.cpu_isa"] and record["memory_format"] == "nhwc"  # auto: channels-last on a CPU
+    # memory: the process's peak on a CPU; NVML's device figure only on CUDA (recording.memory_fields)
+    assert record["peak_memory_mib"] > 0 and record["device_memory_used_mib"] is None
 
 
 def test_step_lines_every_display_every(cli):

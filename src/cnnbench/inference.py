@@ -102,24 +102,13 @@ def run(cfg: InferConfig, started_at: float | None = None) -> dict:
     record.update(**recording.ending(times), weights_digest=digest,
                   compile_mode=r.compile_mode if cfg.engine == "compile" else None,
                   **{k: v for k, v in engine.info.items() if k != "compile_mode"}, cache_notes=cache_notes or None,
-                  **checks, **accuracy, corrupt_images=corrupt, peak_memory_mib=environment.peak_memory_mib(r.placement.device),
-                  device_memory_used_mib=device_memory_used_mib(r.placement.device))
+                  **checks, **accuracy, corrupt_images=corrupt, **recording.memory_fields(r.placement.device))
     if cfg.data.data_dir:
         record.update(results.data_wait(source.data_wait_seconds, times))
         source.close()
     report(cfg, record)
     recording.save(record, cfg.results_dir)
     return record
-
-
-def device_memory_used_mib(device: torch.device) -> float | None:
-    """The record's device_memory_used_mib: NVML's memory in use on the device at the end of the run, all
-    processes (ONNX Runtime's and TensorRT's memory too, which peak_memory_mib, PyTorch's allocator, leaves
-    out); None off CUDA, and None with a line saying why when NVML cannot tell."""
-    used, note = environment.device_memory_used(device)
-    if note:
-        reporting.warn(f"device_memory_used_mib not recorded: {note}")
-    return used
 
 
 def header_lines(cfg: InferConfig, r: Resolved, weights) -> list[str]:

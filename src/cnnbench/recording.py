@@ -1,5 +1,5 @@
 """What every benchmark run writes, shared by training and inference: the header and the record's
-first fields, the out-of-memory record-and-raise guard, how a run ended, and saving the record
+first fields, the out-of-memory record-and-raise guard, how a run ended, its memory fields, and saving the record
 after the figures are printed (a folder that refuses it sends it to a fallback file, never loses it).
 """
 
@@ -63,6 +63,17 @@ def ending(times, loss: float | None = None) -> dict:
     if loss is not None and not math.isfinite(loss):
         return {"status": "diverged", "reason": f"the loss became {loss} (not a finite number)"}
     return {"status": "ok", "reason": None}
+
+
+def memory_fields(device) -> dict:
+    """peak_memory_mib (PyTorch's allocator peak; the process's peak RSS on a CPU) and, on CUDA,
+    device_memory_used_mib: NVML's memory in use on the device at the end of the run, all processes, so
+    ONNX Runtime's and TensorRT's memory too, which the allocator leaves out (None off CUDA, and None
+    with a line saying why when NVML cannot tell)."""
+    used, note = environment.device_memory_used(device)
+    if note:
+        reporting.warn(f"device_memory_used_mib not recorded: {note}")
+    return {"peak_memory_mib": environment.peak_memory_mib(device), "device_memory_used_mib": used}
 
 
 def save(record: dict, results_dir: str) -> None:

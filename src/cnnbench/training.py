@@ -300,7 +300,7 @@ def finish(cfg: TrainConfig, r: Resolved, world: distributed.World, t: Trainer, 
     return {**ending, "initial_loss": first_loss, "final_loss": final_loss, "start_step": t.start_step,
             "end_step": display.global_step, "resumed": t.start_step > 0, "checkpoint": None if saved is None else str(saved),
             "compile_seconds": times.warmup_seconds[0] if cfg.compile and times.warmup_seconds else None,
-            "peak_memory_mib": environment.peak_memory_mib(r.placement.device), **evaluation}, unsaved
+            **recording.memory_fields(r.placement.device), **evaluation}, unsaved
 
 
 def evaluate_at_end(cfg: TrainConfig, r: Resolved, model: nn.Module) -> dict:
