@@ -49,10 +49,10 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # it (either name; NCCL_ASYNC_ERROR_HANDLING is the older one). A rank whose collective outlives the
 # group's timeout is blocked in a CUDA synchronisation that no exception reaches; with 1 or 3, NCCL's
 # watchdog thread then takes the process down (SIGABRT), which the launcher reports as lost contact.
-# 3 (tear down without aborting the communicators) is PyTorch's default (torch 2.14's ProcessGroupNCCL.hpp,
-# ErrorHandlingMode; "ProcessGroupNCCL Environment Variables" in PyTorch's docs), set here so that the
-# --dist-timeout path does not rest on a default; 1 would first call ncclCommAbort, which can itself hang
-# (the same header). A user's 0 or 2 (no tear-down) is kept: a hung rank then hangs the job.
+# 3 (tear down without aborting the communicators) is PyTorch's default (ProcessGroupNCCL.hpp, ErrorHandlingMode,
+# alike in torch 2.11 and 2.14; "ProcessGroupNCCL Environment Variables" in PyTorch's docs), set here so
+# that the --dist-timeout path does not rest on a default; 1 would first call ncclCommAbort, which can
+# itself hang (the same header). A user's 0 or 2 (no tear-down) is kept: a hung rank then hangs the job.
 NCCL_ERROR_HANDLING_NAMES = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING")
 NCCL_TEAR_DOWN = "3"
 
