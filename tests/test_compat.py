@@ -17,6 +17,7 @@ import importlib.machinery
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +49,9 @@ NEWER_KEYWORDS = {
     "DistributedDataParallel": {"forward_sync_buffers", "batched_grad_copy"},
     "LaunchConfig": {"shutdown_timeout"},
 }
+# Environment variables read only after torch 2.11.0: torch/distributed/launcher/api.py (the agent's
+# wait between SIGTERM and SIGKILL; 2.11 waits a fixed 30 s), local_elastic_agent.py.
+NEWER_VARIABLES = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "TORCHELASTIC_UNINTERRUPTIBLE_STATE_TIMEOUT"}
 # torchvision 0.29's geometry functions also take the interpolation as a string ("bilinear"); 0.26's
 # take only InterpolationMode (torchvision/transforms/v2/functional/_geometry.py, _check_interpolation).
 INTERPOLATION = "interpolation"
@@ -66,6 +70,8 @@ def newer_api_uses(source: str, where: str = "<source>") -> list[str]:
         if isinstance(node, ast.Attribute):
             dotted = ast.unparse(node)
             found += [f"{where}:{node.lineno}: {dotted}" for name in NEWER_THAN_TORCH_2_11 if _matches(dotted, name)]
+        elif isinstance(node, ast.Constant) and node.value in NEWER_VARIABLES:
+            found.append(f"{where}:{node.lineno}: {node.value}")
         elif isinstance(node, ast.ImportFrom) and node.module:
             found += [f"{where}:{node.lineno}: from {node.module} import {alias.name}" for alias in node.names
                       if f"{node.module}.{alias.name}" in NEWER_THAN_TORCH_2_11]
@@ -89,6 +95,7 @@ def newer_api_uses(source: str, where: str = "<source>") -> list[str]:
     "DistributedDataParallel(module, forward_sync_buffers=False)",
     "LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, shutdown_timeout=5)",
     "F.resize(image, [256], interpolation='bilinear')",
+    "os.environ.setdefault('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', '5')",
 ])
 def test_the_check_finds_each_kind_of_newer_api(snippet):
     assert len(newer_api_uses(snippet)) == 1
@@ -109,6 +116,7 @@ def test_no_source_uses_an_api_newer_than_torch_2_11():
     """cnnbench, its benchmarks and its tests all run on the GPU machines' torch 2.11."""
     files = [REPO / "nvcnn.py", *(REPO / "src").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py"),
              *(REPO / "tests").rglob("*.py")]
+    files.remove(Path(__file__).resolve())  # this file names them, as strings, to look for them
     uses = [use for path in files for use in newer_api_uses(path.read_text(), str(path.relative_to(REPO)))]
     assert uses == [], "torch 2.11 / torchvision 0.26 lack these (feature-detect them, with a fallback):\n" + "\n".join(uses)
 
