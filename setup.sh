@@ -14,6 +14,9 @@ cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
 # torch and torchvision releases cnnbench is tested with; on a CUDA machine pip takes the ordinary (CUDA) build.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+# The extras installed: test always; gpu (nvidia-ml-py, NVML's device memory and power) where an NVIDIA driver is.
+EXTRAS=test
+command -v nvidia-smi >/dev/null 2>&1 && EXTRAS=test,gpu
 
 # torch_accepted PYTHON: prints one line and succeeds when PYTHON's torch and torchvision are releases that
 # pyproject.toml's bounds (e.g. "torch>=2.4,<=2.14.1") accept. A preinstalled torch, such as a CUDA build
@@ -89,17 +92,19 @@ install_editable_offline() {
     chmod +x .venv/bin/cnnbench
 }
 
-# install_missing: the requirements of cnnbench and its test extra (pyproject.toml) that .venv cannot
+# install_missing: the requirements of cnnbench and its EXTRAS (pyproject.toml) that .venv cannot
 # see yet, one pip call each, so that one that cannot be installed (no network) does not stop the others.
 install_missing() {
     local missing requirement
-    missing="$(.venv/bin/python - <<'PY'
+    missing="$(EXTRAS="$EXTRAS" .venv/bin/python - <<'PY'
+import os
 import re
 import tomllib
 from importlib import metadata
 
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-for requirement in project["dependencies"] + project["optional-dependencies"]["test"]:
+extras = [r for extra in os.environ["EXTRAS"].split(",") for r in project["optional-dependencies"][extra]]
+for requirement in project["dependencies"] + extras:
     spec, _, marker = requirement.partition(";")
     if "sys_platform" in marker and "linux" not in marker:
         continue
@@ -151,8 +156,8 @@ if [ -n "$borrowed" ]; then
     install_editable_offline
     install_missing
 else
-    echo "setup: installing cnnbench (editable) with its test extra"
-    .venv/bin/pip install --quiet -e ".[test]"
+    echo "setup: installing cnnbench (editable) with its extras: $EXTRAS"
+    .venv/bin/pip install --quiet -e ".[$EXTRAS]"
 fi
 echo "setup: cnnbench uses $(.venv/bin/python -c 'import os, torch; print("torch", torch.__version__, "from", os.path.dirname(os.path.dirname(torch.__file__)))')"
 echo "setup: done. ./run.sh runs the benchmark, ./test.sh the tests."

@@ -3,13 +3,17 @@ from __future__ import annotations
 import json
 import os
 
-# The suite runs on the CPU whatever the machine has (CI has no GPU; a developer's machine may): hide
-# every GPU from this process and the cnnbench processes the tests start, before torch initialises CUDA.
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
-
 import pytest
 
-from cnnbench.cli import main
+from cnnbench.cli import main  # imports torch, which reads CUDA_VISIBLE_DEVICES only when CUDA initialises
+
+
+def pytest_configure(config):
+    """The suite runs on the CPU whatever the machine has (CI has no GPU; a developer's machine may): every
+    GPU is hidden from this process and the cnnbench processes the tests start, before torch initialises
+    CUDA. Only the GPU suite (`pytest -m gpu`, tests/test_gpu.py) sees the machine's GPUs."""
+    if config.getoption("markexpr").strip() != "gpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,237 @@
+"""Every check that needs a GPU, in one run of under 8 minutes, ending with one summary table.
+
+    bash benchmarks/gpu_checks.sh OUT        # from the repository root, on the machine's own python3
+
+OUT gets each check's log and records (OUT/<check>.log, OUT/<check>/runs.jsonl, the benchmark scripts'
+saved results) and this script's own output with its environment (OUT/gpu_checks-<UTC>.{txt,jsonl},
+record.py). Checks run in priority order, the headline figures first, each under its own time limit and
+all of them under one budget (BUDGET_SECONDS), so the run ends in time even when one hangs.
+
+  train_bf16_eager     ResNet-50 training, bf16, channels-last, batch 256: images/s, MFU
+  infer_{bf16,fp16}_eager   ResNet-50 inference, batch 256: images/s, p99 latency, fp32 guard
+  gpu_suite            pytest -m gpu (tests/test_gpu.py): every path the CPU suite cannot reach
+  train_bf16_compile   as train_bf16_eager, torch.compile (compilation reported apart)
+  infer_{bf16,fp16}_compile
+  train_tf32           ResNet-50 training at tf32, batch 256
+  nccl_world_1         the distributed path with one process against the plain one (target < 2%)
+  jpeg_decode          the real-data pipeline with nvJPEG decoding against CPU decoding
+NVML's power draw is sampled through every check (nvidia-ml-py), and each record holds its memory.
+
+Without CUDA every check is skipped, the table says so, and the exit status is 0 (a test runs it so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from record import Recorder
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET_SECONDS = 470  # the issue's 8 minutes, less start-up and the summary
+# Dense bf16 tensor-core peak, TFLOP/s: NVIDIA's H100 SXM and H200 datasheets (989.5, without sparsity).
+PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5}
+RESNET50_TRAIN_GFLOPS = 3 * 8.18  # a training step is ~3 forward passes; forward 8.18 GFLOPs (`cnnbench models`)
+
+TRAIN = ["train", "resnet50", "--device", "cuda", "--batch-size", "256", "--num-batches", "60", "--warmup", "10",
+         "--display-every", "20"]
+INFER = ["infer", "resnet50", "--device", "cuda", "--random-weights", "--batch-size", "256", "--num-batches", "100",
+         "--warmup", "10", "--display-every", "50"]
+
+
+@dataclass
+class Check:
+    name: str
+    limit: int  # seconds
+    command: list[str]
+    summarise: Callable[[Path, str], list[tuple[str, str]]]  # (OUT, log text) -> rows of (figure, value)
+
+
+def _records(folder: Path) -> list[dict]:
+    path = folder / "runs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _memory(r: dict) -> str:
+    nvml = r.get("device_memory_used_mib")
+    return f"peak {r['peak_memory_mib']:.0f} MiB (allocator)" + (f", {nvml:.0f} MiB in use (NVML)" if nvml else "")
+
+
+def _train_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
+    def rows(out: Path, log: str) -> list[tuple[str, str]]:
+        r = _records(out / name)[-1]
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in (r.get("env.gpu_name") or "")), None)
+        mfu = (f"MFU {100 * r['images_per_sec'] * RESNET50_TRAIN_GFLOPS / (peak * 1e3):.1f}% of {peak} TFLOP/s bf16"
+               if peak and r["precision"] == "bf16" else "MFU n/a")
+        compiled = f", compile {r['compile_seconds']:.0f} s" if r.get("compile_seconds") else ""
+        return [(f"{name}", f"{r['images_per_sec']:,.0f} img/s ±{r['images_per_sec_stderr']:.0f}, {mfu}{compiled}; "
+                            f"{_memory(r)}; status {r['status']}")]
+    return rows
+
+
+def _infer_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
+    def rows(out: Path, log: str) -> list[tuple[str, str]]:
+        r = _records(out / name)[-1]
+        guard = "guard ok" if r.get("guard_ok") else f"guard {r.get('guard_ok')} (rel. error {r.get('guard_relative_error')})"
+        build = f", build {r['engine_build_seconds']:.0f} s" if r.get("engine_build_seconds") else ""
+        return [(name, f"{r['images_per_sec']:,.0f} img/s, p99 {r['latency_ms_p99']:.2f} ms, {guard}{build}; {_memory(r)}")]
+    return rows
+
+
+def _suite_rows(out: Path, log: str) -> list[tuple[str, str]]:
+    last = [line for line in log.splitlines() if re.search(r"\d+ (passed|failed|skipped|error)", line)]
+    return [("gpu_suite", last[-1].strip("= ") if last else "no pytest summary line (see gpu_suite.log)")]
+
+
+def _saved_row(script: str, key: str, describe: Callable[[dict], str]) -> Callable[[Path, str], list[tuple[str, str]]]:
+    """The summary row a benchmark script saved with record.py under OUT/benchmark_results."""
+    def rows(out: Path, log: str) -> list[tuple[str, str]]:
+        saved = sorted((out / "benchmark_results").glob(f"{script}-*.jsonl"))
+        summary = [json.loads(line) for line in saved[-1].read_text().splitlines() if key in line] if saved else []
+        return [(script, describe(summary[-1]) if summary else "no summary saved (see its log)")]
+    return rows
+
+
+def checks(out: Path, scratch: Path) -> list[Check]:
+    def cnnbench(name: str, base: list[str], *extra: str) -> list[str]:
+        return [sys.executable, "-m", "cnnbench", *base, *extra, "--results-dir", str(out / name)] + (
+            ["--log-dir", str(scratch / name)] if base[0] == "train" else [])
+
+    saved = ["--save-to", str(out / "benchmark_results")]
+    bf16, fp16 = ["--precision", "bf16"], ["--precision", "fp16"]
+    return [
+        Check("train_bf16_eager", 60, cnnbench("train_bf16_eager", TRAIN, *bf16, "--channels-last"), _train_rows("train_bf16_eager")),
+        Check("infer_bf16_eager", 45, cnnbench("infer_bf16_eager", INFER, *bf16), _infer_rows("infer_bf16_eager")),
+        Check("infer_fp16_eager", 45, cnnbench("infer_fp16_eager", INFER, *fp16), _infer_rows("infer_fp16_eager")),
+        Check("gpu_suite", 150, [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_gpu.py")],
+              _suite_rows),
+        Check("train_bf16_compile", 150, cnnbench("train_bf16_compile", TRAIN, *bf16, "--channels-last", "--compile"),
+              _train_rows("train_bf16_compile")),
+        Check("infer_bf16_compile", 90, cnnbench("infer_bf16_compile", INFER, *bf16, "--engine", "compile", "--compile-mode", "default"),
+              _infer_rows("infer_bf16_compile")),
+        Check("infer_fp16_compile", 90, cnnbench("infer_fp16_compile", INFER, *fp16, "--engine", "compile", "--compile-mode", "default"),
+              _infer_rows("infer_fp16_compile")),
+        Check("train_tf32", 45, cnnbench("train_tf32", TRAIN, "--precision", "tf32"), _train_rows("train_tf32")),
+        Check("nccl_world_1", 120, [sys.executable, str(REPO / "benchmarks" / "distributed_scaling.py"), "--batch-size", "128",
+                                    "--steps", "50", "--rounds", "2", *saved],
+              _saved_row("distributed_scaling", "ddp_x1_overhead_percent",
+                         lambda s: f"distributed path x1 costs {s['ddp_x1_overhead_percent']:+.2f}% against plain (target < 2%)")),
+        Check("jpeg_decode", 60, [sys.executable, str(REPO / "benchmarks" / "input_pipeline.py"), "--device", "cuda", *saved],
+              _saved_row("input_pipeline", "speedup",
+                         lambda s: f"nvJPEG ({s['gpu_decoder']}) {s['gpu_images_per_sec']:,.0f} img/s, {s['speedup']:.2f}x {s['against']}; "
+                                   f"same batch: {'yes' if s['check_passed'] else 'NO'} (mean diff {s['mean_diff_percent_of_range']:.3f}% of range)")),
+    ]
+
+
+class PowerSampler:
+    """NVML's power draw of GPU 0 every 100 ms while a check runs (nvidia-ml-py; absent: no figures)."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._read = lambda handle=pynvml.nvmlDeviceGetHandleByIndex(0): pynvml.nvmlDeviceGetPowerUsage(handle) / 1000
+        except Exception as exc:  # no package, no driver: the table says so
+            self._read, self.problem = None, f"NVML power not sampled ({type(exc).__name__}: {exc})"
+
+    def __enter__(self):
+        if self._read:
+            self.samples, self._stop = [], threading.Event()
+            threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.1):
+            self.samples.append(self._read())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    def describe(self) -> str:
+        if not self._read:
+            return self.problem
+        if not self.samples:
+            return "no power samples"
+        return f"power {statistics.mean(self.samples):.0f} W mean, {max(self.samples):.0f} W max (NVML, {len(self.samples)} samples)"
+
+
+def run_check(check: Check, out: Path, seconds: float, env: dict) -> tuple[str, str]:
+    """Runs one check with its log in OUT/<name>.log; (status, log text). A check over its time is
+    stopped with its whole process group (torchrun's workers, compile workers)."""
+    log_path = out / f"{check.name}.log"
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(check.command, stdout=log, stderr=subprocess.STDOUT, cwd=out, env=env, start_new_session=True)
+        try:
+            code = child.wait(timeout=seconds)
+            status = "ok" if code == 0 else f"exit {code}"
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            status = f"stopped after {seconds:.0f} s"
+    return status, log_path.read_text(errors="replace")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="folder for logs, records and the summary")
+    args = p.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rec = Recorder(__file__, out)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryDirectory(prefix="cnnbench-gpu-checks-") as scratch:
+        todo = checks(out, Path(scratch))
+        rows = run_all(todo, out, env, rec) if torch.cuda.is_available() else skip_all(todo, rec)
+    rec.say("\nSummary" + (f" ({torch.cuda.get_device_name(0)}, torch {torch.__version__})" if torch.cuda.is_available() else ""))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        rec.say(f"  {name:<{width}}  {value}")
+        rec.row(check=name, result=value)
+    rec.save()
+    return 0
+
+
+def skip_all(todo: list[Check], rec: Recorder) -> list[tuple[str, str]]:
+    rec.say(f"no CUDA device here: skipped {len(todo)} checks: {', '.join(c.name for c in todo)}")
+    return [(c.name, "skipped: no CUDA device") for c in todo]
+
+
+def run_all(todo: list[Check], out: Path, env: dict, rec: Recorder) -> list[tuple[str, str]]:
+    deadline, rows, power = time.monotonic() + BUDGET_SECONDS, [], PowerSampler()
+    for check in todo:
+        left = deadline - time.monotonic()
+        if left < 15:
+            rows.append((check.name, "skipped: the 8-minute budget is spent"))
+            continue
+        rec.say(f"=== {check.name} ({time.strftime('%H:%M:%S')}, limit {min(check.limit, left):.0f} s)")
+        with power:
+            status, log = run_check(check, out, min(check.limit, left), env)
+        rec.say("\n".join(log.splitlines()[-6:]))
+        try:
+            found = check.summarise(out, log) if status == "ok" else [(check.name, f"{status} (see {check.name}.log)")]
+        except (IndexError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            found = [(check.name, f"{status}, but no figures read ({type(exc).__name__}: {exc}; see {check.name}.log)")]
+        rows += [(name, f"{value}; {power.describe()}") for name, value in found]
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
