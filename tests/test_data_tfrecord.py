@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +321,10 @@ def test_write_shards_balances_examples(tmp_path, tiny_jpeg):
     examples = [image_example(tiny_jpeg, 8, 8, i, "c", "f") for i in range(7)]
     paths = write_shards(tmp_path, "train", examples, 3)
     assert [count_records(p) for p in paths] == [2, 2, 3]
+
+
+def test_without_google_crc32c_a_tfrecord_read_is_one_line_saying_what_to_install(monkeypatch):
+    # the lent GPU machines' python has no google-crc32c (README "torch versions"): image folders still work there
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # `import google_crc32c` now raises ImportError
+    with pytest.raises(UsageError, match=r"^TFRecord files need google-crc32c to check their records: pip install google-crc32c"):
+        tfrecord.crc32c(b"record")

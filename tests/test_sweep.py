@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cnnbench import cli, config, errors, estimate, sweep
+from cnnbench.engines import REFUSED
 from helpers import REPO, read_jsonl
 
 QUICK = ["--image-size", "16", "--display-every", "1"]
@@ -149,6 +150,10 @@ def test_infer_all_by_default_runs_eager_and_the_cpu_s_fastest_engines(capsys):
     crossed = config.build(config.InferSweepConfig, {"engines": "eager,onnxruntime", "precisions": "fp32,int8"})
     assert sweep.engine_pairs(crossed, torch.device("cpu")) == [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
     assert "Skipping pairs that cannot run on cpu: eager/int8" in capsys.readouterr().out
+    # a pair refused for a reason says it (engines.REFUSED): ONNX Runtime's CUDA provider has no int8 convolutions
+    on_cuda = config.build(config.InferSweepConfig, {"engines": "onnxruntime", "precisions": "fp16,int8"})
+    assert sweep.engine_pairs(on_cuda, torch.device("cuda")) == [("onnxruntime", "fp16")]
+    assert f"Skipping pairs that cannot run on cuda: onnxruntime/int8 ({REFUSED['onnxruntime', 'int8', 'cuda']})" in capsys.readouterr().out
 
 
 def test_sigterm_stops_a_sweep_with_the_running_configuration_recorded(tmp_path, tiny_spec):

@@ -183,7 +183,7 @@ def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, expli
 def engine_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
     """--engines x --precisions, impossible pairs skipped with a line; by default eager fp32 and the
     device's fastest engines (engines.default_pairs)."""
-    from cnnbench.engines import ENGINES, SUPPORTED, supported_pairs
+    from cnnbench.engines import ENGINES, REFUSED, SUPPORTED, supported_pairs
 
     if settings.engines is None and settings.precisions is None:
         return default_pairs(device.type)
@@ -193,7 +193,8 @@ def engine_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
         if engine not in ENGINES:
             raise errors.UsageError(f"--engines: unknown engine {engine!r}; use some of: {', '.join(ENGINES)}")
     pairs = [(e, p) for e in engines for p in precisions if p in SUPPORTED[e].get(device.type, ())]
-    skipped = [f"{e}/{p}" for e in engines for p in precisions if (e, p) not in pairs]
+    skipped = [f"{e}/{p}" + (f" ({REFUSED[e, p, device.type]})" if (e, p, device.type) in REFUSED else "")
+               for e in engines for p in precisions if (e, p) not in pairs]
     if not pairs:
         raise errors.UsageError(f"no engine/precision pair of --engines and --precisions works on {device.type}; "
                                 f"pairs that do: {supported_pairs(device.type)}")

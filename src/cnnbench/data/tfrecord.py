@@ -52,8 +52,11 @@ def crc32c(data: bytes | memoryview) -> int:
     """CRC-32C (Castagnoli) of `data`."""
     # Imported here, not with the module: image folders (and `data sample`) then still work where a bare
     # torch image lacks the package, as on the lent GPU machines (PYTHONPATH=src, nothing installable).
-    import google_crc32c
-
+    try:
+        import google_crc32c
+    except ImportError:
+        raise UsageError("TFRecord files need google-crc32c to check their records: pip install google-crc32c "
+                         "(or read an image folder instead)") from None
     return google_crc32c.value(bytes(data))  # the C extension takes only read-only bytes
 
 
