@@ -1,4 +1,4 @@
-"""Command line: `cnnbench models | train | train-all | infer | infer-all | data`.
+"""Command line: `cnnbench models | profile | train | train-all | infer | infer-all | data`.
 
 Every option of train, infer and their sweeps is generated from the typed configuration tree in
 config.py (its fields' types, defaults, help and choices); this module adds no default of its own.
@@ -56,7 +56,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, prefix: st
             continue
         meta, kind, default = f.metadata, _value_type(cls, f), config.field_default(f)
         if meta.get("positional"):
-            target.add_argument(f.name, help=meta["help"])
+            target.add_argument(f.name, help=meta["help"], **{k: meta[k] for k in ("nargs", "metavar") if meta.get(k)})
             continue
         shown = f" (default {default})" if default not in (None, False, "") and meta.get("show_default", True) else ""
         common = dict(dest=path, default=argparse.SUPPRESS, help=meta["help"] + shown)
@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models with parameters and FLOPs")
     p.add_argument("--image-size", type=_bounded(int), default=None)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("profile", help="per-layer workload profile of models: operation types, geometry, FLOPs, bytes, "
+                                       "distributions; --measure adds time shares on this device")
+    add_config_options(p, config.ProfileConfig)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("train", help="training benchmark for one model and batch size")
     add_config_options(p, config.TrainConfig)
@@ -129,6 +134,12 @@ def cmd_models(args: argparse.Namespace) -> int:
                       str(entry.num_classes), entry.preprocessing)
     console.print(table)
     return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from cnnbench import profiling
+
+    return profiling.run(config.build(config.ProfileConfig, given_options(args)))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -28,18 +28,21 @@ PREPROCESS_PRESETS = ("torchvision", "torchvision-v2", "aimatrix")
 DATA_FORMATS = ("tfrecord", "folder")
 PLANS = ("auto", "original", "cpu", "quick")
 INT8_ACTIVATIONS = ("auto", "u8", "s8")
+# What `cnnbench profile` counts bytes at (profiling.BYTES_PER_ELEMENT); --measure runs all but int8.
+PROFILE_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 
 
 def option(default=None, help: str = "", *, flag: str | None = None, choices: tuple[str, ...] | None = None,
            metavar: str | None = None, alias: tuple[str, object] | None = None, positional: bool = False,
-           show_default: bool = True):
+           show_default: bool = True, nargs: str | None = None):
     """A config field that is also a command-line option.
 
     flag: the option's spelling when it is not --field-name; alias: (flag, value) another flag that
-    sets the same field to a fixed value (--channels-last sets memory_format to nhwc).
+    sets the same field to a fixed value (--channels-last sets memory_format to nhwc); nargs: argparse's,
+    for a positional that takes several values (`cnnbench profile MODEL...`).
     """
     meta = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "alias": alias,
-            "positional": positional, "show_default": show_default}
+            "positional": positional, "show_default": show_default, "nargs": nargs}
     return field(default=default, metadata=meta)
 
 
@@ -228,6 +231,41 @@ class InferSweepConfig(SweepConfig):
                                        "and tensorrt when installed)")
     precisions: str | None = option(None, "comma-separated precisions, crossed with --engines (impossible pairs are "
                                           "skipped); default: see --engines")
+
+
+@dataclass
+class ProfileConfig:
+    """`cnnbench profile MODEL...`: each model's per-layer workload (profiling.py), written as a profile file."""
+
+    models: tuple[str, ...] = option((), "registered names (any case), torchvision classification models (resnet18, "
+                                         "mobilenet_v3_large, ...), JSON spec files, or saved profiles (shown again)",
+                                     positional=True, nargs="+", metavar="MODEL")
+    image_size: int | None = option(None, "input height and width; default: each model's own (224; inception_v3 299)")
+    batch_size: int = option(16, "images per step: FLOPs and bytes are counted for the batch (activations grow with "
+                                 "it, weights do not), and shown per image where it says so")
+    precision: str = option("fp32", "bytes per value: fp32 and tf32 4, fp16 and bf16 2, int8 1; with --measure the "
+                                    "precision that runs (fp16/bf16 autocast, tf32 CUDA only)", choices=PROFILE_PRECISIONS)
+    out: str | None = option(None, "the profile file; default profile_<model>.json; with several models (or an existing "
+                                   "folder) a folder for profile_<model>.json", metavar="PATH")
+    measure: bool = option(False, "also time each operation type on this device, forward and backward (torch.profiler)")
+    device: str = option("auto", "with --measure: auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    warmup: int = option(2, "with --measure: training steps run before profiling, excluded from it")
+    steps: int = option(3, "with --measure: profiled training steps (forward and backward)")
+
+    def validate(self) -> None:
+        if not self.models:
+            raise UsageError("no model given; name one or more: see `cnnbench models`, any torchvision classification "
+                             "model, a JSON spec file or a saved profile")
+        if self.image_size is not None:
+            _int_at_least(self.image_size, 1, "--image-size")
+        _int_at_least(self.batch_size, 1, "--batch-size")
+        _int_at_least(self.warmup, 0, "--warmup")
+        _int_at_least(self.steps, 1, "--steps")
+        if self.precision not in PROFILE_PRECISIONS:
+            raise UsageError(f"unknown --precision {self.precision!r}; use one of: {', '.join(PROFILE_PRECISIONS)}")
+        if self.measure and self.precision == "int8":
+            raise UsageError("--measure runs fp32, tf32, fp16 or bf16 (eager PyTorch has no int8 training step); "
+                             "drop --measure to count int8's bytes")
 
 
 def _int_at_least(value: object, least: int, option_name: str) -> None:

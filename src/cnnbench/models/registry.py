@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import nn
 
-from cnnbench.errors import UsageError
+from cnnbench.errors import UsageError, one_line
 from cnnbench.models import synnet, torchvision_models
 
 
@@ -128,6 +128,74 @@ def resolve_entry(name_or_path: str) -> ModelEntry:
     raise UsageError(f"unknown model {name_or_path!r}; known models: {', '.join(model_names())} (or a path to a JSON spec file)")
 
 
+# Builder options that differ from torchvision's defaults for a random-weights model: inception_v3 warns
+# (FutureWarning, torchvision/models/inception.py) unless its initialisation is chosen explicitly.
+_TORCHVISION_OPTIONS = {"inception_v3": {"init_weights": True}}
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's image classification models. `list_models(module=torchvision.models)` keeps the builders
+    of the package itself; detection, segmentation, video, optical flow and the quantized models live in
+    its submodules and are left out (torchvision.models._api.list_models, torchvision 0.14 and later)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def resolve_any(name_or_path: str) -> ModelEntry:
+    """`resolve_entry`, and beyond the registry any torchvision classification model by name (resnet18,
+    mobilenet_v3_large, efficientnet_b0, convnext_tiny, ...) with random weights. What `cnnbench profile`
+    accepts; the benchmark commands keep to the registry. An unknown name fails in one line that lists
+    every accepted name (and the closest one, for a typo)."""
+    key = name_or_path.lower()
+    path = Path(name_or_path)
+    if key in _REGISTRY or key == "synnet" or path.suffix.lower() == ".json" or path.exists():
+        return resolve_entry(name_or_path)
+    classifiers = torchvision_names()
+    if key in classifiers:
+        return _torchvision_entry(key)
+    import difflib
+
+    accepted = [*model_names(), *classifiers]
+    close = difflib.get_close_matches(key, [name.lower() for name in accepted], n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UsageError(f"unknown model {name_or_path!r}{hint}; accepted: the registered models ({', '.join(model_names())}), "
+                     f"torchvision's classification models ({', '.join(classifiers)}) or a path to a JSON spec file")
+
+
+def _torchvision_entry(name: str) -> ModelEntry:
+    """A torchvision classifier with random weights at the input size of its published weights: the crop of
+    their transforms (224 for most, inception_v3 299, efficientnet_b7 600) and their `min_size`."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    crop = getattr(weights.transforms(), "crop_size", [224])[0]
+    min_size = max(weights.meta.get("min_size", (1, 1)))
+    options = _TORCHVISION_OPTIONS.get(name, {})
+
+    def build(image_size: int) -> nn.Module:
+        try:
+            return torchvision.models.get_model(name, weights=None, num_classes=1000, **options,
+                                                **_size_options(name, image_size))
+        except (ValueError, AssertionError) as exc:  # MaxViT's partitions, ViT's patches: sizes they cannot take
+            raise UsageError(f"--image-size {image_size} does not suit {name} ({one_line(exc)}); its published "
+                             f"size is {crop}") from None
+
+    return ModelEntry(name, build, int(crop), int(min_size), "imagenet", _constant(0.001), torchvision_name=name,
+                      notes={"source": "torchvision"})
+
+
+def _size_options(name: str, image_size: int) -> dict:
+    """Vision transformers and MaxViT fix their input size when built (torchvision/models/vision_transformer.py
+    `image_size`, maxvit.py `input_size`; 224 without weights, while vit_h_14's published weights take 518).
+    The other classifiers pool globally and take any size."""
+    if name.startswith("vit_"):
+        return {"image_size": image_size}
+    if name.startswith("maxvit_"):
+        return {"input_size": (image_size, image_size)}
+    return {}
+
+
 def get_model(name_or_path: str, image_size: int | None = None) -> nn.Module:
     entry = resolve_entry(name_or_path)
     size = image_size or entry.input_size
@@ -148,6 +216,10 @@ def check_image_size(entry: ModelEntry, image_size: int) -> None:
     try:
         with torch.device("meta"):
             entry.build(image_size)
+    except NotImplementedError:
+        # A builder that computes with tensor values cannot run on the meta device (torchvision's RegNets:
+        # `torch.round(...).tolist()` of their widths); global pooling makes them take any size above the minimum.
+        return
     except RuntimeError as exc:
         if "overflow" not in str(exc).lower():
             raise
