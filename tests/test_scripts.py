@@ -39,6 +39,16 @@ def test_run_sh_runs_the_training_sweep_then_the_inference_sweep_with_the_same_o
                             ["infer-all", "--plan", "auto", "--quick", "--models", "googlenet"]]
 
 
+def test_train_sh_passes_num_accelerators_to_each_run(tmp_path, calls):
+    # A job of N processes end to end: tests/test_distributed.py (the sweep over accelerator counts, the
+    # 2-rank job that trains like one process of twice the batch). Trailing options come last, so they win.
+    done = run_process([str(REPO / "train.sh"), "googlenet", "--batch-size", "2"], env={**calls.env, "NUM_ACCELERATORS": "2"},
+                       cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls.read() == [["train", "googlenet", "--batch-size", batch, "--num-accelerators", "2", "--batch-size", "2"]
+                            for batch in ("16", "32", "64")]
+
+
 @pytest.mark.parametrize("value, message", [
     ("two", "NUM_ACCELERATORS must be a positive integer, got 'two'"),
     ("0", "NUM_ACCELERATORS must be a positive integer, got '0'"),

@@ -90,8 +90,10 @@ def test_calibration_runs_the_model_in_a_child_process_only(monkeypatch):
     commands = []
     run = subprocess.run
     monkeypatch.setattr(subprocess, "run", lambda command, **kw: commands.append(command) or run(command, **kw))
+    estimate._measured_in_child.cache_clear()  # another test's sweep may have calibrated in this process
     rates = estimate.calibrate(torch.device("cpu"), "train")
     assert rates.device_type == "cpu" and rates.train_gflops > 0 and rates.infer_gflops > 0
+    assert estimate.calibrate(torch.device("cpu"), "infer").infer_gflops == rates.infer_gflops  # once per process
     assert commands == [[sys.executable, "-m", "cnnbench.estimate", "cpu"]]
     assert not torch.cuda.is_initialized()
 

@@ -64,8 +64,15 @@ def calibrate(device: torch.device, kind: str) -> Rates:
 
     Measured in a child process on every device, one path: run in the sweep's process, the model would
     create a CUDA context there and keep the caching allocator's blocks for the whole sweep, while every
-    configuration runs in a process of its own (issue 10)."""
-    command = [sys.executable, "-m", "cnnbench.estimate", str(device)]
+    configuration runs in a process of its own (issue 10). Once per device and process: the device's
+    rates do not change between two sweeps of one process."""
+    rates = _measured_in_child(str(device))
+    return Rates(device.type, rates["train_gflops"], rates["infer_gflops"])
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_in_child(device: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "cnnbench.estimate", device]
     what = f"the sweep's calibration (a ResNet-50 step on {device}, `python -m cnnbench.estimate {device}`)"
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CALIBRATION_TIMEOUT_SECONDS)
@@ -75,8 +82,7 @@ def calibrate(device: torch.device, kind: str) -> Rates:
     if done.returncode != 0 or not lines:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CnnbenchError(f"{what} failed with exit code {done.returncode}: {detail}")
-    rates = json.loads(lines[-1])
-    return Rates(device.type, rates["train_gflops"], rates["infer_gflops"])
+    return json.loads(lines[-1])
 
 
 def measure(device: torch.device) -> dict[str, float]:
