@@ -1,3 +1,4 @@
+import contextlib
 import csv
 import io
 import json
@@ -6,6 +7,8 @@ import os
 import pytest
 
 from cnnbench import results
+from cnnbench.cli import main
+from conftest import TINY_SPEC
 from helpers import TINY, read_jsonl
 
 
@@ -65,31 +68,50 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
 
 
-def test_train_all_sweeps_rotates_and_writes_everything(cli, tmp_path, tiny_spec):
-    (tmp_path / "results_train").mkdir()
-    code, out, _ = cli("train-all", "--models", f"resnet50,{tiny_spec}", "--batch-sizes", "2,3", "--image-size", "32",
-                       *TINY[4:])
-    assert code == 0
+@pytest.fixture(scope="module")
+def train_all(tmp_path_factory):
+    """One `cnnbench train-all` in this process, shared by the two tests below (each configuration is a child
+    process of some seconds): a registered model and a spec file x batch 1 and 2, over a previous results
+    folder. resnet50 at 32 px and batch 1 fails inside its child (its last BatchNorm sees one value per
+    channel in training), so the same sweep shows a failure recorded and the sweep going on."""
+    root = tmp_path_factory.mktemp("train_all")
+    spec = root / "tiny.json"
+    spec.write_text(json.dumps(TINY_SPEC))
+    (root / "results_train").mkdir()
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(root)  # the default log_* and results_* paths land there
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["train-all", "--models", f"resnet50,{spec}", "--batch-sizes", "1,2", "--image-size", "32",
+                         *TINY[4:]])
+    finally:
+        os.chdir(here)
+    return {"root": root, "code": code, "out": out.getvalue(), "err": err.getvalue()}
+
+
+def test_train_all_sweeps_rotates_and_writes_everything(train_all):
+    root, out = train_all["root"], train_all["out"]
+    assert train_all["code"] == 0, train_all["err"]
     assert "Plan: cpu+overrides" in out and "estimated" in out and "Sweep finished in" in out
-    assert any(p.name.startswith("results_train_") for p in tmp_path.iterdir())
-    files = {p.name for p in (tmp_path / "results_train").iterdir()}
-    assert {"results.csv", "runs.csv", "runs.jsonl", "result_resnet50_2.txt", "result_tinyNet_3.txt"} <= files
-    assert "Images/sec:" in (tmp_path / "results_train" / "result_tinyNet_2.txt").read_text()
-    records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
+    assert any(p.name.startswith("results_train_") for p in root.iterdir())
+    files = {p.name for p in (root / "results_train").iterdir()}
+    assert {"results.csv", "runs.csv", "runs.jsonl", "result_resnet50_2.txt", "result_tinyNet_1.txt"} <= files
+    assert "Images/sec:" in (root / "results_train" / "result_tinyNet_2.txt").read_text()
+    records = read_jsonl(root / "results_train" / "runs.jsonl")
     assert [(r["model"], r["batch_size"], r["status"]) for r in records] == [
-        ("resnet50", 2, "ok"), ("resnet50", 3, "ok"), ("tinyNet", 2, "ok"), ("tinyNet", 3, "ok")]
-    assert (tmp_path / "log_tinyNet_3" / "checkpoint.pt").exists()
+        ("resnet50", 1, "failed"), ("resnet50", 2, "ok"), ("tinyNet", 1, "ok"), ("tinyNet", 2, "ok")]
+    assert (root / "log_tinyNet_2" / "checkpoint.pt").exists()
 
 
-def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(cli, tmp_path, monkeypatch):
-    # resnet50 at 64 px and batch 1 fails inside the child (BatchNorm needs more than one value per
-    # channel in training); the sweep records the failure and runs the next configuration.
-    code, out, _ = cli("train-all", "--models", "resnet50", "--batch-sizes", "1,2", "--image-size", "32", *TINY[4:])
-    assert code == 0
-    records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
-    assert [r["status"] for r in records] == ["failed", "ok"]
+def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(train_all):
+    # resnet50 at batch 1 failed inside its child; the sweep recorded the failure and ran the next configurations.
+    root = train_all["root"]
+    assert train_all["code"] == 0
+    records = read_jsonl(root / "results_train" / "runs.jsonl")
+    assert [r["status"] for r in records] == ["failed", "ok", "ok", "ok"]
     assert "exit code" in records[0]["reason"]
-    table = (tmp_path / "results_train" / "results.csv").read_text()
+    assert "Expected more than 1 value per channel" in records[0]["reason"]  # the child's own error, named
+    table = (root / "results_train" / "results.csv").read_text()
     assert "resnet50,failed," in table
 
 
