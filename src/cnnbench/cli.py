@@ -1,4 +1,4 @@
-"""Command line: `cnnbench models | profile | train | train-all | infer | infer-all | data`.
+"""Command line: `cnnbench models | profile | synth [validate] | train | train-all | infer | infer-all | data`.
 
 Every option of train, infer and their sweeps is generated from the typed configuration tree in
 config.py (its fields' types, defaults, help and choices); this module adds no default of its own.
@@ -74,7 +74,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, prefix: st
 
 def given_options(args: argparse.Namespace, prefix: str = "") -> dict[str, object]:
     """The options the user gave, by dotted config name, those under `prefix` with it removed."""
-    skip = ("func", "command")
+    skip = ("func", "command", "synth_action")
     return {k.removeprefix(prefix): v for k, v in vars(args).items()
             if k not in skip and (k.startswith(prefix) if prefix else not k.startswith("sweep."))}
 
@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
                                        "distributions; --measure adds time shares on this device")
     add_config_options(p, config.ProfileConfig)
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("synth", help="generate a synthetic network matching a weighted mix of models (a spec file); "
+                                     "`synth validate` times it against the mix")
+    add_config_options(p, config.SynthConfig)
+    p.set_defaults(func=cmd_synth)
+    actions = p.add_subparsers(dest="synth_action", parser_class=_Parser)
+    v = actions.add_parser("validate", help="time the proxy and its targets over engines, precisions and batch sizes; "
+                                            "compare time per image, speed-ups and their ranks")
+    add_config_options(v, config.SynthValidateConfig)
+    v.set_defaults(func=cmd_synth_validate)
 
     p = sub.add_parser("train", help="training benchmark for one model and batch size")
     add_config_options(p, config.TrainConfig)
@@ -140,6 +150,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from cnnbench import profiling
 
     return profiling.run(config.build(config.ProfileConfig, given_options(args)))
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from cnnbench import synth
+
+    return synth.run(config.build(config.SynthConfig, given_options(args)))
+
+
+def cmd_synth_validate(args: argparse.Namespace) -> int:
+    from cnnbench import synth_validation
+
+    return synth_validation.run(config.build(config.SynthValidateConfig, given_options(args)))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -268,6 +268,71 @@ class ProfileConfig:
                              "drop --measure to count int8's bytes")
 
 
+@dataclass
+class SynthConfig:
+    """`cnnbench synth`: a synthetic network (a spec file) matching a weighted mix of models (synth.py)."""
+
+    target: str | None = option(None, "the mix: comma-separated MODEL[:WEIGHT] (registered or torchvision models, spec "
+                                      "files, saved profiles); weights are shares of the fleet's time, default equal",
+                                metavar="MODEL[:WEIGHT],...")
+    out: str = option("synthetic.json", "the spec file written", metavar="PATH")
+    seed: int = option(0, "seed of the layer sampling: the same seed and targets give the same spec")
+    image_size: int = option(224, "input height and width the mix is profiled at and the network is made for")
+    gflops: float | None = option(None, "FLOP budget per image (GFLOPs): a shorter benchmark of the same character, "
+                                        "fewer layers of the same widths; default: the mix's own FLOPs")
+    layers: int | None = option(None, "convolutions in the network; default: as many as carry the budget at the mix's "
+                                      "own layer sizes")
+    batch_size: int = option(16, "images per step the arithmetic intensity is counted at (weights read once per batch)")
+    precision: str = option("fp32", "bytes per value the arithmetic intensity is counted at", choices=PROFILE_PRECISIONS)
+    name: str | None = option(None, "the network's name (records and tables); default: the file's stem")
+
+    def validate(self) -> None:
+        _int_at_least(self.image_size, 8, "--image-size")
+        _int_at_least(self.batch_size, 1, "--batch-size")
+        _int_at_least(self.seed, 0, "--seed")
+        if self.layers is not None:
+            _int_at_least(self.layers, 1, "--layers")
+        if self.gflops is not None and not 0 < self.gflops < math.inf:
+            raise UsageError(f"--gflops must be a positive number of GFLOPs per image, got {self.gflops}")
+        if not self.out.endswith(".json"):
+            raise UsageError(f"--out {self.out}: a spec file's name ends in .json (models are found by it)")
+
+
+@dataclass
+class SynthValidateConfig:
+    """`cnnbench synth validate SPEC --target ...`: the proxy against the mix it stands for, timed on this
+    device (synth_validation.py)."""
+
+    spec: str = option("", "the synthetic network's spec file (from `cnnbench synth`)", positional=True)
+    target: str | None = option(None, "the mix it stands for, as given to `cnnbench synth`: MODEL[:WEIGHT],... "
+                                      "(models it can run: registered, torchvision or spec files)",
+                                metavar="MODEL[:WEIGHT],...")
+    image_size: int | None = option(None, "input height and width of every run; default: the spec's")
+    batch_sizes: str = option("4,16", "comma-separated batch sizes; every configuration runs at each")
+    configs: str | None = option(None, "comma-separated configurations, each train-PRECISION or ENGINE-PRECISION; "
+                                       "default on a CPU train-fp32, eager-fp32, compile-fp32, onnxruntime-fp32, "
+                                       "onnxruntime-int8; on CUDA train-fp32, train-bf16, eager-fp32, eager-tf32, "
+                                       "eager-bf16, eager-fp16, compile-bf16")
+    baseline: str = option("eager-fp32", "the configuration speed-ups are taken against (at the first batch size)")
+    num_batches: int = option(10, "timed steps of each run")
+    warmup: int = option(3, "steps before timing starts (compilation happens here)")
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    seed: int = option(0, "seed of weights and synthetic input")
+    results_dir: str = option("results_synth", "runs/ gets every run's record (as train and infer write them); "
+                                               "validation.jsonl and validation.csv the comparison")
+    reuse: bool = option(False, "reuse a run recorded in --results-dir by an earlier validation whose whole configuration "
+                                "matches, instead of running it again")
+
+    def validate(self) -> None:
+        if not self.spec:
+            raise UsageError("no spec file given: `cnnbench synth validate SPEC.json --target MODEL[:WEIGHT],...`")
+        if self.image_size is not None:
+            _int_at_least(self.image_size, 8, "--image-size")
+        _int_at_least(self.num_batches, 1, "--num-batches")
+        _int_at_least(self.warmup, 1, "--warmup")
+        _int_at_least(self.seed, 0, "--seed")
+
+
 def _int_at_least(value: object, least: int, option_name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= MAX_INT:
         what = "an integer of at least 1" if least == 1 else f"{least} or more"
