@@ -16,7 +16,9 @@ proxy's runs taking at most a third of the targets' wall time.
     .venv/bin/python benchmarks/synth_proxies.py --image-size 64 --batch-sizes 2,4 --num-batches 2 \\
         --configs eager-fp32,onnxruntime-fp32 --proxies googlenet --save-to /tmp/smoke   # a smoke run
 
-Needs an otherwise idle machine (timing). Output saved under benchmarks/results/ (record.py).
+    .venv/bin/python benchmarks/synth_proxies.py --goals        # generation only: the goal figures at 224 px
+
+Timing needs an otherwise idle machine; --goals times nothing. Output saved under benchmarks/results/ (record.py).
 """
 
 from __future__ import annotations
@@ -84,6 +86,29 @@ def num(value: float | None, form: str) -> str:
     return "-" if value is None else format(value, form)
 
 
+GOAL_TARGETS = ("resnet50", "densenet121", "googlenet", "resnet152", FOUR, "resnet50:0.4,densenet121:0.3,googlenet:0.3",
+                "mobilenet_v3_large", "resnext50_32x4d", "efficientnet_b0")
+
+
+def goals(recorder: Recorder, work: Path, size: int) -> None:
+    """`cnnbench synth` for GOAL_TARGETS at `size`: FLOPs, parameters, worst FLOP-share and intensity distance."""
+    table = Table(title=f"cnnbench synth at {size} px, seed 0: the generated network against its mix")
+    for column in ("targets", "layers", "GFLOPs off %", "params off %", "worst FLOP share off pp", "W1 octaves", "goals met"):
+        table.add_column(column)
+    for k, targets in enumerate(GOAL_TARGETS):
+        made = cnnbench("synth", "--target", targets, "--image-size", size, "--out", work / f"goals_{k}.json").stdout
+        figures = goal_figures(made)
+        shares = [float(line.split("│")[4].split()[0]) for line in made.splitlines() if "FLOP share:" in line]
+        layers = next(line.split(":")[1].split()[0] for line in made.splitlines() if "layers, against the mix" in line)
+        met = "missed" not in made
+        recorder.row(targets=targets, image_size=size, layers=int(layers), worst_share_off_pp=max(map(abs, shares)),
+                     goals_met=met, **{k.split(" (")[0].replace(" ", "_"): v for k, v in figures.items()})
+        table.add_row(targets, layers, num(figures.get("GFLOPs per image"), "+.2f"), num(figures.get("parameters (M)"), "+.2f"),
+                      f"{max(map(abs, shares)):.2f}", num(figures.get("intensity distance (W1, octaves)"), ".3f"),
+                      "yes" if met else "NO")
+    recorder.table(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image-size", type=int, default=128)
@@ -93,11 +118,16 @@ def main() -> None:
     parser.add_argument("--configs", default=None, help="default: synth validate's for the device")
     parser.add_argument("--proxies", default=",".join(PROXIES), help=f"some of {', '.join(PROXIES)}")
     parser.add_argument("--work", default="synth_proxies_work", help="specs and the validation results folder")
+    parser.add_argument("--goals", action="store_true", help="only generate (GOAL_TARGETS at 224 px): nothing timed")
     add_save_option(parser)
     args = parser.parse_args()
     recorder = Recorder(__file__, args.save_to)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.goals:
+        goals(recorder, work, 224)
+        recorder.save()
+        return
     table = Table(title=f"synthetic proxies at {args.image_size} px, batch {args.batch_sizes}, {args.num_batches} timed steps")
     for column in ("proxy", "stands for", "GFLOPs off %", "params off %", "W1 octaves", "max speed-up err %",
                    "mean err %", "Spearman", "time ratio", "goals met"):
