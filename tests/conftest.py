@@ -22,6 +22,31 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def cpu_calibration():
+    """The suite's one CPU calibration of the sweeps' time estimate (a ResNet-50 step in a child process:
+    seconds), taken with this process refusing to run a ResNet and recording the commands it starts.
+    estimate caches it for the process, so every in-process sweep that asks for this fixture reuses it;
+    tests/test_sweep.py checks what it recorded. Returns (rates, commands started)."""
+    import subprocess
+
+    import torch
+    import torchvision
+
+    from cnnbench import estimate
+
+    def refused(self, x):
+        raise AssertionError("ResNet-50 ran in the sweep's own process")
+
+    commands, run = [], subprocess.run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torchvision.models.ResNet, "forward", refused)
+        patch.setattr(subprocess, "run", lambda command, **kw: commands.append(command) or run(command, **kw))
+        estimate._measured_in_child.cache_clear()  # measured here, whatever ran before
+        rates = estimate.calibrate(torch.device("cpu"), "train")
+    return rates, commands
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `cnnbench ARGS` in-process; returns (exit code, stdout, stderr)."""

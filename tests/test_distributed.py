@@ -260,9 +260,10 @@ def test_killing_the_launcher_outright_stops_its_workers(tmp_path):
     assert all(r["status"] == "terminated" and r["steady_steps"] >= 2 for r in records)
 
 
+@pytest.mark.usefixtures("cpu_calibration")
 def test_sweep_over_accelerator_counts_writes_the_efficiency_table(cli, tmp_path, tiny_spec):
     # The sweep in this process (its configurations are child processes all the same, the 2-rank one a real
-    # gloo job): it shares the calibration other in-process sweeps of the suite have cached.
+    # gloo job): it shares the suite's calibration (conftest.cpu_calibration) with the other in-process sweeps.
     code, _, err = cli("train-all", "--models", tiny_spec, "--batch-sizes", "2", "--num-accelerators", "1,2",
                        "--image-size", "16", "--num-batches", "3", "--warmup", "1")
     assert code == 0, err

@@ -289,6 +289,7 @@ def test_bad_inference_input(cli, args, message):
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
 
 
+@pytest.mark.usefixtures("cpu_calibration")  # the suite's calibration, shared
 def test_infer_all_sweeps_engines_and_precisions(cli, trained, tmp_path):
     # No --engines / --precisions: on a CPU, eager fp32 and onnxruntime fp32 and int8 (tests/test_sweep.py)
     code, out, err = cli("infer-all", "--models", trained, "--batch-sizes", "4", *QUICK[:2], "--num-batches", "2",

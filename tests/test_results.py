@@ -69,11 +69,12 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def train_all(tmp_path_factory):
+def train_all(tmp_path_factory, cpu_calibration):
     """One `cnnbench train-all` in this process, shared by the two tests below (each configuration is a child
     process of some seconds): a registered model and a spec file x batch 1 and 2, over a previous results
     folder. resnet50 at 32 px and batch 1 fails inside its child (its last BatchNorm sees one value per
-    channel in training), so the same sweep shows a failure recorded and the sweep going on."""
+    channel in training), so the same sweep shows a failure recorded and the sweep going on. The sweep's
+    calibration is the suite's (conftest.cpu_calibration)."""
     root = tmp_path_factory.mktemp("train_all")
     spec = root / "tiny.json"
     spec.write_text(json.dumps(TINY_SPEC))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,23 +81,17 @@ def _configurations(kind: str, *argv: str):
 
 
 
-def test_calibration_runs_the_model_in_a_child_process_only(monkeypatch):
+def test_calibration_runs_the_model_in_a_child_process_only(cpu_calibration, monkeypatch):
     """The sweep's own process must not run a model: on a GPU that made a CUDA context and kept cached
-    memory there for the whole sweep (issue 10). A ResNet forward in this process fails the test."""
-    import torchvision
-
-    def refused(self, x):
-        raise AssertionError("ResNet-50 ran in the sweep's own process")
-
-    monkeypatch.setattr(torchvision.models.ResNet, "forward", refused)
-    commands = []
-    run = subprocess.run
-    monkeypatch.setattr(subprocess, "run", lambda command, **kw: commands.append(command) or run(command, **kw))
-    estimate._measured_in_child.cache_clear()  # another test's sweep may have calibrated in this process
-    rates = estimate.calibrate(torch.device("cpu"), "train")
-    assert rates.device_type == "cpu" and rates.train_gflops > 0 and rates.infer_gflops > 0
-    assert estimate.calibrate(torch.device("cpu"), "infer").infer_gflops == rates.infer_gflops  # once per process
+    memory there for the whole sweep (issue 10). The suite's calibration (conftest.cpu_calibration, shared
+    with the in-process sweeps) ran with a ResNet forward in this process failing it."""
+    rates, commands = cpu_calibration
     assert commands == [[sys.executable, "-m", "cnnbench.estimate", "cpu"]]
+    assert rates.device_type == "cpu" and rates.train_gflops > 0 and rates.infer_gflops > 0
+    started = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: started.append(command))
+    assert estimate.calibrate(torch.device("cpu"), "infer").infer_gflops == rates.infer_gflops  # once per process
+    assert started == []
     assert not torch.cuda.is_initialized()
 
 
@@ -158,18 +155,36 @@ def test_infer_all_by_default_runs_eager_and_the_cpu_s_fastest_engines(capsys):
     assert f"Skipping pairs that cannot run on cuda: onnxruntime/int8 ({REFUSED['onnxruntime', 'int8', 'cuda']})" in capsys.readouterr().out
 
 
-def test_sigterm_stops_a_sweep_with_the_running_configuration_recorded(tmp_path, tiny_spec):
-    process = subprocess.Popen([sys.executable, "-m", "cnnbench", "train-all", "--models", f"{tiny_spec},{tiny_spec}",
-                                "--batch-sizes", "2", *QUICK, "--num-batches", "100000", "--warmup", "1",
-                                "--duration", "600"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.split() and line.split()[0] == "5":  # the first configuration is in its steady steps
-            break
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err
+@pytest.mark.usefixtures("cpu_calibration")
+def test_sigterm_stops_a_sweep_with_the_running_configuration_recorded(cli, tmp_path, tiny_spec):
+    # The sweep runs in this process (it shares the suite's calibration); a thread sends this process SIGTERM,
+    # as `kill` would, once the first configuration's child has logged a steady step. cnnbench.cli.main
+    # handles SIGTERM while it runs (pytest has no handler of its own: the signal is sent only while one is set).
+    log = tmp_path / "results_train" / "result_tinyNet_2.txt"
+    sweep_running, sent = threading.Event(), threading.Event()
+
+    def terminate_in_the_steady_steps():
+        while sweep_running.is_set():
+            lines = log.read_text().splitlines() if log.exists() else []
+            if any(line.split()[:1] == ["5"] for line in lines) and callable(signal.getsignal(signal.SIGTERM)):
+                sent.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    sweep_running.set()
+    killer = threading.Thread(target=terminate_in_the_steady_steps, daemon=True)
+    killer.start()
+    try:
+        code, out, err = cli("train-all", "--models", f"{tiny_spec},{tiny_spec}", "--batch-sizes", "2", *QUICK,
+                             "--num-batches", "100000", "--warmup", "1", "--duration", "60")  # a missed signal: fails in 2 min
+    finally:
+        sweep_running.clear()
+        killer.join()
+    assert sent.is_set()
+    assert code == 143, err
     assert "Sweep terminated during configuration 1 of 2" in out
     records = read_jsonl(tmp_path / "results_train" / "runs.jsonl")
     assert [r["status"] for r in records] == ["terminated"]  # the second configuration never started
     assert records[0]["steady_steps"] >= 3
-    assert "Images/sec:" in (Path(tmp_path) / "results_train" / "result_tinyNet_2.txt").read_text()
+    assert "Images/sec:" in log.read_text()
