@@ -83,8 +83,9 @@ def train_all(tmp_path_factory, cpu_calibration):
     os.chdir(root)  # the default log_* and results_* paths land there
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["train-all", "--models", f"resnet50,{spec}", "--batch-sizes", "1,2", "--image-size", "32",
-                         *TINY[4:]])
+            # train-all.sh's command line (--plan auto --num-accelerators 1), options after it as there
+            code = main(["train-all", "--plan", "auto", "--num-accelerators", "1", "--models", f"resnet50,{spec}",
+                         "--batch-sizes", "1,2", "--image-size", "32", *TINY[4:]])
     finally:
         os.chdir(here)
     return {"root": root, "code": code, "out": out.getvalue(), "err": err.getvalue()}
