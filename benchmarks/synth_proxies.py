@@ -12,7 +12,7 @@ configuration matches) and every proxy is compared with the same target figures.
 Goals (issue 11): each configuration's predicted speed-up within 15% of the mix's, Spearman >= 0.9, the
 proxy's runs taking at most a third of the targets' wall time.
 
-    .venv/bin/python benchmarks/synth_proxies.py                 # about 50 minutes on 2 cores, 128 px
+    .venv/bin/python benchmarks/synth_proxies.py                 # about 30 minutes on 2 idle cores
     .venv/bin/python benchmarks/synth_proxies.py --image-size 64 --batch-sizes 2,4 --num-batches 2 \\
         --configs eager-fp32,onnxruntime-fp32 --proxies googlenet --save-to /tmp/smoke   # a smoke run
 
@@ -77,6 +77,8 @@ def validate(spec: Path, name: str, args: argparse.Namespace, results: Path) -> 
                "--warmup", args.warmup, "--results-dir", results, "--reuse"]
     if args.configs:
         options += ["--configs", args.configs]
+    if args.compile_mode:
+        options += ["--compile-mode", args.compile_mode]
     cnnbench("synth", "validate", spec, "--target", PROXIES[name][0], *options)
     return [json.loads(line) for line in before.read_text().splitlines()[count:]]
 
@@ -111,11 +113,13 @@ def goals(recorder: Recorder, work: Path, size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--batch-sizes", default="4,16")
-    parser.add_argument("--num-batches", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--batch-sizes", default="2,8")
+    parser.add_argument("--num-batches", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--configs", default=None, help="default: synth validate's for the device")
+    # default: inductor's default mode, minutes shorter to compile on a CPU than infer's max-autotune-no-cudagraphs
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode of compile-fp32 (synth validate's)")
     parser.add_argument("--proxies", default=",".join(PROXIES), help=f"some of {', '.join(PROXIES)}")
     parser.add_argument("--work", default="synth_proxies_work", help="specs and the validation results folder")
     parser.add_argument("--goals", action="store_true", help="only generate (GOAL_TARGETS at 224 px): nothing timed")

@@ -240,3 +240,19 @@ def test_validate_bad_input_exits_2_with_one_line(cli, tmp_path, extra, message)
     target = [] if "--target" in extra else ["--target", "resnet50"]
     code, _, err = cli("synth", "validate", spec, *target, "--results-dir", tmp_path / "out", *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_validate_plans_each_model_configuration_and_batch(tmp_path):
+    from cnnbench.config import SynthValidateConfig
+
+    cfg = SynthValidateConfig(spec=str(SYNNET), target="resnet50", compile_mode="default", num_batches=4, warmup=2)
+    settings = synth_validation.parse_settings("train-fp32,compile-fp32,onnxruntime-int8", "cpu")
+    models = synth_validation.runnable("resnet50", str(SYNNET))
+    runs = synth_validation.plan_runs(cfg, models, settings, [2, 8], 64, tmp_path)
+    assert len(runs) == 2 * 3 * 2 and [r.name for r in runs[:6]] == ["synNet"] * 6
+    by = {(r.name, r.setting.name, r.batch): r.config for r in runs}
+    assert by["resnet50", "compile-fp32", 8].compile_mode == "default"
+    assert by["resnet50", "onnxruntime-int8", 2].compile_mode is None and by["resnet50", "onnxruntime-int8", 2].random_weights
+    train = by["synNet", "train-fp32", 2]
+    assert train.measure.batch_size == 2 and train.measure.num_batches == 4 and train.image_size == 64
+    assert Path(train.log_dir).parent == tmp_path / "checkpoints"

@@ -317,6 +317,8 @@ class SynthValidateConfig:
     num_batches: int = option(10, "timed steps of each run")
     warmup: int = option(3, "steps before timing starts (compilation happens here)")
     device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    compile_mode: str | None = option(None, "torch.compile mode of the compile configurations; default: cnnbench infer's",
+                                      choices=COMPILE_MODES)
     seed: int = option(0, "seed of weights and synthetic input")
     results_dir: str = option("results_synth", "runs/ gets every run's record (as train and infer write them); "
                                                "validation.jsonl and validation.csv the comparison")

@@ -113,7 +113,8 @@ def plan_runs(cfg: SynthValidateConfig, models, settings: list[Setting], batches
                                                     display_every=max(cfg.num_batches, 1)),
                               placement=PlacementConfig(device=cfg.device, precision=setting.precision))
                 run_cfg = TrainConfig(**common) if setting.kind == "train" else \
-                    InferConfig(**common, engine=setting.engine, random_weights=True)
+                    InferConfig(**common, engine=setting.engine, random_weights=True,
+                                compile_mode=cfg.compile_mode if setting.engine == "compile" else None)
                 run_cfg.validate()
                 out.append(Run(model, name, setting, batch, run_cfg))
     return out
