@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -14,6 +15,8 @@ def pytest_configure(config):
     CUDA. Only the GPU suite (`pytest -m gpu`, tests/test_gpu.py) sees the machine's GPUs."""
     if config.getoption("markexpr").strip() != "gpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    # Measured peaks (efficiency.py) go to a cache of the session, not the user's ~/.cache/cnnbench.
+    os.environ.setdefault("CNNBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="cnnbench-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -56,6 +56,8 @@ class MeasureConfig:
     duration: float | None = option(None, "stop after this many seconds of steady-state time (at least --min-steady-steps "
                                           "steps; --num-batches stays the upper bound)", metavar="SECONDS")
     min_steady_steps: int = option(3, "with --duration: at least this many steady steps")
+    # Issue 12: power, energy, clocks and temperature sampled in a thread during the timed steps (telemetry.py).
+    no_telemetry: bool = option(False, "do not sample power, energy, clocks and temperature during the timed steps")
 
     def validate(self) -> None:
         _int_at_least(self.batch_size, 1, "--batch-size")

@@ -202,24 +202,38 @@ def device_memory_used(device: torch.device) -> tuple[float | None, str | None]:
         import pynvml  # the nvidia-ml-py package, cnnbench's `gpu` extra
     except ImportError:
         return None, GPU_EXTRA_HINT
-    try:  # read after the measurement: a failure here must not lose the run's figures
-        uuid = str(torch.cuda.get_device_properties(device).uuid)
-    except (AttributeError, RuntimeError, AssertionError) as exc:
-        return None, f"PyTorch did not give the UUID of {device} ({exc})"
-    names = [uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]
+    names, note = nvml_names(device)  # read after the measurement: a failure here must not lose the run's figures
+    if note:
+        return None, note
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
         return None, f"NVML did not start ({exc})"
     try:
-        for name in names:
-            try:
-                handle = pynvml.nvmlDeviceGetHandleByUUID(name)
-            except pynvml.NVMLError:
-                continue
-            return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20, None
-        return None, f"NVML knows no device with the UUID of {device} ({uuid})"
+        handle, note = nvml_handle(pynvml, names, device)
+        return (None, note) if handle is None else (pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20, None)
     except pynvml.NVMLError as exc:
         return None, f"NVML could not read the memory of {device} ({exc})"
     finally:
         pynvml.nvmlShutdown()
+
+
+def nvml_names(device: torch.device) -> tuple[list[str], str | None]:
+    """The NVML UUIDs that may name `device` (CUDA_VISIBLE_DEVICES may renumber it, so never its index):
+    ([names], None), or ([], why not) when PyTorch cannot give its UUID."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+    except (AttributeError, RuntimeError, AssertionError) as exc:
+        return [], f"PyTorch did not give the UUID of {device} ({exc})"
+    return ([uuid] if uuid.startswith(("GPU-", "MIG-")) else [f"GPU-{uuid}", f"MIG-{uuid}"]), None
+
+
+def nvml_handle(pynvml, names: list[str], device: torch.device):
+    """(NVML's handle of the first of `names` it knows, None), or (None, why not); NVML initialised by the caller."""
+    for name in names:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(name), None
+        except pynvml.NVMLError:
+            continue
+    uuid = names[0].removeprefix("GPU-") if names else "?"
+    return None, f"NVML knows no device with the UUID of {device} ({uuid})"

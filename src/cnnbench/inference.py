@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cnnbench import checkpoints, environment, recording, reporting, results
+from cnnbench import checkpoints, environment, recording, reporting, results, telemetry
 from cnnbench import weights as weights_module
 from cnnbench.config import InferConfig
 from cnnbench.data.sources import open_source
@@ -97,12 +97,14 @@ def run(cfg: InferConfig, started_at: float | None = None) -> dict:
         references = fp32_references(model, r.placement, guard_inputs)
         engine, cache_notes = build(cfg, r, model, digest, inputs, guard_inputs)
         checks = fp32_guard(cfg, r, engine, guard_inputs, references) if checked else guard_fields(None)
-        times, accuracy, corrupt = measure_engine(cfg, r, engine, source)
+        times, accuracy, corrupt, sampler = measure_engine(cfg, r, engine, source)
     record.update(results.figures(r.batch, times, time.time() - started_at))
     record.update(**recording.ending(times), weights_digest=digest,
                   compile_mode=r.compile_mode if cfg.engine == "compile" else None,
                   **{k: v for k, v in engine.info.items() if k != "compile_mode"}, cache_notes=cache_notes or None,
                   **checks, **accuracy, corrupt_images=corrupt, **recording.memory_fields(r.placement.device))
+    record.update(sampler.fields(r.batch * len(times.steady_seconds)))
+    record.update(recording.efficiency_fields(record, r.entry, "infer", r.placement.device))
     if cfg.data.data_dir:
         record.update(results.data_wait(source.data_wait_seconds, times))
         source.close()
@@ -204,10 +206,10 @@ def fp32_guard(cfg: InferConfig, r: Resolved, engine, inputs: list[torch.Tensor]
     return checks
 
 
-def measure_engine(cfg: InferConfig, r: Resolved, engine, source) -> tuple[StepTimes, dict, int | None]:
-    """The measured loop over the engine: real batches (every image counted for accuracy, warm-up
-    too) or the one synthetic batch. Returns the times, the accuracy fields and the corrupt images
-    met in the measured passes."""
+def measure_engine(cfg: InferConfig, r: Resolved, engine, source):
+    """The measured loop over the engine, the telemetry sampler beside it: real batches (every image
+    counted for accuracy, warm-up too) or the one synthetic batch. Returns the times, the accuracy fields,
+    the corrupt images met in the measured passes and the sampler."""
     real = cfg.data.data_dir is not None
     accuracy = Accuracy()
     if real:
@@ -229,13 +231,14 @@ def measure_engine(cfg: InferConfig, r: Resolved, engine, source) -> tuple[StepT
     if real:  # guard, calibration and example batches came from the source too: count the measured passes only
         source.reset_data_wait()
         corrupt_before = source.corrupt_images
-    with display.progress:
+    sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
+    with display.progress, sampler:
         times = measure(step, r.placement.synchronize, warmup=warmup, max_steps=max_steps,
                         duration=None if steps_total else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
-                        after_step=display)
+                        after_step=telemetry.marking(display, sampler, warmup))
     top1, top5, evaluated = accuracy.result()
     corrupt = source.corrupt_images - corrupt_before if real else None
-    return times, {"top1": top1, "top5": top5, "images_evaluated": evaluated}, corrupt
+    return times, {"top1": top1, "top5": top5, "images_evaluated": evaluated}, corrupt, sampler
 
 
 class InferDisplay:
@@ -263,6 +266,7 @@ def report(cfg: InferConfig, record: dict) -> None:
     """The final lines: figures first, so that nothing measured is lost whatever happens to the record."""
     reporting.final_lines(throughput(record["batch_size"], record["steady_seconds"]), record["system_images_per_sec"],
                           {k: record[k] for k in record if k.startswith("latency_ms_")})
+    recording.hardware_lines(record)
     if cfg.scenario == "single-stream":
         reporting.say(f"Single-stream 90th-percentile latency: {record['latency_ms_p90']:.2f} ms")
     if record["top1"] is not None:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Iterator
 
-from cnnbench import environment, errors, memory, reporting, results
+from cnnbench import efficiency, environment, errors, memory, reporting, results, telemetry
 from cnnbench.config import flatten
 from cnnbench.placement import Placement
 
@@ -80,3 +80,20 @@ def save(record: dict, results_dir: str) -> None:
     """After the figures are printed: into the results folder, or a fallback file (RecordNotSaved)."""
     path = results.save_record(Path(results_dir), record)
     reporting.say(f"Record: {path}")
+
+
+def efficiency_fields(record: dict, entry, kind: str, device, devices: int = 1) -> dict:
+    """Achieved TFLOP/s and MFU of a run whose figures are in `record` (efficiency.py): its FLOPs per image
+    from the registry's count, steady images over steady time, the device's peak at the run's precision."""
+    from cnnbench.models.registry import forward_flops
+
+    return efficiency.fields(forward_flops(entry, record["image_size"]), kind, record["precision"], device,
+                             record["images_per_sec_from_mean_time"], devices)
+
+
+def hardware_lines(record: dict) -> None:
+    """The final lines on efficiency and telemetry (after the images/s lines)."""
+    reporting.say(efficiency.describe(record))
+    line = telemetry.describe(record)
+    if line:
+        reporting.say(line)

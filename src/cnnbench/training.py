@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnbench import checkpoints, distributed, environment, errors, recording, reporting, results
+from cnnbench import checkpoints, distributed, environment, errors, recording, reporting, results, telemetry
 from cnnbench.config import TrainConfig
 from cnnbench.data.sources import open_source
 from cnnbench.evaluation import evaluate
@@ -70,12 +70,13 @@ class Trainer:
     planned_steps: int
 
 
-def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
+def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dict:
     """Run one training benchmark and save its record; returns the record.
 
     `started_at` is the wall-clock start of the whole command (for system performance). Under
     torchrun this process is one rank of a data-parallel job: it trains on its own batch; rank 0
-    alone prints, saves the checkpoint and writes the record, which covers every rank.
+    alone prints, saves the checkpoint and writes the record, which covers every rank. `annotate(record)`,
+    when given, returns more fields for the record once its figures are in (`cnnbench soak`'s verdict).
     """
     started_at = started_at or distributed.started_at() or environment.process_start_time()
     world = distributed.current()
@@ -90,12 +91,16 @@ def run(cfg: TrainConfig, started_at: float | None = None) -> dict:
                              compile=cfg.compile, learning_rate=lr0, num_accelerators=world.size)
     with recording.out_of_memory_recorded(record, cfg.results_dir, r.entry, r.placement, training=True, save=world.is_main):
         trainer = build(cfg, r, world, resume, lr0)
-        times, display = train(cfg, trainer, r, world)
+        times, display, sampler = train(cfg, trainer, r, world)
         per_rank = rank_reports(world, r.placement.device, times)
         ended, unsaved = finish(cfg, r, world, trainer, times, display)
         record.update(ended)
     record.update(results.figures(world.size * batch, distributed.slowest_steps(per_rank), time.time() - started_at))
     record.update(distributed.record_fields(world, per_rank, batch))
+    record.update(sampler.fields(batch * len(times.steady_seconds)))  # this process's device and images
+    record.update(recording.efficiency_fields(record, r.entry, "train", r.placement.device, world.size))
+    if annotate is not None:
+        record.update(annotate(record))
     if cfg.data.data_dir:
         record.update(**results.data_wait(trainer.source.data_wait_seconds, times),
                       corrupt_images=trainer.source.corrupt_images, images_per_epoch=trainer.source.images_per_epoch)
@@ -222,8 +227,8 @@ def wrap_for_training(model: nn.Module, compile: bool, world: distributed.World,
 
 
 def train(cfg: TrainConfig, t: Trainer, r: Resolved, world: distributed.World):
-    """Wrap the model (wrap_for_training) and run the measured loop; returns the step times and the
-    display (losses, step count)."""
+    """Wrap the model (wrap_for_training) and run the measured loop with the telemetry sampler beside it;
+    returns the step times, the display (losses, step count) and the sampler."""
     trainable = wrap_for_training(t.model, cfg.compile, world, r.placement.device)
     step = make_train_step(trainable, t.optimizer, t.scheduler, t.scaler, r.placement, t.source.batches())
     # A step of the job processes world.size batches; a real-data epoch is every rank's shard.
@@ -234,12 +239,14 @@ def train(cfg: TrainConfig, t: Trainer, r: Resolved, world: distributed.World):
     reporting.say(reporting.STEP_COLUMNS)
     if hasattr(t.source, "reset_data_wait"):
         t.source.reset_data_wait()
-    with display.progress:
+    sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
+    with display.progress, sampler:
         times = measure_together(
             step, r.placement.synchronize, warmup=cfg.measure.warmup, max_steps=t.planned_steps - cfg.measure.warmup,
             duration=None if cfg.data.num_epochs else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
-            after_step=display, slowest_elapsed=distributed.slowest_elapsed(world))
-    return times, display
+            after_step=telemetry.marking(display, sampler, cfg.measure.warmup),
+            slowest_elapsed=distributed.slowest_elapsed(world))
+    return times, display, sampler
 
 
 class StepDisplay:
@@ -319,6 +326,9 @@ def evaluate_at_end(cfg: TrainConfig, r: Resolved, model: nn.Module) -> dict:
 def report(cfg: TrainConfig, record: dict, world: distributed.World, batch: int) -> None:
     """The final lines: figures first, so that nothing measured is lost whatever happens to the record."""
     reporting.final_lines(throughput(world.size * batch, record["steady_seconds"]), record["system_images_per_sec"])
+    recording.hardware_lines(record)
+    if record.get("soak_verdict"):
+        reporting.say(f"Sustained performance: {record['soak_verdict']}")
     if world.size > 1:
         reporting.say("Per-rank images/sec: " + "  ".join(f"{r}: {v:.1f}" for r, v in enumerate(record["rank_images_per_sec"])))
     if cfg.data.data_dir:
