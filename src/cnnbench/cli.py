@@ -1,4 +1,5 @@
-"""Command line: `cnnbench models | profile | synth [validate] | train | train-all | infer | infer-all | data`.
+"""Command line: `cnnbench models | profile | synth [validate] | train | train-all | infer | infer-all | max-batch |
+soak | soak-all | data`.
 
 Every option of train, infer and their sweeps is generated from the typed configuration tree in
 config.py (its fields' types, defaults, help and choices); this module adds no default of its own.
@@ -119,10 +120,40 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_options(p, sweep_cls, prefix="sweep.", target=p.add_argument_group("sweep"))
         p.set_defaults(func=lambda args, kind=kind, run_cls=run_cls, sweep_cls=sweep_cls: _sweep(kind, run_cls, sweep_cls, args))
 
+    add_hardware_commands(sub)
     from cnnbench.data.commands import add_data_commands
 
     add_data_commands(sub)
     return parser
+
+
+def add_hardware_commands(sub) -> None:
+    """Issue 12: the largest batch that fits, and the pressure test (one run, and the sweep)."""
+    p = sub.add_parser("max-batch", help="the largest batch that trains (or infers) without running out of memory, "
+                                         "each probe in its own process, with images/s at every probe")
+    add_config_options(p, config.MaxBatchConfig)
+    p.set_defaults(func=cmd_max_batch)
+    p = sub.add_parser("soak", help="the pressure test for one model: a long training run (batch 64 x 2,000 batches, "
+                                    "or --duration) and a verdict on whether performance held")
+    add_config_options(p, config.SoakConfig)
+    p.set_defaults(func=cmd_soak)
+    p = sub.add_parser("soak-all", help="the original's pressure sweep: every model soaked, one process each, "
+                                        "results_train_pressure/ tables and verdicts")
+    add_config_options(p, config.SoakConfig, exclude=("model", "num_accelerators"))
+    add_config_options(p, config.TrainSweepConfig, prefix="sweep.", target=p.add_argument_group("sweep"))
+    p.set_defaults(func=lambda args: _sweep("soak", config.SoakConfig, config.TrainSweepConfig, args))
+
+
+def cmd_max_batch(args: argparse.Namespace) -> int:
+    from cnnbench import maxbatch
+
+    return maxbatch.run(config.build(config.MaxBatchConfig, given_options(args)))
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from cnnbench import soak
+
+    return _run_training(config.build(config.SoakConfig, given_options(args)), "soak", soak.run)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -167,23 +198,29 @@ def cmd_synth_validate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One process trains; under torchrun this process is one rank of a job; with --num-accelerators N
     (N > 1) this process launches the job's N workers, each running this same command."""
+    from cnnbench import training
+
+    return _run_training(config.build(config.TrainConfig, given_options(args)), "train", training.run)
+
+
+def _run_training(cfg, command: str, run) -> int:
+    """`cnnbench train` and `cnnbench soak`: this process trains with `run`, or launches `command`'s workers."""
     from cnnbench import distributed, environment, launcher, training
     from cnnbench.reporting import say
 
-    cfg = config.build(config.TrainConfig, given_options(args))
     if distributed.under_torchrun():
         world = distributed.current()
         with distributed.rank_errors(world):
-            record = training.run(cfg)
+            record = run(cfg)
     elif cfg.num_accelerators > 1:
         launched_at = environment.process_start_time()
         device = training.preflight(cfg, distributed.planned(cfg.num_accelerators)).placement.device
         backend = distributed.backend_for(device)
         say(f"Launching {cfg.num_accelerators} data-parallel processes on this machine with torchrun's agent "
             f"({backend}); rank 0 reports")
-        return launcher.launch(cfg, backend, launched_at)
+        return launcher.launch(cfg, backend, launched_at, command)
     else:
-        record = training.run(cfg)
+        record = run(cfg)
     return exit_code(record)
 
 

@@ -336,6 +336,80 @@ class SynthValidateConfig:
         _int_at_least(self.warmup, 1, "--warmup")
         _int_at_least(self.seed, 0, "--seed")
 
+# --- Issue 12: `cnnbench max-batch` and `cnnbench soak` (maxbatch.py, soak.py) ---------------------------
+
+MAX_BATCH_MODES = ("train", "infer")
+
+
+@dataclass
+class MaxBatchConfig:
+    """`cnnbench max-batch MODEL`: the largest batch that runs, each probe in its own process (maxbatch.py)."""
+
+    model: str = option("", "registered name (any case) or path to a JSON spec file", positional=True)
+    mode: str = option("train", "train: training steps; infer: inference batches", choices=MAX_BATCH_MODES)
+    engine: str = option("eager", "eager | compile (train: torch.compile) | onnxruntime | tensorrt (infer)")
+    precision: str = option("fp32", "fp32 | tf32 | fp16 | bf16 (| int8 for inference)")
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    memory_format: str = option("auto", "activation and weight layout, as for train and infer", choices=MEMORY_FORMATS)
+    image_size: int | None = option(None, "input height and width; default: the model's (224)")
+    first_batch: int = option(1, "the first batch size tried; the search doubles it until a probe fails")
+    largest_batch: int = option(8192, "never probe above this batch size")
+    warmup: int = option(1, "warm-up steps of each probe (the allocator's peak is reached in the first step)")
+    steps: int = option(2, "timed steps of each probe, for its images/s")
+    memory_limit_gib: float | None = option(None, "bound each probe's resident host memory (its process tree), killed "
+                                                  "and counted as out of memory above it; default: half the RAM, at "
+                                                  "most 80 percent of what is available when the search starts",
+                                            metavar="GIB")
+    probe_timeout: float = option(1800.0, "seconds a probe may take; a slower one counts as failed", metavar="SECONDS")
+    results_dir: str = option("results_max_batch", "where each probe's record, the search's record and the tables go")
+    seed: int = option(0, "seed of weights and synthetic input")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UsageError("no model given; name one (see `cnnbench models`) or a JSON spec file")
+        _int_at_least(self.first_batch, 1, "--first-batch")
+        _int_at_least(self.largest_batch, 1, "--largest-batch")
+        if self.first_batch > self.largest_batch:
+            raise UsageError(f"--first-batch {self.first_batch} is above --largest-batch {self.largest_batch}")
+        _int_at_least(self.warmup, 0, "--warmup")
+        _int_at_least(self.steps, 1, "--steps")
+        if self.memory_limit_gib is not None and not 0 < self.memory_limit_gib < math.inf:
+            raise UsageError(f"--memory-limit-gib must be a positive number of GiB, got {self.memory_limit_gib}")
+        if not 0 < self.probe_timeout < math.inf:
+            raise UsageError(f"--probe-timeout must be a positive number of seconds, got {self.probe_timeout}")
+        if self.mode == "train" and self.engine not in ("eager", "compile"):
+            raise UsageError(f"--engine {self.engine} runs inference only; training takes eager or compile (or --mode infer)")
+
+
+@dataclass
+class SoakMeasureConfig(MeasureConfig):
+    num_batches: int | None = option(None, "steady-state steps: default the original pressure test's 2,000; with "
+                                           "--duration as many as the time allows")
+
+
+@dataclass
+class SoakConfig(TrainConfig):
+    """`cnnbench soak MODEL`: a long training run (the original's pressure test, batch 64 x 2,000 batches)
+    with a verdict on sustained performance (soak.py)."""
+
+    log_dir: str | None = option(None, "checkpoint directory; default log_pressure_<model>_<batch>")
+    results_dir: str = option("results_train_pressure", "where the JSON-lines record and CSV tables go")
+    measure: SoakMeasureConfig = field(default_factory=SoakMeasureConfig)
+    drop_threshold: float = option(5.0, "flag the run when the last tenth of the steps runs this many percent slower "
+                                        "(images/s) than the first tenth", metavar="PERCENT")
+
+    def resolved(self) -> SoakConfig:
+        """--num-batches left out: the original's 2,000, or no bound but --duration when that is given."""
+        if self.measure.num_batches is not None:
+            return self
+        steps = MAX_INT if self.measure.duration is not None else 2000
+        return dataclasses.replace(self, measure=dataclasses.replace(self.measure, num_batches=steps))
+
+    def validate(self) -> None:
+        TrainConfig.validate(self.resolved())
+        if not 0 < self.drop_threshold < 100:
+            raise UsageError(f"--drop-threshold must be a percentage in (0, 100), got {self.drop_threshold}")
+
 
 def _int_at_least(value: object, least: int, option_name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= MAX_INT:

@@ -124,7 +124,7 @@ def configuration_seconds(run: RunConfig, kind: str, rates: Rates) -> float:
     """Start-up + build + guard and calibration + warm-up + steady steps of one configuration."""
     gflops = _gflops(run.model, run.image_size)
     batch = run.measure.batch_size
-    if kind == "train":
+    if kind in ("train", "soak"):  # a soak is a training run
         step = gflops * TRAIN_PASSES * batch / rates.train_gflops
         extra = BUILD_SECONDS["compile"] if isinstance(run, TrainConfig) and run.compile else 0.0
         extra *= (gflops / REFERENCE_GFLOPS) ** 0.5

@@ -302,8 +302,10 @@ def _cell(record: dict | None, field: str) -> str:
 def tables_csv(records: list[dict]) -> str:
     """The original's layout: for each variant, the system table, three blank lines, the accelerator table.
 
-    The latest record wins where a (model, batch) was run more than once.
+    The latest record wins where a (model, batch) was run more than once. Records of no batch size
+    (a max-batch search's own record) are in runs.jsonl and runs.csv only.
     """
+    records = [r for r in records if r.get("batch_size") is not None]
     variants: list[str] = []
     for r in records:
         if _variant(r) not in variants:

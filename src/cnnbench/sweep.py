@@ -65,12 +65,25 @@ QUICK_PLANS = {
 }
 
 
+# The original's pressure test (train-all-pressure.sh): batch 64, 2,000 batches. On a CPU a bounded plan,
+# with enough steps for the verdict's first and last 10% (soak.MIN_STEPS); a 2-core CPU trains ResNet-152 at
+# batch 16 in about 15 s a step.
+PRESSURE_PLAN = Plan("pressure", 20, 2000, None, 3, "the original pressure test: batch 64, 2,000 batches after 20 "
+                                                    "warm-up steps", batch_sizes="64")
+CPU_PLANS["soak"] = Plan("cpu", 2, 2000, 120.0, 20, "no GPU: batch 16, 2 warm-up steps, then 120 s of steady-state "
+                                                    "time and at least 20 steady steps per model (2,000 batches of 64 "
+                                                    "would take days on a CPU)", batch_sizes="16")
+QUICK_PLANS["soak"] = Plan("quick", 1, 2000, 3.0, 20, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at "
+                                                      "least 20 steady steps per model", batch_sizes="16")
+
+
 def choose_plan(kind: str, settings: SweepConfig, explicit: set[str], device: torch.device) -> Plan:
     """The plan for the device, then any --warmup / --num-batches / --duration the user gave on top."""
     name = "quick" if settings.quick else settings.plan
     if name == "auto":
         name = "original" if device.type == "cuda" else "cpu"
-    base = {"original": ORIGINAL_PLAN, "cpu": CPU_PLANS[kind], "quick": QUICK_PLANS[kind]}[name]
+    original = PRESSURE_PLAN if kind == "soak" else ORIGINAL_PLAN
+    base = {"original": original, "cpu": CPU_PLANS[kind], "quick": QUICK_PLANS[kind]}[name]
     reason = f"{device.type} device detected: {base.reason}" if settings.plan == "auto" and not settings.quick else base.reason
     given = [k for k in ("warmup", "num_batches", "duration") if f"measure.{k}" in explicit]
     if given:
@@ -161,7 +174,8 @@ def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, expli
         name = resolve_entry(model).name  # an unknown model fails here
         for batch in batches:
             for variant in variants:
-                run = dataclasses.replace(base, model=model, log_dir=base.log_dir or f"log_{name}_{batch}",
+                log_dir = base.log_dir or f"log{'_pressure' if kind == 'soak' else ''}_{name}_{batch}"
+                run = dataclasses.replace(base, model=model, log_dir=log_dir,
                                           measure=dataclasses.replace(base.measure, batch_size=batch, **measure),
                                           **{k: v for k, v in plan.run_overrides if k not in explicit})
                 if kind == "infer":
@@ -360,4 +374,7 @@ def summary(kind: str, results_dir: Path) -> None:
                 ("jitter", "images_per_sec_jitter"), ("system img/s", "system_images_per_sec")]
     if several:
         columns += [("efficiency %", "scaling_efficiency")]
+    if kind == "soak":
+        columns += [("drift %", "soak_throughput_drift_pct"), ("p99 drift %", "soak_p99_drift_pct"),
+                    ("flagged", "soak_flagged")]
     reporting.summary_table(f"cnnbench {kind}-all: {results_dir}", records, columns)

@@ -243,10 +243,13 @@ class Sampler:
         if self.steady_at is None:
             self.steady_at = self.clock()
             self.energy_start = self._energy()
+            self._sample_now()  # a window shorter than the interval still has its two ends
 
     def stop(self) -> None:
         if self.stopped_at is not None:
             return
+        if self.steady_at is not None:
+            self._sample_now()
         self.stopped_at = self.clock()
         self.energy_end = self._energy() if self.steady_at is not None else None
         if self._thread is not None:
@@ -254,6 +257,14 @@ class Sampler:
             self._thread.join(timeout=5)
         if self.reader is not None:
             self.reader.close()
+
+    def _sample_now(self) -> None:
+        """One sample from the run's own thread, at a moment outside the timed steps (the window's ends)."""
+        if self.reader is not None and self._thread is not None and self._thread.is_alive():
+            try:
+                self.samples.append((self.clock(), self.reader.read()))
+            except Exception:  # the thread's own sampling reports a failing sensor
+                pass
 
     def _energy(self) -> float | None:
         if self.reader is None or not self.reader.has_energy_counter:
