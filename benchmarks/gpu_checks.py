@@ -7,7 +7,7 @@ saved results) and this script's own output with its environment (OUT/gpu_checks
 record.py). Checks run in priority order, the headline figures first, each under its own time limit and
 all of them under one budget (BUDGET_SECONDS), so the run ends in time even when one hangs.
 
-  train_bf16_eager     ResNet-50 training, bf16, channels-last, batch 256: images/s, MFU
+  train_bf16_eager     ResNet-50 training, bf16, channels-last, batch 256: images/s, MFU, images/J, clocks
   infer_{bf16,fp16}_eager   ResNet-50 inference, batch 256: images/s, p99 latency, fp32 guard
   gpu_suite            pytest -m gpu (tests/test_gpu.py): every path the CPU suite cannot reach
   train_bf16_compile   as train_bf16_eager, torch.compile (compilation reported apart)
@@ -15,7 +15,8 @@ all of them under one budget (BUDGET_SECONDS), so the run ends in time even when
   train_tf32           ResNet-50 training at tf32, batch 256
   nccl_world_1         the distributed path with one process against the plain one (target < 2%)
   jpeg_decode          the real-data pipeline with nvJPEG decoding against CPU decoding
-NVML's power draw is sampled through every check (nvidia-ml-py), and each record holds its memory.
+NVML's power draw is sampled through every check (cnnbench.telemetry, nvidia-ml-py); each run's record holds
+its memory, MFU (efficiency.py's datasheet peak), energy, images per joule, clocks and throttle reasons.
 
 Without CUDA every check is skipped, the table says so, and the exit status is 0 (a test runs it so).
 """
@@ -27,11 +28,9 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +38,11 @@ from typing import Callable
 
 import torch
 
+from cnnbench import telemetry
 from record import Recorder
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_SECONDS = 470  # the issue's 8 minutes, less start-up and the summary
-# Dense bf16 tensor-core peak, TFLOP/s: NVIDIA's H100 SXM and H200 datasheets (989.5, without sparsity).
-PEAK_BF16_TFLOPS = {"H100": 989.5, "H200": 989.5}
-RESNET50_TRAIN_GFLOPS = 3 * 8.18  # a training step is ~3 forward passes; forward 8.18 GFLOPs (`cnnbench models`)
 
 TRAIN = ["train", "resnet50", "--device", "cuda", "--batch-size", "256", "--num-batches", "60", "--warmup", "10",
          "--display-every", "20"]
@@ -71,14 +68,21 @@ def _memory(r: dict) -> str:
     return f"peak {r['peak_memory_mib']:.0f} MiB (allocator)" + (f", {nvml:.0f} MiB in use (NVML)" if nvml else "")
 
 
+def _hardware(r: dict) -> str:
+    """MFU (the record's: datasheet peak at the run's precision) and energy per image (NVML's counter)."""
+    mfu = f"MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:.4g} ({r['peak_source']})" if r.get("mfu") is not None \
+        else f"MFU n/a ({r.get('peak_source')})"
+    energy = (f"{r['images_per_joule']:.2f} img/J, {r['power_w_mean']:.0f} W mean, SM {r['sm_clock_mhz_mean']:.0f} MHz, "
+              f"{r['temperature_c_max']:.0f} C max, throttle [{r.get('throttle_reasons') or 'none'}]"
+              if r.get("images_per_joule") and r.get("power_w_mean") is not None else f"energy {r.get('energy_source')}")
+    return f"{mfu}; {energy}"
+
+
 def _train_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
     def rows(out: Path, log: str) -> list[tuple[str, str]]:
         r = _records(out / name)[-1]
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in (r.get("env.gpu_name") or "")), None)
-        mfu = (f"MFU {100 * r['images_per_sec'] * RESNET50_TRAIN_GFLOPS / (peak * 1e3):.1f}% of {peak} TFLOP/s bf16"
-               if peak and r["precision"] == "bf16" else "MFU n/a")
         compiled = f", compile {r['compile_seconds']:.0f} s" if r.get("compile_seconds") else ""
-        return [(f"{name}", f"{r['images_per_sec']:,.0f} img/s ±{r['images_per_sec_stderr']:.0f}, {mfu}{compiled}; "
+        return [(f"{name}", f"{r['images_per_sec']:,.0f} img/s ±{r['images_per_sec_stderr']:.0f}, {_hardware(r)}{compiled}; "
                             f"{_memory(r)}; status {r['status']}")]
     return rows
 
@@ -88,7 +92,8 @@ def _infer_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
         r = _records(out / name)[-1]
         guard = "guard ok" if r.get("guard_ok") else f"guard {r.get('guard_ok')} (rel. error {r.get('guard_relative_error')})"
         build = f", build {r['engine_build_seconds']:.0f} s" if r.get("engine_build_seconds") else ""
-        return [(name, f"{r['images_per_sec']:,.0f} img/s, p99 {r['latency_ms_p99']:.2f} ms, {guard}{build}; {_memory(r)}")]
+        return [(name, f"{r['images_per_sec']:,.0f} img/s, p99 {r['latency_ms_p99']:.2f} ms, {guard}{build}; {_hardware(r)}; "
+                       f"{_memory(r)}")]
     return rows
 
 
@@ -137,39 +142,21 @@ def checks(out: Path, scratch: Path) -> list[Check]:
     ]
 
 
-class PowerSampler:
-    """NVML's power draw of GPU 0 every 100 ms while a check runs (nvidia-ml-py; absent: no figures)."""
+def power_during(device: str = "cuda"):
+    """cnnbench's telemetry sampler (NVML, 10 Hz) over a whole check: started with its window open."""
+    sampler = telemetry.sampler_for(torch.device(device), enabled=True)
+    sampler.start()
+    sampler.mark_steady()
+    return sampler
 
-    def __init__(self):
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        try:
-            import pynvml
 
-            pynvml.nvmlInit()
-            self._read = lambda handle=pynvml.nvmlDeviceGetHandleByIndex(0): pynvml.nvmlDeviceGetPowerUsage(handle) / 1000
-        except Exception as exc:  # no package, no driver: the table says so
-            self._read, self.problem = None, f"NVML power not sampled ({type(exc).__name__}: {exc})"
-
-    def __enter__(self):
-        if self._read:
-            self.samples, self._stop = [], threading.Event()
-            threading.Thread(target=self._sample, daemon=True).start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.1):
-            self.samples.append(self._read())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-
-    def describe(self) -> str:
-        if not self._read:
-            return self.problem
-        if not self.samples:
-            return "no power samples"
-        return f"power {statistics.mean(self.samples):.0f} W mean, {max(self.samples):.0f} W max (NVML, {len(self.samples)} samples)"
+def describe_power(sampler) -> str:
+    f = sampler.fields(images=0)
+    if f["telemetry"] != "on":
+        return f"NVML power not sampled ({f['telemetry_note']})"
+    if f["power_w_mean"] is None:
+        return "no power samples"
+    return f"power {f['power_w_mean']:.0f} W mean, {f['power_w_max']:.0f} W max (NVML, {f['telemetry_samples']} samples)"
 
 
 def run_check(check: Check, out: Path, seconds: float, env: dict) -> tuple[str, str]:
@@ -215,21 +202,24 @@ def skip_all(todo: list[Check], rec: Recorder) -> list[tuple[str, str]]:
 
 
 def run_all(todo: list[Check], out: Path, env: dict, rec: Recorder) -> list[tuple[str, str]]:
-    deadline, rows, power = time.monotonic() + BUDGET_SECONDS, [], PowerSampler()
+    deadline, rows = time.monotonic() + BUDGET_SECONDS, []
     for check in todo:
         left = deadline - time.monotonic()
         if left < 15:
             rows.append((check.name, "skipped: the 8-minute budget is spent"))
             continue
         rec.say(f"=== {check.name} ({time.strftime('%H:%M:%S')}, limit {min(check.limit, left):.0f} s)")
-        with power:
+        power = power_during()
+        try:
             status, log = run_check(check, out, min(check.limit, left), env)
+        finally:
+            power.stop()
         rec.say("\n".join(log.splitlines()[-6:]))
         try:
             found = check.summarise(out, log) if status == "ok" else [(check.name, f"{status} (see {check.name}.log)")]
         except (IndexError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             found = [(check.name, f"{status}, but no figures read ({type(exc).__name__}: {exc}; see {check.name}.log)")]
-        rows += [(name, f"{value}; {power.describe()}") for name, value in found]
+        rows += [(name, f"{value}; {describe_power(power)}") for name, value in found]
     return rows
 
 

@@ -87,3 +87,16 @@ def test_a_record_s_efficiency_fields_follow_from_its_own_figures(cli, tiny_spec
     assert r["achieved_tflops"] == pytest.approx(flops * r["images_per_sec_from_mean_time"] / 1e12)
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 0.5) and r["peak_source"] == "measured: fake"
     assert f"MFU {100 * r['mfu']:.1f}% of 0.5 TFLOP/s fp32 peak (measured: fake)" in out
+
+
+def test_models_shows_training_flops_and_this_machine_s_peaks(cli, monkeypatch):
+    asked = []
+    monkeypatch.setattr(efficiency, "peak", lambda device, precision, measure=True: asked.append(precision)
+                        or efficiency.Peak(0.25 if precision != "int8" else None, "measured: fake" if precision != "int8" else
+                                           "unavailable: no int8 here"))
+    code, out, err = cli("models")
+    assert code == 0, err
+    resnet50 = next(line for line in out.splitlines() if line.startswith("│ resnet50"))
+    assert resnet50.split("│")[7].strip() == "24.54"  # 3 x 8.18
+    assert asked == ["fp32", "bf16", "int8"]
+    assert "  fp32: 0.25 TFLOP/s (measured: fake)" in out and "  int8: unavailable: no int8 here" in out

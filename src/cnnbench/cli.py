@@ -163,18 +163,39 @@ def cmd_models(args: argparse.Namespace) -> int:
     from cnnbench.models.registry import count_parameters, forward_flops, model_names, resolve_entry
     from cnnbench.reporting import console
 
-    table = Table(title="cnnbench models (forward GFLOPs per image; a multiply-add counts as 2 FLOPs)")
-    for column in ("model", "parameters", "GFLOPs", "input size", "classes", "preprocessing"):
+    table = Table(title="cnnbench models (forward GFLOPs per image; a multiply-add counts as 2 FLOPs; a training "
+                        "step counts 3 forwards)")
+    for column in ("model", "parameters", "GFLOPs", "input size", "classes", "preprocessing", "train GFLOPs"):
         table.add_column(column)
     for name in model_names():
         entry = resolve_entry(name)
         size = args.image_size or entry.input_size
         with torch.device("meta"):
             params = count_parameters(entry.build(size))
-        table.add_row(entry.name, f"{params:,}", f"{forward_flops(entry, size) / 1e9:.2f}", f"{size}x{size}",
-                      str(entry.num_classes), entry.preprocessing)
+        flops = forward_flops(entry, size) / 1e9
+        table.add_row(entry.name, f"{params:,}", f"{flops:.2f}", f"{size}x{size}", str(entry.num_classes),
+                      entry.preprocessing, f"{3 * flops:.2f}")
     console.print(table)
+    _peak_lines()
     return 0
+
+
+def _peak_lines() -> None:
+    """This machine's peak per precision (efficiency.py: datasheet, or measured once and cached), the
+    denominator of every run's MFU."""
+    import torch
+
+    from cnnbench import efficiency
+    from cnnbench.reporting import say
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = ("fp32", "tf32", "fp16", "bf16", "int8") if device.type == "cuda" else ("fp32", "bf16", "int8")
+    say(f"Peak of {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'} "
+        "(MFU = images/s x GFLOPs per image / peak; measured peaks are cached after their first measurement):")
+    for precision in precisions:
+        peak = efficiency.peak(device, precision)
+        unit = "TOPS" if precision == "int8" else "TFLOP/s"
+        say(f"  {precision}: " + (f"{peak.tflops:.4g} {unit} ({peak.source})" if peak.tflops else peak.source))
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
