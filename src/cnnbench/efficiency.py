@@ -8,7 +8,7 @@ and MFU = achieved / (peak x devices). For int8 the units are tera-operations pe
 The peak at the run's precision comes from, in this order:
 1. DATASHEET_PEAKS, NVIDIA's published dense (no sparsity) figures for common GPUs, matched by name;
 2. a measured peak: a large matrix product at that precision on the device (all cores on a CPU),
-   measured once and cached per machine (PEAK_CACHE, keyed by device model, ISA, threads and torch
+   measured once and cached per machine (cache_path(), keyed by device model, ISA, threads and torch
    version), and named `measured` in the record. A CPU's peak is always measured: no table can know
    its cores, clocks and vector units.
 A peak that can be neither is None, with `peak_source` saying why.
@@ -120,12 +120,15 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
-def _write_cache(path: Path, key: str, entry: dict) -> None:
+def remember(device: torch.device, precision: str, tflops: float, method: str) -> None:
+    """Add a measured peak to the cache (cache_path()), beside what other processes may have added since."""
     from cnnbench.results import atomic_write_text
 
+    path = cache_path()
+    entry = {"tflops": tflops, "method": method, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
-        data = _read_cache(path)  # another process may have added its own since
-        data[key] = entry
+        data = _read_cache(path)
+        data[machine_key(device, precision)] = entry
         atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass  # an unwritable cache costs a measurement next time, nothing more
@@ -147,7 +150,7 @@ def peak(device: torch.device, precision: str, *, measure: bool = True) -> Peak:
     tflops, method = measure_peak(device, precision)
     if tflops is None:
         return Peak(None, f"unavailable: {method}")
-    _write_cache(path, key, {"tflops": tflops, "method": method, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    remember(device, precision, tflops, method)
     return Peak(tflops, f"measured: {method}")
 
 
