@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from cnnbench import cli, config, estimate, soak, sweep, training
+from cnnbench import cli, config, estimate, soak, sweep, timing
 from helpers import REPO, read_jsonl, run_process
 
 
@@ -42,25 +41,23 @@ def test_a_steady_run_is_sustained_and_too_few_steps_or_a_failed_run_say_so():
 
 
 def test_soak_end_to_end_flags_a_run_that_slows_down(cli, tiny_spec, monkeypatch):
-    real = training.make_train_step
+    class SlowingClock:  # the measured loop's clock: every step 10 ms, the last 4 of 1 + 24 steps 50 ms
+        reads = 0
 
-    def slowing_step(*args):
-        step, count = real(*args), [0]
+        @classmethod
+        def perf_counter(cls):
+            cls.reads += 1
+            return cls.reads // 2 * 0.01 + (cls.reads // 2 - 21) * 0.04 * (cls.reads // 2 > 21)
 
-        def slower():
-            count[0] += 1
-            time.sleep(0.1 if count[0] > 23 else 0.0)  # the last 4 of 3 warm-up + 24 steady steps: 0.1 s more
-            return step()
-        return slower
-
-    monkeypatch.setattr(training, "make_train_step", slowing_step)
-    code, out, err = cli("soak", tiny_spec, "--batch-size", "2", "--num-batches", "24", "--warmup", "3",
+    monkeypatch.setattr(timing, "time", SlowingClock)
+    code, out, err = cli("soak", tiny_spec, "--batch-size", "2", "--num-batches", "24", "--warmup", "1",
                          "--display-every", "100", "--device", "cpu", "--no-telemetry")
     assert code == 0, err
     (r,) = read_jsonl("results_train_pressure/runs.jsonl")
     assert r["kind"] == "train" and r["steady_steps"] == 24 and r["config.drop_threshold"] == 5.0
-    assert r["soak_flagged"] is True and r["soak_throughput_drift_pct"] < -5, (r["soak_verdict"], r["steady_seconds"])
-    assert "Sustained performance: FLAGGED: throughput fell" in out
+    assert r["steady_seconds"][:20] == pytest.approx([0.01] * 20) and r["steady_seconds"][-2:] == pytest.approx([0.05] * 2)
+    assert r["soak_flagged"] is True and r["soak_throughput_drift_pct"] == pytest.approx(-80.0)
+    assert "Sustained performance: FLAGGED: throughput fell 80.0%" in out
     assert r["config.log_dir"] == "log_pressure_tinyNet_2" and (r["checkpoint"] or "").startswith("log_pressure_tinyNet_2")
 
 

@@ -153,7 +153,7 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
 def cmd_soak(args: argparse.Namespace) -> int:
     from cnnbench import soak
 
-    return _run_training(config.build(config.SoakConfig, given_options(args)), "soak", soak.run)
+    return _run_training(config.build(config.SoakConfig, given_options(args)), soak.run)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -221,11 +221,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     (N > 1) this process launches the job's N workers, each running this same command."""
     from cnnbench import training
 
-    return _run_training(config.build(config.TrainConfig, given_options(args)), "train", training.run)
+    return _run_training(config.build(config.TrainConfig, given_options(args)), training.run)
 
 
-def _run_training(cfg, command: str, run) -> int:
-    """`cnnbench train` and `cnnbench soak`: this process trains with `run`, or launches `command`'s workers."""
+def _run_training(cfg, run) -> int:
+    """`cnnbench train` and `cnnbench soak`: this process trains with `run`, or launches the job's workers
+    (which run the same command: launcher.launch)."""
     from cnnbench import distributed, environment, launcher, training
     from cnnbench.reporting import say
 
@@ -239,7 +240,7 @@ def _run_training(cfg, command: str, run) -> int:
         backend = distributed.backend_for(device)
         say(f"Launching {cfg.num_accelerators} data-parallel processes on this machine with torchrun's agent "
             f"({backend}); rank 0 reports")
-        return launcher.launch(cfg, backend, launched_at, command)
+        return launcher.launch(cfg, backend, launched_at)
     else:
         record = run(cfg)
     return exit_code(record)

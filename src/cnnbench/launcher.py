@@ -16,7 +16,7 @@ import uuid
 from typing import Iterator
 
 from cnnbench import config, errors
-from cnnbench.config import TrainConfig
+from cnnbench.config import SoakConfig, TrainConfig
 from cnnbench.distributed import LAUNCHER_PID_VARIABLE, STARTED_AT_VARIABLE, planned, share_of_cores
 
 EXIT_MEANINGS = {errors.EXIT_USAGE: "usage error", errors.EXIT_OUT_OF_MEMORY: "out of memory",
@@ -31,8 +31,8 @@ class JobFailed(errors.CnnbenchError):
         self.exit_code = exit_code
 
 
-def launch(cfg: TrainConfig, backend: str, launched_at: float, command: str = "train") -> int:
-    """Run `python -m cnnbench COMMAND` (train, or soak) with cfg as cfg.num_accelerators workers on this machine under
+def launch(cfg: TrainConfig, backend: str, launched_at: float) -> int:
+    """Run `python -m cnnbench train` (`soak` for a SoakConfig) with cfg as cfg.num_accelerators workers on this machine under
     torchrun's agent; backend (gloo or nccl, the one the workers will choose) and cfg.dist_timeout
     explain a failure.
 
@@ -44,6 +44,7 @@ def launch(cfg: TrainConfig, backend: str, launched_at: float, command: str = "t
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    command = "soak" if isinstance(cfg, SoakConfig) else "train"
     argv, count = [command, *config.to_argv(cfg)], cfg.num_accelerators
     # The agent runs in this process and starts the workers: this pid is their parent's.
     workers_env = {STARTED_AT_VARIABLE: repr(launched_at), LAUNCHER_PID_VARIABLE: str(os.getpid())}
