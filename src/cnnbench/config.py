@@ -336,6 +336,7 @@ class SynthValidateConfig:
         _int_at_least(self.warmup, 1, "--warmup")
         _int_at_least(self.seed, 0, "--seed")
 
+
 # --- Issue 12: `cnnbench max-batch` and `cnnbench soak` (maxbatch.py, soak.py) ---------------------------
 
 MAX_BATCH_MODES = ("train", "infer")
