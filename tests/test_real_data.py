@@ -25,15 +25,16 @@ def test_training_converges_on_the_sample_set(cli, digits, data):
     TFRecord reader (the folder reader gives the same accuracy: test_inference's folder-and-tfrecord test).
 
     Mirrored digits are other symbols, so no flip; 8x8 digits upscaled need crops of at least half the image.
+    10 epochs: 98.3% at the default seed (96.9% and 98.1% at seeds 1 and 2; 15 epochs add nothing the check needs).
     """
-    code, out, err = cli("train", "digitnet.json", "--data-dir", data, "--num-epochs", "15", "--batch-size", "32",
+    code, out, err = cli("train", "digitnet.json", "--data-dir", data, "--num-epochs", "10", "--batch-size", "32",
                          "--warmup", "1", "--display-every", "100", "--eval-at-end", "--workers", "1",
                          "--min-crop-scale", "0.5", "--flip", "0", "--log-dir", f"log_{data}")
     assert code == 0, err
     record = read_jsonl("results_train/runs.jsonl")[-1]
     assert record["top1"] >= 95.0, record["top1"]
     assert record["images_evaluated"] == 360
-    assert record["images_per_epoch"] == 1437 and record["end_step"] == 15 * (1437 // 32)
+    assert record["images_per_epoch"] == 1437 and record["end_step"] == 10 * (1437 // 32)
     assert 0 < record["data_wait_share"] < 1 and "Input wait:" in out
     assert "Validation accuracy: top-1" in out
 
