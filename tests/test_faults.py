@@ -31,6 +31,7 @@ from torch import nn
 
 from cnnbench import checkpoints, errors, memory, recording, reporting, results, weights
 from cnnbench.models.registry import resolve_entry
+from conftest import TINY_SPEC
 from helpers import read_jsonl
 
 
@@ -602,7 +603,6 @@ def test_cli_a_results_or_log_dir_that_is_a_file_stops_the_run_before_any_step(c
 
 
 def _spec_with_classes(tmp_path: Path, classes: int) -> Path:
-    from conftest import TINY_SPEC
 
     path = tmp_path / f"tiny{classes}.json"
     path.write_text(json.dumps({**TINY_SPEC, "name": f"tiny{classes}Net", "head": {"fully_connected": {"outputs": classes}}}))
@@ -780,29 +780,57 @@ def cli_prelude(spec: Path) -> str:
             + "".join(f"    assert cli.main([a.format(w=_warm) for a in {args!r}]) == 0\n" for args in runs))
 
 
-def test_cli_an_unwritable_results_folder_as_an_unprivileged_user(shared_dir, tiny_spec):
-    spec = shared_dir / "tiny.json"
-    shutil.copy(tiny_spec, spec)
+@pytest.fixture(scope="module")
+def cli_runs_as_nobody():
+    """The two tests below, run as nobody in one process (one import of torch, one warm-up prelude): in `unwritable`,
+    three commands aimed at a folder nobody cannot write; in `read_only_at_end`, a training run whose results
+    folder turns read-only while the run ends. Returns the folders and each run's [code, stdout, stderr]."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as nobody")
+    shared = Path(tempfile.mkdtemp(prefix="cnnbench-faults-"))  # pytest's tmp_path is inside root's private folder
+    shared.chmod(0o755)
+    spec = shared / "tiny.json"
+    spec.write_text(json.dumps(TINY_SPEC))
     spec.chmod(0o644)
-    locked = shared_dir / "locked"
+    locked = shared / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    work = shared_dir / "work"
-    work.mkdir()
-    os.chown(work, NOBODY, NOBODY)
+    unwritable, read_only_at_end = shared / "work", shared / "work2"
+    (read_only_at_end / "res").mkdir(parents=True)
+    unwritable.mkdir()
+    for path in (unwritable, read_only_at_end, read_only_at_end / "res"):
+        os.chown(path, NOBODY, NOBODY)
     commands = [["train", str(spec), *TINY16, "--results-dir", str(locked)],
                 ["train", str(spec), *TINY16, "--log-dir", str(locked / "ck")],
                 ["infer", str(spec), *TINY16, "--random-weights", "--results-dir", str(locked / "deeper")]]
-    done = run_as_nobody(  # one process, one import of torch: each command's code, stdout and stderr
+    late = ["train", str(spec), *TINY16, "--results-dir", "res", "--log-dir", "ck"]
+    done = run_as_nobody(  # each command's code, stdout and stderr
         "import contextlib, io\n"
-        f"for args in {commands!r}:\n"
+        "def captured(args):\n"
         "    out, err = io.StringIO(), io.StringIO()\n"
         "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
         "        code = cli.main(args)\n"
-        "    print(json.dumps([code, out.getvalue(), err.getvalue()]))\n",
-        cwd=work, prelude=cli_prelude(spec))
-    assert done.returncode == 0, done.stderr
-    runs = [json.loads(line) for line in done.stdout.splitlines()]
+        "    return json.dumps([code, out.getvalue(), err.getvalue()])\n"
+        f"for args in {commands!r}:\n"
+        "    print(captured(args))\n"
+        f"os.chdir({str(read_only_at_end)!r})\n"
+        "real = reporting.final_lines\n"
+        "def final_lines(*args, **kwargs):\n"
+        "    real(*args, **kwargs)\n"
+        "    os.chmod('res', 0o555)\n"
+        "reporting.final_lines = final_lines\n"
+        f"print(captured({late!r}))\n",
+        cwd=unwritable, prelude=cli_prelude(spec))
+    try:
+        assert done.returncode == 0 and done.stderr == "", done.stdout + done.stderr
+        *runs, last = [json.loads(line) for line in done.stdout.splitlines()]
+        yield {"locked": locked, "unwritable": unwritable, "runs": runs, "read_only_at_end": read_only_at_end, "last": last}
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_cli_an_unwritable_results_folder_as_an_unprivileged_user(cli_runs_as_nobody):
+    locked, runs = cli_runs_as_nobody["locked"], cli_runs_as_nobody["runs"]
     assert len(runs) == 3
     for (code, out, err), option, target in zip(runs, ["--results-dir", "--log-dir", "--results-dir"],
                                                 [locked, locked / "ck", locked / "deeper"]):
@@ -810,33 +838,19 @@ def test_cli_an_unwritable_results_folder_as_an_unprivileged_user(shared_dir, ti
         assert line == (f"cnnbench: error: {option} {target}: cannot write in {locked} (Permission denied); "
                         f"give {option} a folder you can write to")
         assert out == ""  # refused before the header: nothing measured, nothing to lose
-    assert list(locked.iterdir()) == [] and list(work.iterdir()) == []  # no record, no fallback, no checkpoint
+    assert list(locked.iterdir()) == [] and list(cli_runs_as_nobody["unwritable"].iterdir()) == []  # no record, no fallback, no checkpoint
 
 
-def test_cli_a_results_folder_that_turns_read_only_at_the_end_keeps_figures_and_record(shared_dir, tiny_spec):
+def test_cli_a_results_folder_that_turns_read_only_at_the_end_keeps_figures_and_record(cli_runs_as_nobody):
     """As nobody, so that the permission is really denied: the folder passes the pre-flight, then turns
     read-only while the run ends (a quota, a remount). The figures are printed first, the record goes to
     a fallback file whose path is printed, and the run exits 4."""
-    spec = shared_dir / "tiny.json"
-    shutil.copy(tiny_spec, spec)
-    spec.chmod(0o644)
-    work = shared_dir / "work"
-    (work / "res").mkdir(parents=True)
-    for path in (work, work / "res"):
-        os.chown(path, NOBODY, NOBODY)
-    args = ["train", str(spec), *TINY16, "--results-dir", "res", "--log-dir", "ck"]
-    done = run_as_nobody(
-        "real = reporting.final_lines\n"
-        "def final_lines(*args, **kwargs):\n"
-        "    real(*args, **kwargs)\n"
-        "    os.chmod('res', 0o555)\n"
-        "reporting.final_lines = final_lines\n"
-        f"sys.exit(cli.main({args!r}))\n",
-        cwd=work, prelude=cli_prelude(spec))
-    assert done.returncode == errors.EXIT_RUN_FAILED == 4, done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    assert "Images/sec:" in done.stdout and "System performance in images/second is:" in done.stdout
-    line, = done.stderr.strip().splitlines()
+    work = cli_runs_as_nobody["read_only_at_end"]
+    code, out, err = cli_runs_as_nobody["last"]
+    assert code == errors.EXIT_RUN_FAILED == 4, out + err
+    assert "Traceback" not in out + err
+    assert "Images/sec:" in out and "System performance in images/second is:" in out
+    line, = err.strip().splitlines()
     fallbacks = list(work.glob("cnnbench-record-*.json"))
     assert len(fallbacks) == 1, sorted(p.name for p in work.iterdir())
     fallback = fallbacks[0]
