@@ -603,7 +603,6 @@ def test_cli_a_results_or_log_dir_that_is_a_file_stops_the_run_before_any_step(c
 
 
 def _spec_with_classes(tmp_path: Path, classes: int) -> Path:
-
     path = tmp_path / f"tiny{classes}.json"
     path.write_text(json.dumps({**TINY_SPEC, "name": f"tiny{classes}Net", "head": {"fully_connected": {"outputs": classes}}}))
     return path
