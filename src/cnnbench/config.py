@@ -412,6 +412,55 @@ class SoakConfig(TrainConfig):
             raise UsageError(f"--drop-threshold must be a percentage in (0, 100), got {self.drop_threshold}")
 
 
+# --- Issue 13: reading results: `cnnbench results`, `report` and `compare` (results.py, report.py, compare.py) ---
+COMPARE_FORMATS = ("markdown", "csv", "json")
+
+
+@dataclass
+class ResultsConfig:
+    """`cnnbench results DIR...`: rebuild the tables of results folders from their records."""
+
+    dirs: tuple[str, ...] = option((), "results folders (runs.jsonl inside; validation.jsonl too)", positional=True,
+                                   nargs="+", metavar="DIR")
+
+
+@dataclass
+class ReportConfig:
+    """`cnnbench report [DIR...]`: one self-contained HTML file of charts and tables (report.py)."""
+
+    dirs: tuple[str, ...] = option((), "results folders or record files (runs.jsonl, validation.jsonl), searched "
+                                       "recursively; default: results_train and results_infer where they exist",
+                                   positional=True, nargs="*", metavar="DIR")
+    out: str = option("report.html", "the HTML file written", metavar="PATH")
+    title: str = option("cnnbench report", "the page's title")
+
+    def validate(self) -> None:
+        if not self.out.endswith((".html", ".htm")):
+            raise UsageError(f"--out {self.out}: the report is an HTML file; give a name ending in .html")
+
+
+@dataclass
+class CompareConfig:
+    """`cnnbench compare BASE NEW`: images/s of the configurations two runs share, with a noise-aware verdict."""
+
+    base: str = option("", "the baseline: a results folder (searched recursively) or a record file", positional=True)
+    new: str = option("", "the run compared with it, the same kinds of path", positional=True)
+    threshold: float = option(0.03, "a change smaller than this fraction of the baseline is no change, whatever the noise")
+    noise_factor: float = option(3.0, "a change must also exceed this many standard errors of the difference "
+                                      "(sqrt(se_base^2 + se_new^2), each run's standard error of the mean images/s)")
+    fail_below: float | None = option(None, "exit 1 when a configuration got slower beyond noise and threshold with a "
+                                            "ratio new/base below this (e.g. 0.95), or failed in NEW only", metavar="RATIO")
+    format: str = option("markdown", "output format", choices=COMPARE_FORMATS)
+
+    def validate(self) -> None:
+        if not 0 <= self.threshold < 1:
+            raise UsageError(f"--threshold must be a fraction in [0, 1), got {self.threshold}")
+        if not 0 <= self.noise_factor < math.inf:
+            raise UsageError(f"--noise-factor must be a finite number of standard errors, 0 or more, got {self.noise_factor}")
+        if self.fail_below is not None and not 0 < self.fail_below < math.inf:
+            raise UsageError(f"--fail-below must be a positive ratio new/base such as 0.95, got {self.fail_below}")
+
+
 def _int_at_least(value: object, least: int, option_name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= MAX_INT:
         what = "an integer of at least 1" if least == 1 else f"{least} or more"

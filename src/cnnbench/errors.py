@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+EXIT_REGRESSION = 1  # cnnbench compare --fail-below: a configuration got slower beyond noise
 EXIT_USAGE = 2
 EXIT_OUT_OF_MEMORY = 3
 EXIT_RUN_FAILED = 4

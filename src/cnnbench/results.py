@@ -37,6 +37,15 @@ RECORDS = "runs.jsonl"
 TIDY_CSV = "runs.csv"
 TABLES_CSV = "results.csv"
 
+# The version of the record's field names, units and meanings, documented field by field in
+# record.schema.json beside this module. A renamed field, or one whose unit or meaning changes, bumps it, so
+# that readers (report, compare, other people's scripts) can tell which names a record uses. Records from
+# before versioning carry no schema_version; their fields are those of version 1.
+SCHEMA_VERSION = 1
+SCHEMA_FILE = "record.schema.json"
+# `cnnbench synth validate`'s comparison records and their table (synth_validation.py writes them).
+VALIDATION_RECORDS, VALIDATION_CSV = "validation.jsonl", "validation.csv"
+
 # Row order of the original's tables (process_results.py).
 ORIGINAL_MODEL_ORDER = ["googlenet", "resnet50", "resnet152", "densenet121", "synNet"]
 
@@ -115,16 +124,22 @@ def _clean(value: object) -> object:
 
 
 def record_line(record: dict) -> str:
-    """One record as the single JSON line runs.jsonl holds (newline included)."""
-    return json.dumps({k: _clean(v) for k, v in record.items()}, default=_json_default) + "\n"
+    """One record as the single JSON line runs.jsonl holds (newline included), schema_version first (a
+    record that already names its version keeps it)."""
+    versioned = {"schema_version": record.get("schema_version", SCHEMA_VERSION), **record}
+    return json.dumps({k: _clean(v) for k, v in versioned.items()}, default=_json_default) + "\n"
 
 
 def read_records_counting(results_dir: Path) -> tuple[list[dict], list[int]]:
     """(records, numbers of the lines that are not a JSON record). A torn line (a crash mid-write, a
     full disk) is skipped: one bad line must not hide every other run."""
-    path = Path(results_dir) / RECORDS
+    return read_file_counting(Path(results_dir) / RECORDS)
+
+
+def read_file_counting(path: Path) -> tuple[list[dict], list[int]]:
+    """read_records_counting for any JSON-lines file of records (runs.jsonl, validation.jsonl)."""
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         return [], []
     records, torn = [], []
@@ -144,8 +159,12 @@ def read_records_counting(results_dir: Path) -> tuple[list[dict], list[int]]:
 
 def read_records(results_dir: Path) -> list[dict]:
     """Every intact record; each torn line gets one warning line per process, naming file and line."""
-    records, torn = read_records_counting(results_dir)
-    path = Path(results_dir) / RECORDS
+    return read_file(Path(results_dir) / RECORDS)
+
+
+def read_file(path: Path) -> list[dict]:
+    """read_records for any JSON-lines file of records."""
+    records, torn = read_file_counting(path)
     fresh = [n for n in torn if (str(path), n) not in _warned_torn]
     if fresh:
         from cnnbench import reporting  # late: reporting pulls in torch, the tables need none of it
@@ -256,6 +275,36 @@ def ensure_writable(path: Path, option: str) -> None:
         reason = exc.strerror or one_line(exc)
         raise UsageError(f"{option} {path}: cannot write in {probe} ({reason}); "
                          f"give {option} a folder you can write to") from None
+
+
+def record_files(path: Path | str) -> list[Path]:
+    """The record files a path holds: itself when it is a file, else every runs.jsonl and validation.jsonl
+    below it (a run.sh folder with results_train/ and results_infer/, a synth validation's runs/)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such file or folder; give a results folder or a record file (runs.jsonl)")
+    return sorted(path.rglob(RECORDS)) + sorted(path.rglob(VALIDATION_RECORDS))
+
+
+def rebuild(results_dir: Path | str) -> list[Path]:
+    """`cnnbench results DIR`: the tables rebuilt from the records, as the original's process_results.py
+    rebuilt them from its logs, with the code every new record runs (write_tables); returns the files written."""
+    results_dir = Path(results_dir)
+    runs, validation = results_dir / RECORDS, results_dir / VALIDATION_RECORDS
+    if not runs.is_file() and not validation.is_file():
+        raise UsageError(f"{results_dir}: no {RECORDS} or {VALIDATION_RECORDS} there; give a results folder "
+                         "(results_train, results_infer, a sweep's --results-dir)")
+    written = []
+    with locked(results_dir):
+        if runs.is_file():
+            write_tables(results_dir, read_records(results_dir))
+            written += [results_dir / TABLES_CSV, results_dir / TIDY_CSV]
+        if validation.is_file():
+            atomic_write_text(results_dir / VALIDATION_CSV, tidy_csv(read_file(validation)))
+            written.append(results_dir / VALIDATION_CSV)
+    return written
 
 
 def write_tables(results_dir: Path, records: list[dict]) -> None:

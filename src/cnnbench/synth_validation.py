@@ -35,7 +35,7 @@ from cnnbench.config import InferConfig, MeasureConfig, PlacementConfig, SynthVa
 from cnnbench.errors import UsageError
 
 RECORD_VERSION = 1
-VALIDATION_RECORDS, VALIDATION_CSV = "validation.jsonl", "validation.csv"
+VALIDATION_RECORDS, VALIDATION_CSV = results.VALIDATION_RECORDS, results.VALIDATION_CSV
 DEFAULT_SETTINGS = {
     "cpu": ("train-fp32", "eager-fp32", "compile-fp32", "onnxruntime-fp32", "onnxruntime-int8"),
     "cuda": ("train-fp32", "train-bf16", "eager-fp32", "eager-tf32", "eager-bf16", "eager-fp16", "compile-bf16"),
