@@ -1,5 +1,5 @@
 """Command line: `cnnbench models | profile | synth [validate] | train | train-all | infer | infer-all | max-batch |
-soak | soak-all | data`.
+soak | soak-all | data | results | report | compare`.
 
 Every option of train, infer and their sweeps is generated from the typed configuration tree in
 config.py (its fields' types, defaults, help and choices); this module adds no default of its own.
@@ -121,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=lambda args, kind=kind, run_cls=run_cls, sweep_cls=sweep_cls: _sweep(kind, run_cls, sweep_cls, args))
 
     add_hardware_commands(sub)
+    for name, cls, func, what in (
+        ("results", config.ResultsConfig, cmd_results, "rebuild results.csv and runs.csv of results folders from their records"),
+        ("report", config.ReportConfig, cmd_report, "one self-contained HTML file of charts and a table of every run"),
+        ("compare", config.CompareConfig, cmd_compare, "compare two runs configuration by configuration, with a "
+                                                       "noise-aware verdict and the environment's differences first"),
+    ):
+        p = sub.add_parser(name, help=what)
+        add_config_options(p, cls)
+        p.set_defaults(func=func)
+
     from cnnbench.data.commands import add_data_commands
 
     add_data_commands(sub)
@@ -214,6 +224,27 @@ def cmd_synth_validate(args: argparse.Namespace) -> int:
     from cnnbench import synth_validation
 
     return synth_validation.run(config.build(config.SynthValidateConfig, given_options(args)))
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from cnnbench import results
+
+    for folder in config.build(config.ResultsConfig, given_options(args)).dirs:
+        written = results.rebuild(folder)
+        print(f"{folder}: rebuilt {', '.join(p.name for p in written)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cnnbench import report
+
+    return report.run(config.build(config.ReportConfig, given_options(args)))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cnnbench import compare
+
+    return compare.run(config.build(config.CompareConfig, given_options(args)))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
