@@ -51,14 +51,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def fastest_engine(device_type: str, providers: list[str]) -> tuple[str, str]:
-    """The engine --use_trt runs, and why."""
-    if "TensorrtExecutionProvider" in providers and device_type == "cuda":
-        return "tensorrt", "TensorRT is installed"
-    if device_type == "cpu" and "CPUExecutionProvider" in providers:
-        return "onnxruntime", "TensorRT is not available on the CPU; ONNX Runtime is the fastest engine there"
-    if device_type == "cuda" and "CUDAExecutionProvider" in providers:
-        return "onnxruntime", "TensorRT is not installed; ONNX Runtime's CUDA provider is the fastest engine available"
-    return "compile", f"TensorRT is not installed; torch.compile is the fastest engine available on {device_type}"
+    """The engine --use_trt runs, and why (cnnbench.engines.optimized_engine, shared with `infer-all --engines optimized`)."""
+    from cnnbench.engines import optimized_engine
+
+    return optimized_engine(device_type, providers)
 
 
 def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[list[str], str | None]:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The tests: sets up .venv first when it cannot import cnnbench and pytest (a fresh clone), then runs
-# pytest. Arguments go to pytest, e.g. ./test.sh tests/test_stats.py -k median.
+# The tests: sets up .venv first when it cannot import cnnbench, pytest and jsonschema (a fresh clone), installs
+# chromium for the report's browser test when it is missing (ensure_chromium), then runs pytest. Arguments go
+# to pytest, e.g. ./test.sh tests/test_stats.py -k median.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
-ensure_venv pytest
+ensure_venv pytest jsonschema
+ensure_chromium
 exec .venv/bin/pytest -q "$@"

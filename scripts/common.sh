@@ -20,6 +20,23 @@ ensure_venv() {
     }
 }
 
+# ensure_chromium: the report's browser test (tests/test_report.py) opens report.html in headless Chromium,
+# Debian's chromium package; install it when it is missing and this user can (root with apt-get). Otherwise
+# one loud line says that test will be skipped; the rest of the suite runs.
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    local log="${TMPDIR:-/tmp}/cnnbench-chromium-install.log"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "$(basename "$0"): installing chromium (Debian's package) for the report's browser test; log in $log"
+        if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >"$log" 2>&1; then
+            return 0
+        fi
+        tail -n 3 "$log" >&2
+    fi
+    echo "$(basename "$0"): WARNING: chromium is not installed and could not be (as root: apt-get install chromium);" \
+        "the report's browser test will be SKIPPED" >&2
+}
+
 # find_cnnbench: CNNBENCH = the command to run: $CNNBENCH when set (another installation), else .venv's,
 # else the one on PATH; exit 2 when there is none.
 find_cnnbench() {
@@ -63,4 +80,12 @@ split_models() {
             done
         fi
     done
+}
+
+# require_data_dir: exit 2 in one line naming DATA_DIR when it is not set (the accuracy scripts read real data).
+require_data_dir() {
+    if [ -z "${DATA_DIR:-}" ]; then
+        echo "$(basename "$0"): DATA_DIR is not set; point it at ImageNet TFRecord shards or image folders, e.g. DATA_DIR=/data/imagenet $0" >&2
+        exit 2
+    fi
 }

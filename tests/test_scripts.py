@@ -43,7 +43,8 @@ def test_run_sh_runs_the_training_sweep_then_the_inference_sweep_with_the_same_o
     done = run_process([str(REPO / "run.sh"), "--quick", "--models", "googlenet"], env=calls.env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert calls.read() == [["train-all", "--plan", "auto", "--num-accelerators", "1", "--quick", "--models", "googlenet"],
-                            ["infer-all", "--plan", "auto", "--quick", "--models", "googlenet"]]
+                            ["infer-all", "--plan", "auto", "--quick", "--models", "googlenet"],
+                            ["report", "--out", "report.html"]]
 
 
 def test_train_sh_passes_num_accelerators_to_each_run(tmp_path, calls):
@@ -239,12 +240,65 @@ def test_test_sh_sets_up_a_fresh_clone_once_then_runs_pytest(tmp_path):
     (tmp_path / "setup.sh").chmod(0o755)
     first = run_process([str(tmp_path / "test.sh"), "-k", "median"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest yet; running ./setup.sh first",
+    assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest, jsonschema yet; running ./setup.sh first",
                                          "stand-in setup", "pytest -q -k median"]
     again = run_process([str(tmp_path / "test.sh")], cwd=tmp_path)
     assert again.stdout.splitlines() == ["pytest -q"]
 
 
+def test_ensure_chromium_says_loudly_when_it_cannot_install(tmp_path):
+    # Not root and chromium not on PATH: no install is tried, one warning line says the browser test will skip.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("basename", "tail"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")
+    (bin_dir / "id").chmod(0o755)
+    done = run_process(["/bin/bash", "-c", f"source {REPO / 'scripts' / 'common.sh'}; ensure_chromium; echo next"],
+                       env={"PATH": str(bin_dir)})
+    assert done.returncode == 0 and done.stdout.splitlines() == ["next"]
+    assert "WARNING: chromium is not installed and could not be" in done.stderr and "SKIPPED" in done.stderr
+
+
 def test_ci_runs_the_readme_s_test_command():
     commands = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert commands[-1] == "exec ./test.sh"
+
+
+@pytest.mark.parametrize("script, options", [
+    ("infer-all-synthetic-input.sh", ["--engines", "eager", "--precisions", "fp32"]),
+    ("infer-all-trt-synthetic-input-fp32.sh", ["--engines", "optimized", "--precisions", "fp32"]),
+    ("infer-all-trt-synthetic-input-fp16.sh", ["--engines", "optimized", "--precisions", "fp16"]),
+    ("infer-all-trt-synthetic-input-int8.sh", ["--engines", "optimized", "--precisions", "int8"]),
+])
+def test_the_original_synthetic_input_scripts(tmp_path, calls, script, options):
+    done = run_process([str(REPO / script), "--", "--models", "googlenet"], env=calls.env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls.read() == [["infer-all", "--plan", "auto", *options, "--models", "googlenet"]]
+
+
+@pytest.mark.parametrize("script, options", [
+    ("infer-all-accuracy.sh", ["--engines", "eager", "--precisions", "fp32"]),
+    ("infer-all-trt-accuracy.sh", ["--engines", "optimized", "--precisions", "fp32,fp16,int8"]),
+])
+def test_the_original_accuracy_scripts_read_data_dir(tmp_path, calls, script, options):
+    done = run_process([str(REPO / script)], env={**calls.env, "DATA_DIR": ""}, cwd=tmp_path)
+    assert done.returncode == 2 and calls.read() == []
+    assert done.stderr.strip().splitlines() == [f"{script}: DATA_DIR is not set; point it at ImageNet TFRecord shards or "
+                                                f"image folders, e.g. DATA_DIR=/data/imagenet {REPO / script}"]
+    done = run_process([str(REPO / script), "--models", "resnet50"], env={**calls.env, "DATA_DIR": "/data/imagenet"},
+                       cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls.read() == [["infer-all", "--plan", "auto", *options, "--data-dir", "/data/imagenet", "--num-epochs", "1",
+                             "--models", "resnet50"]]
+
+
+def test_engines_optimized_is_the_engine_use_trt_chooses_and_says_which(capsys):
+    import torch
+
+    from cnnbench import sweep
+    from cnnbench.config import InferSweepConfig
+
+    pairs = sweep.engine_pairs(InferSweepConfig(engines="optimized,eager", precisions="fp32,fp16,int8"), torch.device("cpu"))
+    assert pairs == [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("eager", "fp32"), ("eager", "fp16")]
+    assert "--engines optimized: running engine onnxruntime (TensorRT is not available on the CPU" in capsys.readouterr().out

@@ -228,9 +228,10 @@ class TrainSweepConfig(SweepConfig):
 
 @dataclass
 class InferSweepConfig(SweepConfig):
-    engines: str | None = option(None, "comma-separated engines; default: eager fp32 and the device's fastest engines at "
-                                       "fp32 and reduced precision (CPU: onnxruntime fp32, int8; CUDA: compile bf16, fp16, "
-                                       "and tensorrt when installed)")
+    engines: str | None = option(None, "comma-separated engines; optimized: the device's optimized engine as the "
+                                       "original's --use_trt chose it (tensorrt where installed, else the fastest there); "
+                                       "default: eager fp32 and the device's fastest engines at fp32 and reduced precision "
+                                       "(CPU: onnxruntime fp32, int8; CUDA: compile bf16, fp16, and tensorrt when installed)")
     precisions: str | None = option(None, "comma-separated precisions, crossed with --engines (impossible pairs are "
                                           "skipped); default: see --engines")
 

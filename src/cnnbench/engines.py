@@ -114,6 +114,23 @@ def _ort_providers() -> list[str]:
     return onnxruntime.get_available_providers()
 
 
+def installed_providers() -> list[str]:
+    """ONNX Runtime's execution providers, none where it is not installed."""
+    return _ort_providers() if importlib.util.find_spec("onnxruntime") is not None else []
+
+
+def optimized_engine(device_type: str, providers: list[str]) -> tuple[str, str]:
+    """The device's optimized engine, as the original's --use_trt meant it (nvcnn.py, `infer-all --engines
+    optimized`): TensorRT where installed, else the fastest engine available; and why."""
+    if "TensorrtExecutionProvider" in providers and device_type == "cuda":
+        return "tensorrt", "TensorRT is installed"
+    if device_type == "cpu" and "CPUExecutionProvider" in providers:
+        return "onnxruntime", "TensorRT is not available on the CPU; ONNX Runtime is the fastest engine there"
+    if device_type == "cuda" and "CUDAExecutionProvider" in providers:
+        return "onnxruntime", "TensorRT is not installed; ONNX Runtime's CUDA provider is the fastest engine available"
+    return "compile", f"TensorRT is not installed; torch.compile is the fastest engine available on {device_type}"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -203,6 +203,12 @@ def engine_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
         return default_pairs(device.type)
     engines = parse_list("eager" if settings.engines is None else settings.engines, "--engines")
     precisions = parse_list("fp32" if settings.precisions is None else settings.precisions, "--precisions")
+    if "optimized" in engines:  # the original's --use_trt: TensorRT where installed, else the fastest engine there
+        from cnnbench.engines import installed_providers, optimized_engine
+
+        chosen, why = optimized_engine(device.type, installed_providers())
+        reporting.say(f"--engines optimized: running engine {chosen} ({why})")
+        engines = list(dict.fromkeys(chosen if e == "optimized" else e for e in engines))
     for engine in engines:
         if engine not in ENGINES:
             raise errors.UsageError(f"--engines: unknown engine {engine!r}; use some of: {', '.join(ENGINES)}")
