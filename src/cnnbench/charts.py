@@ -16,6 +16,7 @@ from html import escape
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 FONT = 12
 LEFT, RIGHT, TOP = 64, 16, 40  # margins: y tick labels, the last bar, the title and legend
+MAX_DOTS = 60  # a line of more points is drawn without a dot on each
 
 
 @dataclass
@@ -150,7 +151,7 @@ def _bar(s: Bars, g: int, x: float, w: float, colour: str, to_y, bottom: float, 
 
 def line_chart(title: str, lines: list[Line], *, x_unit: str, y_unit: str, spans: list[tuple[float, float, str]] = (),
                width: int = 460, height: int = 240) -> str:
-    """Lines through (x, y) points, a dot on each point; `spans` (x0, x1, label) shaded behind them."""
+    """Lines through (x, y) points, a dot on each of up to MAX_DOTS points; `spans` (x0, x1, label) shaded behind them."""
     width = max(width, _text_width(title) + LEFT + RIGHT)
     xs = [x for line in lines for x in line.xs] or [0.0, 1.0]
     ys = [v for line in lines for v in line.ys] or [0.0, 1.0]
@@ -176,7 +177,8 @@ def line_chart(title: str, lines: list[Line], *, x_unit: str, y_unit: str, spans
         points = " ".join(f"{to_x(a):.1f},{to_y(b):.1f}" for a, b in zip(line.xs, line.ys))
         parts.append(f'<polyline class="mark" points="{points}" fill="none" stroke="{colour}" stroke-width="1.5">'
                      f'<title>{escape(line.name)}</title></polyline>')
-        parts += [f'<circle cx="{to_x(a):.1f}" cy="{to_y(b):.1f}" r="2.5" fill="{colour}"/>' for a, b in zip(line.xs, line.ys)]
+        if len(line.xs) <= MAX_DOTS:  # past that the dots hide the line and only weigh on the file
+            parts += [f'<circle cx="{to_x(a):.1f}" cy="{to_y(b):.1f}" r="2.5" fill="{colour}"/>' for a, b in zip(line.xs, line.ys)]
     if len(lines) > 1:
         parts += _legend([line.name for line in lines], LEFT, 32)
     return "".join(parts) + "</svg>"
