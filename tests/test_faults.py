@@ -40,6 +40,11 @@ def _record(model="resnet50", batch=16, **extra):
             "system_images_per_sec": 1.0, "images_per_sec": 2.0, **extra}
 
 
+def _written(**fields) -> dict:
+    """_record as a results folder keeps it: every record names its schema's version first."""
+    return {"schema_version": results.SCHEMA_VERSION, **_record(**fields)}
+
+
 @pytest.fixture
 def warnings_seen(monkeypatch):
     """The warning lines the results module shows (reporting.warn), in order."""
@@ -140,8 +145,9 @@ def test_torn_lines_anywhere_are_counted_and_reported_once(tmp_path, warnings_se
 def test_appending_never_parses_what_is_there(tmp_path, warnings_seen):
     (tmp_path / "runs.jsonl").write_text("not json at all\n")
     results.append_record(tmp_path, _record())
-    assert (tmp_path / "runs.jsonl").read_text().splitlines()[1] == json.dumps(_record())
-    assert results.read_records(tmp_path) == [_record()]
+    written = _written()
+    assert (tmp_path / "runs.jsonl").read_text().splitlines()[1] == json.dumps(written)
+    assert results.read_records(tmp_path) == [written]
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
@@ -205,7 +211,7 @@ def test_preflight_refuses_a_read_only_folder_as_an_unprivileged_user(shared_dir
 
 def test_save_record_appends_when_it_can(tmp_path):
     assert results.save_record(tmp_path / "res", _record()) == tmp_path / "res" / "runs.jsonl"
-    assert read_jsonl(tmp_path / "res" / "runs.jsonl") == [_record()]
+    assert read_jsonl(tmp_path / "res" / "runs.jsonl") == [_written()]
 
 
 def test_a_results_folder_replaced_by_a_file_sends_the_record_to_a_fallback_file(tmp_path):
@@ -218,7 +224,7 @@ def test_a_results_folder_replaced_by_a_file_sends_the_record_to_a_fallback_file
     exc = info.value
     assert exc.exit_code == errors.EXIT_RUN_FAILED == 4
     assert exc.fallback.parent == tmp_path and exc.fallback.name.startswith("cnnbench-record-")
-    assert json.loads(exc.fallback.read_text()) == {**record, "images_per_sec": None}
+    assert json.loads(exc.fallback.read_text()) == {"schema_version": results.SCHEMA_VERSION, **record, "images_per_sec": None}
     message = str(exc)
     assert _one_line(message)
     assert f"could not add the run's record to {res / 'runs.jsonl'} (FileExistsError:" in message
@@ -239,7 +245,7 @@ def test_a_full_disk_with_the_current_folder_gone_falls_back_to_the_temp_folder(
     with pytest.raises(errors.RecordNotSaved, match=r"\(OSError: \[Errno 28\] No space left on device\)") as info:
         results.save_record(tmp_path / "res", _record())
     assert info.value.fallback.parent == tmp_path / "tmp"
-    assert json.loads(info.value.fallback.read_text()) == _record()
+    assert json.loads(info.value.fallback.read_text()) == _written()
 
 
 def test_two_fallbacks_in_the_same_second_get_two_files(tmp_path):
@@ -255,7 +261,7 @@ def test_with_no_fallback_either_the_record_itself_is_in_the_message(tmp_path, m
         results.save_record(tmp_path, _record(model="googlenet"))
     message = str(info.value)
     assert _one_line(message) and info.value.fallback is None
-    assert message.endswith("no fallback file could be written either; the record: " + json.dumps(_record(model="googlenet")))
+    assert message.endswith("no fallback file could be written either; the record: " + json.dumps(_written(model="googlenet")))
 
 
 def test_save_record_into_a_folder_nobody_may_write(shared_dir):
@@ -285,7 +291,7 @@ def test_tables_that_cannot_be_rebuilt_are_a_warning_once_the_record_is_kept(tmp
 
     monkeypatch.setattr(results, "write_tables", no_space)
     assert results.save_record(tmp_path, _record()) == tmp_path / "runs.jsonl"
-    assert read_jsonl(tmp_path / "runs.jsonl") == [_record()]  # kept once, not also in a fallback file
+    assert read_jsonl(tmp_path / "runs.jsonl") == [_written()]  # kept once, not also in a fallback file
     assert warnings_seen == [f"record kept in {tmp_path / 'runs.jsonl'}, but the tables were not rebuilt "
                              "([Errno 28] No space left on device)"]
 
