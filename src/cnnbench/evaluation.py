@@ -25,6 +25,11 @@ def real_batches(source, epochs: int | None) -> Iterator:
         done += 1
 
 
+def top5_classes(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's five highest-scoring classes (fewer when the model has fewer), best first."""
+    return logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+
+
 class Accuracy:
     """Exact top-1/top-5 counts: correct / total over every real image (never a mean of batch means).
 
@@ -36,8 +41,12 @@ class Accuracy:
         self.total = 0
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, n: int) -> None:
-        logits, labels = logits[:n].float(), labels[:n].to(logits.device)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        self.add_top5(top5_classes(logits[:n]), labels[:n])
+
+    def add_top5(self, top5: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count from each image's five best classes, best first (`top5_classes`); LoadGen's accuracy
+        log carries exactly these (loadgen.py), so both paths count alike."""
+        n, labels = top5.shape[0], labels.to(top5.device)
         top1 = (top5[:, 0] == labels).sum()
         top5 = (top5 == labels[:, None]).any(dim=1).sum()
         self.top1 = top1 if self.top1 is None else self.top1 + top1
