@@ -276,7 +276,8 @@ BAD = [
     (["infer", "resnet50", "--random-weights", "--engine", "onnxruntime", "--precision", "bf16"], "--engine onnxruntime cannot run --precision bf16 on cpu"),
     (["infer", "resnet50", "--random-weights", "--engine", "tvm"], "unknown --engine 'tvm'"),
     (["infer", "resnet50", "--random-weights", "--batch-size", "0"], "--batch-size must be an integer of at least 1, got 0"),
-    (["infer", "resnet50", "--random-weights", "--scenario", "server"], "argument --scenario: invalid choice: 'server'"),
+    (["infer", "resnet50", "--random-weights", "--scenario", "server"], "--scenario server runs through MLCommons LoadGen; add --loadgen"),
+    (["infer", "resnet50", "--random-weights", "--scenario", "batch"], "argument --scenario: invalid choice: 'batch'"),
     (["infer", "synNet", "--pretrained"], "torchvision publishes no weights for synNet"),
     (["infer-all", "--models", "googlenet", "--batch-sizes", "2"], "no weights for googlenet: no checkpoint in log_googlenet_2"),
 ]

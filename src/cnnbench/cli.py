@@ -278,9 +278,10 @@ def _run_training(cfg, run) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from cnnbench import inference
+    from cnnbench import inference, loadgen
 
-    return exit_code(inference.run(config.build(config.InferConfig, given_options(args))))
+    cfg = config.build(config.InferConfig, given_options(args))
+    return exit_code((loadgen.run if cfg.loadgen.enabled else inference.run)(cfg))
 
 
 def exit_code(record: dict) -> int:

@@ -19,7 +19,12 @@ from cnnbench.errors import UsageError
 MAX_INT = 2**31 - 1
 MAX_DIST_TIMEOUT = 7 * 24 * 3600.0
 
-SCENARIOS = ("offline", "single-stream")
+SCENARIOS = ("offline", "single-stream", "multi-stream", "server")
+# The built-in loop runs these two; the others need LoadGen (--loadgen).
+BUILTIN_SCENARIOS = ("offline", "single-stream")
+LOADGEN_MODES = ("performance", "accuracy")
+# MLPerf's MultiStream query: 8 samples (LoadGen's mlperf.conf, *.MultiStream.samples_per_query = 8).
+MULTI_STREAM_SAMPLES = 8
 MEMORY_FORMATS = ("auto", "nchw", "nhwc")
 # torch.compile's modes (torch.compile's documentation: "default", "reduce-overhead", "max-autotune",
 # "max-autotune-no-cudagraphs"); a mode outside these fails only after the model is built.
@@ -172,6 +177,72 @@ class TrainConfig(RunConfig):
 
 
 @dataclass
+class LoadGenConfig:
+    """`cnnbench infer --loadgen`: MLCommons LoadGen issues the queries and judges the run (loadgen.py).
+    Durations, query counts and the latency bound default to MLPerf's, read from LoadGen's own mlperf.conf."""
+
+    enabled: bool = option(False, "measure through MLCommons LoadGen (pip install 'cnnbench[loadgen]') under MLPerf's "
+                                  "rules; --scenario offline | single-stream | multi-stream | server", flag="--loadgen")
+    mode: str = option("performance", "performance | accuracy (needs --data-dir: top-1/top-5 from LoadGen's accuracy "
+                                      "log, checked against plain inference)", flag="--loadgen-mode", choices=LOADGEN_MODES)
+    target_qps: float | None = option(None, "server: Poisson arrivals at this many queries (one image each) per second",
+                                      flag="--target-qps")
+    # MLPerf's ResNet-50 Server bound (mlperf.conf: resnet50.Server.target_latency = 15, in ms).
+    latency_bound_ms: float = option(15.0, "server: the 99th-percentile latency bound (MLPerf's for ResNet-50)",
+                                     flag="--latency-bound-ms")
+    max_batch: int | None = option(None, "server: the largest dynamic batch (the engine's batch); default --batch-size",
+                                   flag="--server-max-batch")
+    max_wait_ms: float | None = option(None, "server: longest wait for a batch to fill, from its oldest query's arrival; "
+                                             "default a tenth of --latency-bound-ms", flag="--server-max-wait-ms")
+    workers: int = option(1, "offline and server: worker threads taking batches from the queue (on CUDA each on its "
+                             "own stream)", flag="--server-workers")
+    find_peak_qps: bool = option(False, "server: search for the highest --target-qps whose run is VALID (bracketing, "
+                                        "then bisection); prints each probe", flag="--find-peak-qps")
+    peak_probes: int = option(10, "with --find-peak-qps: at most this many LoadGen runs", flag="--peak-probes")
+    min_duration: float | None = option(None, "shorten the run to this many seconds (MLPerf's 600 otherwise); the record "
+                                              "then says it is not MLPerf-compliant", flag="--min-duration",
+                                        metavar="SECONDS")
+    min_queries: int | None = option(None, "shorten the run to this many queries (MLPerf's otherwise: offline 24576 "
+                                           "samples, multi-stream 662, single-stream and server 100)",
+                                     flag="--min-queries")
+    samples: int | None = option(None, "images in LoadGen's sample library; default 1024 synthetic ones (MLPerf's "
+                                       "performance sample count for ResNet-50), with --data-dir every image of the split",
+                                 flag="--loadgen-samples")
+
+    def validate(self, scenario: str, data_dir: str | None) -> None:
+        if not self.enabled:
+            given = [flag_of(f) for f in dataclasses.fields(self) if getattr(self, f.name) != field_default(f)]
+            if given:
+                raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to LoadGen runs; add --loadgen")
+            if scenario not in BUILTIN_SCENARIOS:
+                raise UsageError(f"--scenario {scenario} runs through MLCommons LoadGen; add --loadgen "
+                                 f"(the built-in loop runs {' and '.join(BUILTIN_SCENARIOS)})")
+            return
+        server = scenario == "server"
+        for value, flag in ((self.target_qps, "--target-qps"), (self.max_batch, "--server-max-batch"),
+                            (self.max_wait_ms, "--server-max-wait-ms"), (self.find_peak_qps or None, "--find-peak-qps")):
+            if value is not None and not server:
+                raise UsageError(f"{flag} applies to --scenario server, not {scenario}")
+        if server and self.target_qps is None and not self.find_peak_qps:
+            raise UsageError("--scenario server needs --target-qps QPS (or --find-peak-qps to search for it)")
+        for value, flag in ((self.target_qps, "--target-qps"), (self.latency_bound_ms, "--latency-bound-ms"),
+                            (self.min_duration, "--min-duration")):
+            if value is not None and not 0 < value < math.inf:
+                raise UsageError(f"{flag} must be a positive number, got {value}")
+        if self.max_wait_ms is not None and not 0 <= self.max_wait_ms < math.inf:
+            raise UsageError(f"--server-max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        for value, flag in ((self.max_batch, "--server-max-batch"), (self.min_queries, "--min-queries"),
+                            (self.samples, "--loadgen-samples"), (self.workers, "--server-workers"),
+                            (self.peak_probes, "--peak-probes")):
+            if value is not None:
+                _int_at_least(value, 1, flag)
+        if self.mode == "accuracy" and data_dir is None:
+            raise UsageError("--loadgen-mode accuracy needs --data-dir (labelled images to count top-1/top-5 on)")
+        if self.mode == "accuracy" and self.find_peak_qps:
+            raise UsageError("--find-peak-qps searches in performance mode; drop --loadgen-mode accuracy")
+
+
+@dataclass
 class InferConfig(RunConfig):
     log_dir: str | None = option(None, "where the training checkpoint is read from; default log_<model>_<batch>")
     results_dir: str = option("results_infer", "where the JSON-lines record and CSV tables go")
@@ -179,7 +250,8 @@ class InferConfig(RunConfig):
     compile_mode: str | None = option(None, "torch.compile mode; default max-autotune on CUDA, max-autotune-no-cudagraphs "
                                             "on CPU", choices=COMPILE_MODES)
     scenario: str = option("offline", "offline (back-to-back batches) | single-stream (batch 1, one query at a time; "
-                                      "headline p90 latency)", choices=SCENARIOS)
+                                      "headline p90 latency); with --loadgen also multi-stream (8 images a query, p99) "
+                                      "and server (Poisson arrivals, dynamic batching)", choices=SCENARIOS)
     weights: str | None = option(None, "a state_dict or checkpoint file (torchvision's published files load as they are)")
     pretrained: bool = option(False, "torchvision's ImageNet weights (cached under TORCH_HOME)")
     random_weights: bool = option(False, "no weights: a pure speed run")
@@ -190,9 +262,23 @@ class InferConfig(RunConfig):
                                    choices=INT8_ACTIVATIONS)
     guard_batches: int = option(4, "batches compared against eager fp32")
     cache_path: str | None = option(None, "keep exported / quantised / compiled artefacts here and reuse them")
+    loadgen: LoadGenConfig = field(default_factory=LoadGenConfig)
+
+    @property
+    def engine_batch(self) -> int:
+        """The batch the engine is built for: a query's images in single- and multi-stream (MLPerf: one
+        query at a time), the largest dynamic batch in server, --batch-size otherwise."""
+        if self.scenario == "single-stream":
+            return 1
+        if self.scenario == "multi-stream":
+            return MULTI_STREAM_SAMPLES
+        if self.scenario == "server" and self.loadgen.max_batch:
+            return self.loadgen.max_batch
+        return self.measure.batch_size
 
     def validate(self) -> None:
         super().validate()
+        self.loadgen.validate(self.scenario, self.data.data_dir)
         _int_at_least(self.calib_batches, 1, "--calib-batches")
         _int_at_least(self.guard_batches, 0, "--guard-batches")
         chosen = [flag for flag, on in (("--weights", self.weights), ("--pretrained", self.pretrained),

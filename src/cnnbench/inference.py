@@ -70,13 +70,17 @@ def preflight(cfg: InferConfig) -> Resolved:
     if cfg.cache_path:
         results.ensure_writable(Path(cfg.cache_path), "--cache-path")
     # single-stream (MLPerf): one image per query, each issued when the previous one has finished.
-    batch = 1 if cfg.scenario == "single-stream" else cfg.measure.batch_size
+    batch = cfg.engine_batch
     return Resolved(entry, image_size, placement, batch, log_dir, cfg.compile_mode or default_compile_mode(placement.device))
 
 
-def run(cfg: InferConfig, started_at: float | None = None) -> dict:
+def run(cfg: InferConfig, started_at: float | None = None, harness: Harness | None = None) -> dict:
+    """The recipe. `harness` measures the built engine and reports: the built-in loop unless given
+    (loadgen.py passes LoadGen's)."""
     started_at = started_at or environment.process_start_time()
+    harness = harness or BuiltInLoop()
     r = preflight(cfg)
+    harness.preflight(cfg, r)
     r.placement.apply_global_settings()
     weights = weights_module.resolve(r.entry, weights_file=cfg.weights, pretrained=cfg.pretrained,
                                      random_weights=cfg.random_weights, log_dir=r.log_dir)
@@ -97,20 +101,44 @@ def run(cfg: InferConfig, started_at: float | None = None) -> dict:
         references = fp32_references(model, r.placement, guard_inputs)
         engine, cache_notes = build(cfg, r, model, digest, inputs, guard_inputs)
         checks = fp32_guard(cfg, r, engine, guard_inputs, references) if checked else guard_fields(None)
-        times, accuracy, corrupt, sampler = measure_engine(cfg, r, engine, source)
-    record.update(results.figures(r.batch, times, time.time() - started_at))
-    record.update(**recording.ending(times), weights_digest=digest,
-                  compile_mode=r.compile_mode if cfg.engine == "compile" else None,
+        figures = harness.measure(cfg, r, engine, source, started_at)
+    record.update(figures, weights_digest=digest, compile_mode=r.compile_mode if cfg.engine == "compile" else None,
                   **{k: v for k, v in engine.info.items() if k != "compile_mode"}, cache_notes=cache_notes or None,
-                  **checks, **accuracy, corrupt_images=corrupt, **recording.memory_fields(r.placement.device))
-    record.update(sampler.fields(r.batch * len(times.steady_seconds)))
+                  **checks, **recording.memory_fields(r.placement.device))
     record.update(recording.efficiency_fields(record, r.entry, "infer", r.placement.device))
     if cfg.data.data_dir:
-        record.update(results.data_wait(source.data_wait_seconds, times))
         source.close()
-    report(cfg, record)
+    harness.report(cfg, record)
     recording.save(record, cfg.results_dir)
     return record
+
+
+class Harness:
+    """What measures a built engine: `measure` returns the record's figures, `report` prints the final lines."""
+
+    def preflight(self, cfg: InferConfig, r: Resolved) -> None:
+        """Checks of its own, before any work (a missing package, a folder it writes)."""
+
+    def measure(self, cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
+        raise NotImplementedError
+
+    def report(self, cfg: InferConfig, record: dict) -> None:
+        raise NotImplementedError
+
+
+class BuiltInLoop(Harness):
+    """cnnbench's own loop (timing.measure): offline batches back to back, or single-stream batch-1 queries."""
+
+    def measure(self, cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
+        times, accuracy, corrupt, sampler = measure_engine(cfg, r, engine, source)
+        figures = {**results.figures(r.batch, times, time.time() - started_at), **recording.ending(times), **accuracy,
+                   "corrupt_images": corrupt, **sampler.fields(r.batch * len(times.steady_seconds))}
+        if cfg.data.data_dir:
+            figures.update(results.data_wait(source.data_wait_seconds, times))
+        return figures
+
+    def report(self, cfg: InferConfig, record: dict) -> None:
+        report(cfg, record)
 
 
 def header_lines(cfg: InferConfig, r: Resolved, weights) -> list[str]:
