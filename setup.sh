@@ -14,7 +14,8 @@ cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
 # torch and torchvision releases cnnbench is tested with; on a CUDA machine pip takes the ordinary (CUDA) build.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-# The extras installed: test always; gpu (nvidia-ml-py, NVML's device memory and power) where an NVIDIA driver is.
+# The extras installed: test always (pytest, the ONNX engines, mlcommons-loadgen for `infer --loadgen`); gpu
+# (nvidia-ml-py, NVML's device memory and power) where an NVIDIA driver is.
 EXTRAS=test
 command -v nvidia-smi >/dev/null 2>&1 && EXTRAS=test,gpu
 
@@ -118,7 +119,7 @@ PY
     for requirement in $missing; do
         echo "setup: installing $requirement, which $PYTHON lacks"
         .venv/bin/pip install --quiet "$requirement" ||
-            echo "setup: could not install $requirement; cnnbench runs without it where it can (torchcodec: images decode with torchvision.io; google-crc32c: no TFRecord input)"
+            echo "setup: could not install $requirement; cnnbench runs without it where it can (torchcodec: images decode with torchvision.io; google-crc32c: no TFRecord input; mlcommons-loadgen: no infer --loadgen)"
     done
 }
 
