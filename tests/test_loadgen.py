@@ -141,8 +141,12 @@ def test_peak_search_converges_on_a_fake_sut_of_known_capacity(tmp_path):
     peak, probes = loadgen.find_peak(lambda qps: runner.run(qps, f"{qps:.0f}")["loadgen_result"] == "VALID",
                                      start=0.75 * capacity, max_probes=7)
     assert len(probes) <= 7
-    assert 0.6 * capacity <= peak <= 1.25 * capacity, probes
-    assert min(q for q, passed in probes if not passed) > peak  # the bracket closes on the peak
+    # Never above what the device can do (short runs tolerate a little overload); the lower bound is loose
+    # because on a busy host the SUT's own work (LoadGen's callbacks, the batcher) slows it below the device.
+    assert 0.3 * capacity <= peak <= 1.25 * capacity, probes
+    lowest_invalid = min(q for q, passed in probes if not passed)
+    assert lowest_invalid > peak  # the bracket closes on the peak: within precision, or the probes ran out
+    assert lowest_invalid - peak <= loadgen.PEAK_PRECISION * peak or len(probes) == 7, probes
 
 
 def test_find_peak_brackets_then_bisects_within_its_precision():
