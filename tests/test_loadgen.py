@@ -1,12 +1,15 @@
 """`cnnbench infer --loadgen`: MLCommons LoadGen drives the engine (the tiny spec, short runs, the CPU)."""
 
 import importlib.util
+import json
 import random
 import sys
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 
@@ -51,6 +54,8 @@ def test_each_scenario_runs_through_loadgen_and_records(cli, tiny_spec, scenario
     summary = (logs / loadgen.SUMMARY_LOG).read_text()
     assert f"Scenario : {record['loadgen_scenario']}" in summary and f"Result is : {record['loadgen_result']}" in summary
     assert (logs / loadgen.DETAIL_LOG).exists()
+    schema = json.loads((resources.files("cnnbench") / results.SCHEMA_FILE).read_text())
+    assert not [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(record)]  # every field documented
     assert f"tinyNet,{record['system_images_per_sec']:.2f}" in (Path("results_infer") / "results.csv").read_text()
     if scenario == "single-stream":  # far within its rules' reach: VALID, and still shown as shortened
         assert record["loadgen_result"] == "VALID" and "Result: VALID" in out
