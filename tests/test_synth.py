@@ -213,7 +213,7 @@ def test_validate_times_proxy_and_targets_and_records_the_comparison(validated):
     assert synnet["configuration"] == "synNet-vs-four-models" and synnet["off_gflops_per_image"] > 0
     assert all(r["env.cpu_isa"] and r["record_version"] == 1 for r in records)
     assert "synNet.json against the equal mix" in done.stdout and "Spearman" in done.stdout
-    assert (folder / "out/validation.csv").read_text().startswith("kind,")
+    assert "kind" in (folder / "out/validation.csv").read_text().splitlines()[0].split(",")
     assert not (folder / "out/runs/checkpoints/proxy_2").exists()  # checkpoints nobody reads are removed
 
 
