@@ -198,24 +198,36 @@ def device_memory_used(device: torch.device) -> tuple[float | None, str | None]:
     """
     if device.type != "cuda":
         return None, None
-    try:
-        import pynvml  # the nvidia-ml-py package, cnnbench's `gpu` extra
-    except ImportError:
-        return None, GPU_EXTRA_HINT
-    names, note = nvml_names(device)  # read after the measurement: a failure here must not lose the run's figures
-    if note:
+    # opened after the measurement: a failure here must not lose the run's figures
+    pynvml, handle, note = open_nvml(device)
+    if handle is None:
         return None, note
     try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return None, f"NVML did not start ({exc})"
-    try:
-        handle, note = nvml_handle(pynvml, names, device)
-        return (None, note) if handle is None else (pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20, None)
+        return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20, None
     except pynvml.NVMLError as exc:
         return None, f"NVML could not read the memory of {device} ({exc})"
     finally:
         pynvml.nvmlShutdown()
+
+
+def open_nvml(device) -> tuple[object | None, object | None, str | None]:
+    """(pynvml, the NVML handle of CUDA `device`, None) with NVML initialised (the caller shuts it down), or
+    (pynvml or None, None, why not): the `gpu` extra missing, NVML not starting, the device not found."""
+    try:
+        import pynvml  # the nvidia-ml-py package, cnnbench's `gpu` extra
+    except ImportError:
+        return None, None, GPU_EXTRA_HINT
+    names, note = nvml_names(device)
+    if note:
+        return pynvml, None, note
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return pynvml, None, f"NVML did not start ({exc})"
+    handle, note = nvml_handle(pynvml, names, device)
+    if handle is None:
+        pynvml.nvmlShutdown()
+    return pynvml, handle, note
 
 
 def nvml_names(device: torch.device) -> tuple[list[str], str | None]:

@@ -177,22 +177,8 @@ def open_reader(device) -> tuple[object | None, str | None]:
     """The reader for `device` (a torch.device): (reader, None), or (None, why there is none)."""
     if device.type != "cuda":
         return CpuReader(), None
-    try:
-        import pynvml  # nvidia-ml-py, the `gpu` extra
-    except ImportError:
-        return None, environment.GPU_EXTRA_HINT
-    names, note = environment.nvml_names(device)
-    if note:
-        return None, note
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return None, f"NVML did not start ({exc})"
-    handle, note = environment.nvml_handle(pynvml, names, device)
-    if handle is None:
-        pynvml.nvmlShutdown()
-        return None, note
-    return NvmlReader(pynvml, handle), None
+    pynvml, handle, note = environment.open_nvml(device)
+    return (None, note) if handle is None else (NvmlReader(pynvml, handle), None)
 
 
 class Sampler:
