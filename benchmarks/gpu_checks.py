@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from cnnbench import telemetry
+from cnnbench import results, telemetry
 from record import Recorder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,11 +58,6 @@ class Check:
     summarise: Callable[[Path, str], list[tuple[str, str]]]  # (OUT, log text) -> rows of (figure, value)
 
 
-def _records(folder: Path) -> list[dict]:
-    path = folder / "runs.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _memory(r: dict) -> str:
     nvml = r.get("device_memory_used_mib")
     return f"peak {r['peak_memory_mib']:.0f} MiB (allocator)" + (f", {nvml:.0f} MiB in use (NVML)" if nvml else "")
@@ -80,7 +75,7 @@ def _hardware(r: dict) -> str:
 
 def _train_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
     def rows(out: Path, log: str) -> list[tuple[str, str]]:
-        r = _records(out / name)[-1]
+        r = results.read_records(out / name)[-1]
         compiled = f", compile {r['compile_seconds']:.0f} s" if r.get("compile_seconds") else ""
         return [(f"{name}", f"{r['images_per_sec']:,.0f} img/s ±{r['images_per_sec_stderr']:.0f}, {_hardware(r)}{compiled}; "
                             f"{_memory(r)}; status {r['status']}")]
@@ -89,7 +84,7 @@ def _train_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
 
 def _infer_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
     def rows(out: Path, log: str) -> list[tuple[str, str]]:
-        r = _records(out / name)[-1]
+        r = results.read_records(out / name)[-1]
         guard = "guard ok" if r.get("guard_ok") else f"guard {r.get('guard_ok')} (rel. error {r.get('guard_relative_error')})"
         build = f", build {r['engine_build_seconds']:.0f} s" if r.get("engine_build_seconds") else ""
         return [(name, f"{r['images_per_sec']:,.0f} img/s, p99 {r['latency_ms_p99']:.2f} ms, {guard}{build}; {_hardware(r)}; "
