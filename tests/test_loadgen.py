@@ -101,6 +101,7 @@ def test_find_peak_qps_prints_each_probe_and_records_them(cli, tiny_spec):
     valid = [p["qps"] for p in record["loadgen_probes"] if p["result"] == "VALID"]
     assert record["loadgen_peak_qps"] == (max(valid) if valid else None)
     assert len(list(Path(record["loadgen_log_dir"]).parent.glob("probe-*"))) == 2
+    assert "WARNING: --min-queries 50 is under the 1596 queries" in out + err
 
 
 class FakeEngine:
@@ -134,6 +135,22 @@ def test_server_far_below_capacity_is_valid_and_far_above_is_invalid(tmp_path):
     above = runner.run(10000, "above")
     assert above["loadgen_result"] == "INVALID" and "latency bound not met" in above["loadgen_reasons"]
     assert above["loadgen_mean_batch"] > 6  # overloaded, the batcher fills its batches
+
+
+@needs_loadgen
+def test_early_stopping_floor_is_loadgens_own_count(tmp_path):
+    # With no query over the bound, LoadGen's early stopping needs 459 queries for p99 at 99% confidence:
+    # one fewer is INVALID for its length alone, however fast the SUT.
+    floor = loadgen.early_stopping_queries(0.99, 0)
+    assert floor == 459
+    for queries, result in ((floor - 1, "INVALID"), (floor, "VALID")):
+        run = _fake_runner(tmp_path, latency_bound_ms=100, min_duration=0.05, min_queries=queries).run(1000, str(queries))
+        assert run["loadgen_result"] == result, run["loadgen_reasons"]
+        assert run["loadgen_reasons"] is None or run["loadgen_reasons"].startswith("early stopping not met")
+    # Forgiving over-bound queries up to 0.5% takes more; a Server run without --min-queries runs that many.
+    assert loadgen.early_stopping_queries(0.99, 0.005) == 1596
+    settings, _ = _fake_runner(tmp_path, latency_bound_ms=100).settings(10.0)
+    assert settings.min_query_count == 1596
 
 
 @needs_loadgen

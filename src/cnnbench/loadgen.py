@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -57,6 +58,14 @@ DETAIL_LOG, SUMMARY_LOG, ACCURACY_LOG = "mlperf_log_detail.txt", "mlperf_log_sum
 PEAK_PRECISION = 0.02
 # LoadGen's latency percentiles (results.cc) that the record takes, as the built-in loop's latency_ms_* fields.
 PERCENTILES = {"p50": "50.00", "p90": "90.00", "p99": "99.00"}
+# LoadGen's early stopping (loadgen/early_stopping.cc, results.cc): a Server run is VALID only if, at 99%
+# confidence, the true p99 is within the bound given the over-bound queries seen: with none over, 459
+# queries; the fewer queries, the fewer over-bound ones it forgives. A Server run without --min-queries
+# runs at least as many queries as forgive over-bound queries up to half the tail (0.5% for p99): 1596.
+# Fewer, and a run at a load far below capacity is INVALID for its length, not its latency (the cause of
+# a peak search that found nothing: each lower probe ran fewer queries).
+EARLY_STOPPING_CONFIDENCE = 0.99
+EARLY_STOPPING_FORGIVEN_SHARE = 0.5
 
 
 def require():
@@ -181,6 +190,22 @@ def warm_up(cfg: InferConfig, r: Resolved, engine, library: SampleLibrary) -> fl
     return min(times.steady_seconds)
 
 
+def early_stopping_queries(percentile: float, over_share: float, confidence: float = EARLY_STOPPING_CONFIDENCE) -> int:
+    """The fewest queries with which LoadGen's early stopping passes a run whose share of queries over the
+    latency bound is `over_share`: the smallest n with P(Binomial(n, 1 - percentile) <= over) < 1 - confidence,
+    over = floor(over_share * n) (LoadGen's odds(), a regularised incomplete beta, is this binomial sum)."""
+    if not 0 <= over_share < 1 - percentile:
+        raise ValueError(f"over_share must be in [0, {1 - percentile:g}), got {over_share}")
+    q, n = 1 - percentile, 1
+    while True:
+        over = math.floor(over_share * n)
+        terms = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(q) + (n - k) * math.log1p(-q)
+                 for k in range(over + 1))
+        if sum(math.exp(t) for t in terms) < 1 - confidence:
+            return n
+        n += 1
+
+
 def mlperf_settings(lg, scenario: str):
     """TestSettings holding MLPerf's values for the scenario: LoadGen's own mlperf.conf (conf_type 0 reads
     the copy compiled into LoadGen), so durations, query counts, percentiles, seeds and the latency bound
@@ -242,6 +267,8 @@ class Runner:
             settings.min_duration_ms = round(cfg.loadgen.min_duration * 1000)
         if cfg.loadgen.min_queries is not None:
             settings.min_query_count = cfg.loadgen.min_queries
+        elif cfg.scenario == "server":
+            settings.min_query_count = max(settings.min_query_count, self.server_queries())
         settings.performance_sample_count_override = self.sut.library.performance_count
         settings.offline_expected_qps = batch / self.batch_seconds
         settings.single_stream_expected_latency_ns = round(self.batch_seconds * 1e9)
@@ -250,6 +277,11 @@ class Runner:
             settings.server_target_qps = target_qps
             settings.server_target_latency_ns = round(cfg.loadgen.latency_bound_ms * 1e6)
         return settings, (None if accuracy else noncompliance(rules, settings, cfg.scenario))
+
+    def server_queries(self) -> int:
+        """Server's query floor for early stopping (EARLY_STOPPING_FORGIVEN_SHARE), at LoadGen's Server percentile."""
+        percentile = mlperf_settings(self.lg, "server").server_target_latency_percentile
+        return early_stopping_queries(percentile, EARLY_STOPPING_FORGIVEN_SHARE * (1 - percentile))
 
     def batcher(self) -> DynamicBatcher | None:
         cfg = self.cfg
@@ -458,6 +490,9 @@ class LoadGenHarness(Harness):
                         r.placement.device)
         reporting.say(f"LoadGen {LOADGEN_SCENARIOS[cfg.scenario]} ({cfg.loadgen.mode}); warm-up: "
                       f"{batch_seconds * 1000:.2f} ms per batch of {r.batch}")
+        if cfg.scenario == "server" and (cfg.loadgen.min_queries or math.inf) < (floor := runner.server_queries()):
+            reporting.warn(f"--min-queries {cfg.loadgen.min_queries} is under the {floor} queries with which LoadGen's "
+                           f"early stopping forgives a few over the latency bound: a run can be INVALID for its length")
         sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
         with sampler:
             sampler.mark_steady()  # the window is LoadGen's runs, after the warm-up
