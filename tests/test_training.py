@@ -244,13 +244,12 @@ def test_training_display_reads_the_loss_on_the_host_and_queues_nothing():
             self.names.append(getattr(func, "__name__", str(func)))
             return func(*args, **(kwargs or {}))
 
-    optimizer = SimpleNamespace(param_groups=[{"lr": 0.1}])
-    display = StepDisplay(2, 4, 0, 100, optimizer, SimpleNamespace(advance=lambda: None))
+    display = StepDisplay(2, 4, 0, 100, lambda: 0.1, SimpleNamespace(advance=lambda: None))
     losses = [torch.tensor(float(i)) for i in range(5)]
     with Calls() as calls:
         for index, loss in enumerate(losses):  # a warm-up step, then four steady ones: two display steps
             display(index, index > 0, loss, 0.5)
-    assert calls.names == ["item", "item"]
+    assert calls.names == ["__float__", "__float__"]  # float(loss): the host read, at the two display steps only
     assert display.losses() == (0.0, 4.0)
 
 

@@ -250,22 +250,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One process trains; under torchrun this process is one rank of a job; with --num-accelerators N
     (N > 1) this process launches the job's N workers, each running this same command."""
-    from cnnbench import training
+    from cnnbench import backends
 
-    return _run_training(config.build(config.TrainConfig, given_options(args)), training.run)
+    cfg = config.build(config.TrainConfig, given_options(args))
+    return _run_training(cfg, backends.train_recipe(cfg))
 
 
 def _run_training(cfg, run) -> int:
     """`cnnbench train` and `cnnbench soak`: this process trains with `run`, or launches the job's workers
-    (which run the same command: launcher.launch)."""
-    from cnnbench import distributed, environment, launcher, training
+    (which run the same command: launcher.launch; TensorFlow's replicas are threads of this process)."""
+    from cnnbench import backends, distributed, environment, launcher, training
     from cnnbench.reporting import say
 
     if distributed.under_torchrun():
         world = distributed.current()
         with distributed.rank_errors(world):
             record = run(cfg)
-    elif cfg.num_accelerators > 1:
+    elif backends.launches_processes(cfg):
         launched_at = environment.process_start_time()
         device = training.preflight(cfg, distributed.planned(cfg.num_accelerators)).placement.device
         backend = distributed.backend_for(device)
@@ -278,10 +279,10 @@ def _run_training(cfg, run) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from cnnbench import inference, loadgen
+    from cnnbench import backends
 
     cfg = config.build(config.InferConfig, given_options(args))
-    return exit_code((loadgen.run if cfg.loadgen.enabled else inference.run)(cfg))
+    return exit_code(backends.infer_recipe(cfg)(cfg))
 
 
 def exit_code(record: dict) -> int:

@@ -32,6 +32,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 PREPROCESS_PRESETS = ("torchvision", "torchvision-v2", "aimatrix")
 DATA_FORMATS = ("tfrecord", "folder")
 PLANS = ("auto", "original", "cpu", "quick")
+# Issue 15: the original's framework as a second backend (tfbackend/); PyTorch's engines and TensorFlow's.
+FRAMEWORKS = ("pytorch", "tensorflow")
+TENSORFLOW_ENGINES = ("eager", "compile", "tflite")
 INT8_ACTIVATIONS = ("auto", "u8", "s8")
 # What `cnnbench profile` counts bytes at (profiling.BYTES_PER_ELEMENT); --measure runs all but int8.
 PROFILE_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
@@ -131,6 +134,8 @@ class RunConfig:
     """What every benchmark run has: a model, an input, a device, a way to measure, a place for results."""
 
     model: str = option("", "registered name (any case) or path to a JSON spec file", positional=True)
+    framework: str = option("pytorch", "pytorch | tensorflow (pip install 'cnnbench[tensorflow]'): the same workloads, "
+                                       "measured loop, statistics and tables on TensorFlow", choices=FRAMEWORKS)
     image_size: int | None = option(None, "input height and width; default: the model's (224)")
     seed: int = option(0, "seed of weights, synthetic input and shuffling")
     log_dir: str | None = option(None, "checkpoint directory; default log_<model>_<batch>, as the original's scripts")
@@ -146,6 +151,9 @@ class RunConfig:
         self.data.validate()
         if self.image_size is not None:
             _int_at_least(self.image_size, 1, "--image-size")
+        if self.framework == "tensorflow" and self.placement.memory_format == "nchw":
+            raise UsageError("--framework tensorflow runs channels-last (NHWC), TensorFlow's native layout on CPUs; "
+                             "drop --memory-format nchw")
 
 
 @dataclass
@@ -154,7 +162,8 @@ class TrainConfig(RunConfig):
                                        "default log_<model>_<batch>")
     results_dir: str = option("results_train", "where the JSON-lines record and CSV tables go")
     learning_rate: float | None = option(None, "override the per-model learning rate")
-    compile: bool = option(False, "torch.compile the model (compilation happens in warm-up and is reported apart)")
+    compile: bool = option(False, "torch.compile the model (with --framework tensorflow: XLA, jit_compile=True); "
+                                  "compilation happens in warm-up and is reported apart")
     eval_at_end: bool = option(False, "with --data-dir: top-1/top-5 on the validation split after training")
     # The original's NUM_ACCELERATORS; under torchrun, torchrun's --nproc-per-node decides instead.
     num_accelerators: int = option(1, "data-parallel processes on this machine, one per GPU (gloo processes on a CPU); "
@@ -246,7 +255,8 @@ class LoadGenConfig:
 class InferConfig(RunConfig):
     log_dir: str | None = option(None, "where the training checkpoint is read from; default log_<model>_<batch>")
     results_dir: str = option("results_infer", "where the JSON-lines record and CSV tables go")
-    engine: str = option("eager", "eager | compile | onnxruntime | tensorrt")
+    engine: str = option("eager", "eager | compile | onnxruntime | tensorrt; with --framework tensorflow: eager "
+                                  "(a tf.function) | compile (XLA) | tflite (fp32, or full-integer int8)")
     compile_mode: str | None = option(None, "torch.compile mode; default max-autotune on CUDA, max-autotune-no-cudagraphs "
                                             "on CPU", choices=COMPILE_MODES)
     scenario: str = option("offline", "offline (back-to-back batches) | single-stream (batch 1, one query at a time; "
@@ -279,12 +289,29 @@ class InferConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         self.loadgen.validate(self.scenario, self.data.data_dir)
+        self.validate_framework()
         _int_at_least(self.calib_batches, 1, "--calib-batches")
         _int_at_least(self.guard_batches, 0, "--guard-batches")
         chosen = [flag for flag, on in (("--weights", self.weights), ("--pretrained", self.pretrained),
                                         ("--random-weights", self.random_weights)) if on]
         if len(chosen) > 1:
             raise UsageError(f"{' and '.join(chosen)} name different weights; give one of them")
+
+    def validate_framework(self) -> None:
+        """Engines belong to a framework; TensorFlow's runs start from random weights or its own checkpoint."""
+        if self.framework == "pytorch":
+            if self.engine == "tflite":
+                raise UsageError("--engine tflite is TensorFlow's; add --framework tensorflow")
+            return
+        if self.engine not in TENSORFLOW_ENGINES:
+            raise UsageError(f"--engine {self.engine} runs PyTorch models; with --framework tensorflow use "
+                             f"{', '.join(TENSORFLOW_ENGINES)}")
+        if self.compile_mode is not None:
+            raise UsageError("--compile-mode is torch.compile's; TensorFlow's compile engine is XLA, with no modes")
+        for given, flag in ((self.weights, "--weights"), (self.pretrained, "--pretrained"), (self.loadgen.enabled, "--loadgen")):
+            if given:
+                raise UsageError(f"{flag} runs with --framework pytorch only; TensorFlow starts from its own training "
+                                 "checkpoint in --log-dir or --random-weights")
 
 
 @dataclass

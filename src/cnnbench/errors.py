@@ -69,8 +69,12 @@ def one_line(exc: BaseException) -> str:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for CUDA's OutOfMemoryError and for the CPU allocator's failure."""
+    """True for CUDA's OutOfMemoryError, the CPU allocator's failure, and TensorFlow's
+    ResourceExhaustedError (by name: TensorFlow is optional and not imported here)."""
     import torch
+
+    if type(exc).__name__ == "ResourceExhaustedError":
+        return True
 
     if isinstance(exc, torch.OutOfMemoryError if hasattr(torch, "OutOfMemoryError") else torch.cuda.OutOfMemoryError):
         return True

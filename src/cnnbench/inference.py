@@ -218,19 +218,24 @@ def guard_fields(bound: float | None, inputs: int = 0, agreement: float | None =
 
 def fp32_guard(cfg: InferConfig, r: Resolved, engine, inputs: list[torch.Tensor], references: list[torch.Tensor]) -> dict:
     """Top-1 agreement and relative error of the engine's logits against eager fp32's on the same inputs."""
-    bound = GUARD_BOUNDS[r.placement.precision]
     if not inputs:
-        return guard_fields(bound)
+        return guard_fields(GUARD_BOUNDS[r.placement.precision])
     outputs = torch.cat([engine(x).float().cpu() for x in inputs])
     reference = torch.cat([x.float().cpu() for x in references])
+    return judge_guard(cfg.engine, r.placement.precision, outputs, reference, len(inputs))
+
+
+def judge_guard(engine: str, precision: str, outputs: torch.Tensor, reference: torch.Tensor, batches: int,
+                reference_name: str = "eager fp32") -> dict:
+    """The guard's verdict on an engine's logits against the reference's (both frameworks' runs use it)."""
+    bound = GUARD_BOUNDS[precision]
     agreement = 100.0 * (outputs.argmax(1) == reference.argmax(1)).float().mean().item()
     relative = (torch.linalg.vector_norm(outputs - reference) / torch.linalg.vector_norm(reference)).item()
-    checks = guard_fields(bound, len(inputs), agreement, relative)
+    checks = guard_fields(bound, batches, agreement, relative)
     reporting.say(f"fp32 guard: top-1 agreement {agreement:.2f}%, relative error {relative:.2e} (bound {bound:g} for "
-                  f"{r.placement.precision}) on {len(inputs)} batches")
+                  f"{precision}) on {batches} batches")
     if not checks["guard_ok"]:
-        reporting.warn(f"{cfg.engine} {r.placement.precision} differs from eager fp32 beyond the bound: "
-                       "its figures should not be trusted")
+        reporting.warn(f"{engine} {precision} differs from {reference_name} beyond the bound: its figures should not be trusted")
     return checks
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -23,8 +24,15 @@ def begin(kind: str, cfg, entry, placement: Placement, batch: int, image_size: i
         "kind": kind, "model": entry.name, "batch_size": batch, "image_size": image_size,
         "device": str(placement.device), "precision": placement.precision,
         "memory_format": placement.memory_format_name, "channels_last": placement.channels_last,
-        **fields, "status": "ok", "reason": None, **flatten(cfg), **env,
+        **framework_fields(cfg), **fields, "status": "ok", "reason": None, **flatten(cfg), **env,
     }
+
+
+def framework_fields(cfg) -> dict:
+    """framework and framework_version: which framework ran (issue 15), its release as it reports it."""
+    framework = getattr(cfg, "framework", "pytorch")
+    module = sys.modules["tensorflow" if framework == "tensorflow" else "torch"]
+    return {"framework": framework, "framework_version": module.__version__}
 
 
 @contextlib.contextmanager

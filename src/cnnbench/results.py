@@ -325,10 +325,12 @@ def tidy_csv(records: list[dict]) -> str:
 
 
 def _variant(record: dict, with_accelerators: bool = True) -> str:
-    """What a table is for: the engine/precision pair (training: the precision), LoadGen's scenario for a
+    """What a table is for: the framework when it is not PyTorch (one pair of tables per framework), the
+    engine/precision pair (training: the precision), LoadGen's scenario for a
     LoadGen run (its figures are LoadGen's, not the built-in loop's), and the number of accelerators when
     more than one (their figures are the whole job's)."""
-    parts = [record.get("engine"), record.get("precision"),
+    parts = [record.get("framework") if record.get("framework") not in (None, "pytorch") else None,
+             record.get("engine"), record.get("precision"),
              record.get("loadgen_scenario") and f"LoadGen {record['loadgen_scenario']}"]
     variant = " ".join(str(p) for p in parts if p)
     count = _accelerators(record)

@@ -162,13 +162,13 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
 def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan,
                         models: list[str], batches: list[int], device: torch.device) -> list[Configuration]:
     """Every configuration as a validated child config; any mistake fails here, before anything runs."""
-    from cnnbench import distributed, inference, training
+    from cnnbench import backends
 
     measure = {k: getattr(plan, k) for k in ("warmup", "num_batches", "duration")
                if f"measure.{k}" not in explicit}
     if "measure.min_steady_steps" not in explicit:
         measure["min_steady_steps"] = plan.min_steady_steps
-    variants = engine_pairs(settings, device) if kind == "infer" else accelerator_counts(settings, device)
+    variants = engine_pairs(settings, device, base.framework) if kind == "infer" else accelerator_counts(settings, device)
     out = []
     for model in models:
         name = resolve_entry(model).name  # an unknown model fails here
@@ -181,24 +181,26 @@ def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, expli
                 if kind == "infer":
                     engine, precision = variant
                     run = dataclasses.replace(run, engine=engine, placement=dataclasses.replace(run.placement, precision=precision))
-                    inference.preflight(run)
+                    backends.preflight(kind, run)
                     suffix = "" if variant == ("eager", "fp32") else f"_{engine}_{precision}"
                 else:
                     run = dataclasses.replace(run, num_accelerators=variant)
-                    training.preflight(run, distributed.planned(variant))
+                    backends.preflight(kind, run, variant)
                     suffix = f"_x{variant}" if variant > 1 else ""
-                base_record = {"kind": kind, "model": name, "batch_size": batch, "device": str(device),
+                base_record = {"kind": kind, "model": name, "framework": run.framework, "batch_size": batch, "device": str(device),
                                "engine": getattr(run, "engine", None), "precision": run.placement.precision,
                                "num_accelerators": getattr(run, "num_accelerators", 1), **config.flatten(run)}
                 out.append(Configuration(run, f"result_{name}_{batch}{suffix}.txt", base_record))
     return out
 
 
-def engine_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
+def engine_pairs(settings, device: torch.device, framework: str = "pytorch") -> list[tuple[str, str]]:
     """--engines x --precisions, impossible pairs skipped with a line; by default eager fp32 and the
     device's fastest engines (engines.default_pairs)."""
     from cnnbench.engines import ENGINES, REFUSED, SUPPORTED, supported_pairs
 
+    if framework == "tensorflow":
+        return tensorflow_pairs(settings, device)
     if settings.engines is None and settings.precisions is None:
         return default_pairs(device.type)
     engines = parse_list("eager" if settings.engines is None else settings.engines, "--engines")
@@ -230,6 +232,33 @@ DEFAULT_PAIRS = {
     "cpu": [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")],
     "cuda": [("eager", "fp32"), ("compile", "bf16"), ("compile", "fp16"), ("tensorrt", "fp16"), ("tensorrt", "int8")],
 }
+
+
+# TensorFlow's: its graph (eager), XLA (compile) and, on a CPU, TensorFlow Lite's full-integer int8.
+TENSORFLOW_DEFAULT_PAIRS = {
+    "cpu": [("eager", "fp32"), ("compile", "fp32"), ("tflite", "int8")],
+    "cuda": [("eager", "fp32"), ("compile", "bf16"), ("compile", "fp16")],
+}
+
+
+def tensorflow_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
+    """--engines x --precisions for --framework tensorflow (optimized: XLA on CUDA, TensorFlow Lite on a CPU)."""
+    from cnnbench.tfbackend.inference import ENGINE_PRECISIONS
+
+    if settings.engines is None and settings.precisions is None:
+        return TENSORFLOW_DEFAULT_PAIRS[device.type]
+    engines = parse_list("eager" if settings.engines is None else settings.engines, "--engines")
+    engines = [("compile" if device.type == "cuda" else "tflite") if e == "optimized" else e for e in engines]
+    precisions = parse_list("fp32" if settings.precisions is None else settings.precisions, "--precisions")
+    for engine in engines:
+        if engine not in ENGINE_PRECISIONS:
+            raise errors.UsageError(f"--engines: {engine!r} is not a TensorFlow engine; use some of: "
+                                    f"{', '.join(ENGINE_PRECISIONS)}")
+    pairs = [(e, p) for e in dict.fromkeys(engines) for p in precisions if p in ENGINE_PRECISIONS[e]
+             and (e != "tflite" or device.type == "cpu")]
+    if not pairs:
+        raise errors.UsageError(f"no TensorFlow engine/precision pair of --engines and --precisions runs on {device.type}")
+    return pairs
 
 
 def default_pairs(device_type: str) -> list[tuple[str, str]]:

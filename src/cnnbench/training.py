@@ -12,6 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -234,7 +235,7 @@ def train(cfg: TrainConfig, t: Trainer, r: Resolved, world: distributed.World):
     # A step of the job processes world.size batches; a real-data epoch is every rank's shard.
     epoch_images = t.source.images_per_epoch * (world.size if cfg.data.data_dir else 1)
     display = StepDisplay(cfg.measure.display_every, world.size * cfg.measure.batch_size, t.start_step, epoch_images,
-                          t.optimizer, reporting.Progress(t.planned_steps, f"train {r.entry.name}"))
+                          lambda: t.optimizer.param_groups[0]["lr"], reporting.Progress(t.planned_steps, f"train {r.entry.name}"))
     reporting.say(f"data = {t.source.describe()}")
     reporting.say(reporting.STEP_COLUMNS)
     if hasattr(t.source, "reset_data_wait"):
@@ -251,17 +252,20 @@ def train(cfg: TrainConfig, t: Trainer, r: Resolved, world: distributed.World):
 
 class StepDisplay:
     """Prints `step epoch img/s loss lr` every `every` steady steps and moves the progress bar; runs
-    outside the timed region."""
+    outside the timed region. Losses are 0-d tensors of either framework (float() reads both);
+    `learning_rate()` is the optimizer's current rate."""
 
-    def __init__(self, every: int, batch_size: int, first_step: int, images_per_epoch: int, optimizer, progress):
-        self.every, self.batch_size, self.images_per_epoch, self.optimizer = every, batch_size, images_per_epoch, optimizer
+    def __init__(self, every: int, batch_size: int, first_step: int, images_per_epoch: int,
+                 learning_rate: Callable[[], float], progress):
+        self.every, self.batch_size, self.images_per_epoch = every, batch_size, images_per_epoch
+        self.learning_rate = learning_rate
         self.progress = progress
         self.global_step = first_step
         self.window: list[float] = []
-        self.first_loss: torch.Tensor | None = None
-        self.last_loss: torch.Tensor | None = None
+        self.first_loss = None
+        self.last_loss = None
 
-    def __call__(self, index: int, steady: bool, loss: torch.Tensor, seconds: float) -> None:
+    def __call__(self, index: int, steady: bool, loss, seconds: float) -> None:
         self.global_step += 1
         self.first_loss = loss if self.first_loss is None else self.first_loss
         self.last_loss = loss
@@ -274,12 +278,12 @@ class StepDisplay:
         reporting.say(reporting.step_line(
             self.global_step, self.global_step * self.batch_size / self.images_per_epoch,
             self.batch_size * len(self.window) / sum(self.window),
-            loss.item(),  # host sync, after the step's clock has stopped
-            self.optimizer.param_groups[0]["lr"]))
+            float(loss),  # host sync, after the step's clock has stopped
+            self.learning_rate()))
         self.window = []
 
     def losses(self) -> tuple[float | None, float | None]:
-        return tuple(None if t is None else t.item() for t in (self.first_loss, self.last_loss))
+        return tuple(None if t is None else float(t) for t in (self.first_loss, self.last_loss))
 
 
 def rank_reports(world: distributed.World, device: torch.device, times: StepTimes) -> list[dict]:

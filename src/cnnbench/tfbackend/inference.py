@@ -1,0 +1,283 @@
+"""`cnnbench infer --framework tensorflow`: the inference benchmark on TensorFlow, read top to bottom.
+
+The recipe is inference.py's: preflight, the weights (TensorFlow's own training checkpoint, or random),
+the guard and calibration inputs, TensorFlow fp32 references, the engine (built and timed apart), the
+fp32 guard, cnnbench's measured loop (timing.measure), exact accuracy, the record. Engines:
+
+  eager    the Keras model in a tf.function (graph mode, what Keras' predict runs), at fp32, or fp16/bf16
+           through a Keras mixed-precision policy (the fp32 weights copied into the mixed model)
+  compile  the same tf.function with XLA (jit_compile=True)
+  tflite   the TensorFlow Lite interpreter: fp32, or int8 by full-integer post-training quantisation
+           (TFLITE_BUILTINS_INT8 only, calibrated on --calib-batches batches as PyTorch's int8 is; float
+           input and output, quantised inside), TensorFlow's int8 path on CPUs
+
+Each is checked against TensorFlow fp32 on the same inputs with inference.py's bounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench import checkpoints, environment, recording, reporting, results, telemetry
+from cnnbench import inference as pytorch_inference
+from cnnbench.config import DataConfig, InferConfig
+from cnnbench.engines import ArtifactCache
+from cnnbench.errors import UsageError
+from cnnbench.evaluation import Accuracy, real_batches
+from cnnbench.models.registry import ModelEntry, check_image_size, resolve_entry
+from cnnbench.placement import PRECISIONS, Placement, resolve_placement
+from cnnbench.tfbackend import data, models, require, runtime
+from cnnbench.tfbackend.training import CHECKPOINT_DIR, read_manifest
+from cnnbench.timing import measure
+
+# Engine -> the precisions it runs here.
+ENGINE_PRECISIONS = {"eager": ("fp32", "tf32", "fp16", "bf16"), "compile": ("fp32", "tf32", "fp16", "bf16"),
+                     "tflite": ("fp32", "int8")}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    entry: ModelEntry
+    image_size: int
+    placement: Placement
+    batch: int
+    log_dir: Path
+    manifest: dict | None
+
+
+def preflight(cfg: InferConfig) -> Resolved:
+    cfg.validate()
+    require()
+    entry = resolve_entry(cfg.model)
+    image_size = cfg.image_size or entry.input_size
+    check_image_size(entry, image_size)
+    models.check_buildable(entry)
+    placement = resolve_placement(cfg.placement.device, cfg.placement.precision, "nhwc", PRECISIONS)
+    if placement.precision not in ENGINE_PRECISIONS[cfg.engine]:
+        hint = "; TensorFlow's int8 runs in --engine tflite" if placement.precision == "int8" else ""
+        raise UsageError(f"--engine {cfg.engine} with --framework tensorflow runs "
+                         f"{', '.join(ENGINE_PRECISIONS[cfg.engine])}, not {placement.precision}{hint}")
+    if cfg.engine == "tflite" and placement.device.type != "cpu":
+        raise UsageError("--engine tflite runs on the CPU (TensorFlow Lite's interpreter); use --device cpu")
+    log_dir = Path(cfg.log_dir) if cfg.log_dir else checkpoints.default_log_dir(entry.name, cfg.measure.batch_size)
+    manifest = read_manifest(log_dir, entry.name)
+    if manifest is None and not cfg.random_weights:
+        raise UsageError(f"no TensorFlow checkpoint in {log_dir / CHECKPOINT_DIR}: train first (cnnbench train "
+                         f"{cfg.model} --framework tensorflow --log-dir {log_dir}) or give --random-weights")
+    results.ensure_writable(Path(cfg.results_dir), "--results-dir")
+    if cfg.cache_path:
+        results.ensure_writable(Path(cfg.cache_path), "--cache-path")
+    return Resolved(entry, image_size, placement, cfg.engine_batch, log_dir, manifest)
+
+
+def run(cfg: InferConfig, started_at: float | None = None) -> dict:
+    """One inference benchmark on TensorFlow; saves and returns its record (inference.run's contract)."""
+    started_at = started_at or environment.process_start_time()
+    r = preflight(cfg)
+    runtime.configure(Placement(r.placement.device, "fp32", True))  # the reference and the weights are fp32
+    weights = describe_weights(cfg, r)
+    record = recording.begin("infer", cfg, r.entry, r.placement, r.batch, r.image_size,
+                             pytorch_inference.header_lines(cfg, r, weights), engine=cfg.engine, scenario=cfg.scenario,
+                             weights_source=weights.source, weights=weights.description)
+    with recording.out_of_memory_recorded(record, cfg.results_dir, r.entry, r.placement, training=False):
+        model, digest = load_model(cfg, r)
+        source = data.open_source(cfg.data, r.entry, r.batch, r.image_size, cfg.seed, train=False)
+        reporting.say(f"data = {source.describe()}")
+        checked = (cfg.engine, r.placement.precision) != ("eager", "fp32")
+        guard_inputs = take(cfg, r, source, cfg.guard_batches, 1000) if checked else []
+        references = [model(x, training=False) for x in guard_inputs]
+        engine, info = build(cfg, r, model, digest, lambda: take(cfg, r, source, cfg.calib_batches, 2000, calibration=True))
+        checks = guard(cfg, r, engine, guard_inputs, references) if checked else pytorch_inference.guard_fields(None)
+        figures = measure_engine(cfg, r, engine, source, started_at)
+    record.update(figures, weights_digest=digest, **info, **checks, **recording.memory_fields(r.placement.device))
+    record.update(recording.efficiency_fields(record, r.entry, "infer", r.placement.device))
+    source.close()
+    pytorch_inference.report(cfg, record)
+    recording.save(record, cfg.results_dir)
+    runtime.reset()
+    return record
+
+
+@dataclass(frozen=True)
+class Weights:
+    source: str
+    description: str
+
+
+def describe_weights(cfg: InferConfig, r: Resolved) -> Weights:
+    if r.manifest is None:
+        return Weights("random", "random initialisation (--random-weights: speed only, accuracy is meaningless)")
+    if cfg.random_weights:
+        reporting.warn(f"--random-weights: the TensorFlow checkpoint in {r.log_dir / CHECKPOINT_DIR} takes precedence; "
+                       "it is what runs")
+    return Weights("checkpoint", f"TensorFlow checkpoint {r.log_dir / CHECKPOINT_DIR} (step {r.manifest['step']})")
+
+
+def load_model(cfg: InferConfig, r: Resolved):
+    """The fp32 Keras model with its weights (the checkpoint's, or seeded random ones) and their digest."""
+    tf = require()
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = models.build(r.entry, r.image_size)
+    if r.manifest is not None:
+        tf.train.Checkpoint(model=model).restore(str(r.log_dir / CHECKPOINT_DIR / r.manifest["prefix"])).expect_partial()
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return model, digest.hexdigest()[:16]
+
+
+def take(cfg: InferConfig, r: Resolved, source, count: int, seed_offset: int, calibration: bool = False) -> list:
+    """Guard and calibration batches: the first batches of the real data, or seeded random ones."""
+    if calibration and cfg.data.data_dir is None:
+        reporting.warn("int8 calibrated on synthetic images: accuracy figures of this engine are meaningless; "
+                       "give --data-dir for a real calibration")
+    if cfg.data.data_dir is not None:
+        batches = source.epoch_batches()
+        return [next(batches)[0] for _ in range(count)]
+    return [next(data.open_source(DataConfig(), r.entry, r.batch, r.image_size, cfg.seed + seed_offset + i,
+                                  train=False).batches())[0] for i in range(count)]
+
+
+def build(cfg: InferConfig, r: Resolved, model, digest: str, calibration):
+    """The engine (a callable: NHWC float images -> logits) and the record's engine fields."""
+    start = time.perf_counter()
+    if cfg.engine == "tflite":
+        engine, hit = tflite_engine(cfg, r, model, digest, calibration)
+    else:
+        engine, hit = graph_engine(r, model, xla=cfg.engine == "compile"), False
+    info = {"engine_build_seconds": 0.0 if hit else time.perf_counter() - start, "engine_load_seconds": 0.0,
+            "cache_hit": hit}
+    reporting.say(f"engine = {cfg.engine} (TensorFlow): build {info['engine_build_seconds']:.2f} s, cache "
+                  f"{'hit' if hit else 'miss' if cfg.cache_path else 'off'}")
+    return engine, info
+
+
+def graph_engine(r: Resolved, model, xla: bool):
+    """The model in a tf.function (XLA-compiled when `xla`); fp16/bf16: a mixed-policy copy with the fp32 weights."""
+    tf = require()
+    import keras
+
+    if r.placement.precision in ("fp16", "bf16"):
+        keras.mixed_precision.set_global_policy(runtime.POLICIES[r.placement.precision])
+        mixed = models.build(r.entry, r.image_size)
+        mixed.set_weights(model.get_weights())
+        keras.mixed_precision.set_global_policy("float32")
+        model = mixed
+    return tf.function(lambda images: model(images, training=False), jit_compile=xla)
+
+
+def tflite_engine(cfg: InferConfig, r: Resolved, model, digest: str, calibration):
+    """A TensorFlow Lite interpreter at the run's batch (fp32, or full-integer int8); the flatbuffer from
+    the artefact cache when it holds an intact one."""
+    tf = require()
+    key = {"framework": "tensorflow", "model": r.entry.name, "weights": digest, "engine": "tflite",
+           "precision": r.placement.precision, "batch_size": r.batch, "image_size": r.image_size,
+           "calibration": (cfg.data.data_dir, cfg.calib_batches) if r.placement.precision == "int8" else None,
+           "versions": {"tensorflow": tf.__version__}}
+    cache = ArtifactCache(cfg.cache_path, key)
+    path = cache.lookup("model.tflite")
+    hit = path is not None
+    if not hit:
+        path = cache.dir / "model.tflite"
+        path.write_bytes(convert(tf, model, r, calibration() if r.placement.precision == "int8" else None))
+        cache.record("model.tflite")
+    for note in cache.notes:
+        reporting.warn(note)
+    interpreter = tf.lite.Interpreter(model_content=path.read_bytes(), num_threads=environment.usable_cores())
+    interpreter.allocate_tensors()
+    cache.close()
+    source, sink = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+
+    def run(images):
+        interpreter.set_tensor(source, np.asarray(images, dtype=np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(sink)
+
+    return run, hit
+
+
+def convert(tf, model, r: Resolved, calibration: list | None) -> bytes:
+    """TFLiteConverter from the model's concrete function at the run's fixed batch; int8: full-integer
+    post-training quantisation with the calibration batches as the representative dataset."""
+    spec = tf.TensorSpec([r.batch, r.image_size, r.image_size, 3], tf.float32)
+    function = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    if calibration is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([np.asarray(x, dtype=np.float32)] for x in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def guard(cfg: InferConfig, r: Resolved, engine, inputs: list, references: list) -> dict:
+    """inference.py's guard against TensorFlow fp32 on the same inputs."""
+    import torch
+
+    if not inputs:
+        return pytorch_inference.guard_fields(pytorch_inference.GUARD_BOUNDS[r.placement.precision])
+    outputs = torch.cat([_host(engine(x)) for x in inputs])
+    reference = torch.cat([_host(x) for x in references])
+    return pytorch_inference.judge_guard(cfg.engine, r.placement.precision, outputs, reference, len(inputs),
+                                         "TensorFlow fp32")
+
+
+def _host(logits):
+    """Logits of any engine (a tf.Tensor or a NumPy array) as a float32 PyTorch tensor on the host."""
+    import torch
+
+    return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
+
+class _Counted:
+    """evaluation.Accuracy fed with TensorFlow/NumPy batches (read on the host, outside the timed step)."""
+
+    def __init__(self):
+        self.accuracy = Accuracy()
+
+    def add(self, logits, labels, n: int) -> None:
+        import torch
+
+        self.accuracy.add(_host(logits), torch.from_numpy(np.asarray(labels)).long(), n)
+
+    def result(self):
+        return self.accuracy.result()
+
+
+def measure_engine(cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
+    """cnnbench's measured loop over the engine (inference.measure_engine's, with TensorFlow's input)."""
+    real = cfg.data.data_dir is not None
+    counted = _Counted()
+    if real:
+        stream = real_batches(source, cfg.data.num_epochs)
+
+        def step():
+            images, labels, n = next(stream)
+            return engine(images), labels, n
+    else:
+        images = next(source.batches())[0]
+
+        def step():
+            return engine(images), None, r.batch
+    steps_total = cfg.data.num_epochs * -(-source.images_per_epoch // r.batch) if real and cfg.data.num_epochs else None
+    warmup = min(cfg.measure.warmup, steps_total - 1) if steps_total else cfg.measure.warmup
+    max_steps = steps_total - warmup if steps_total else cfg.measure.num_batches
+    display = pytorch_inference.InferDisplay(cfg.measure.display_every, r.batch, counted if real else None, reporting.Progress(
+        warmup + max_steps, f"infer {r.entry.name} tensorflow {cfg.engine} {r.placement.precision}"))
+    reporting.say("step  img/s  ms/batch")
+    sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
+    with display.progress, sampler:
+        times = measure(step, runtime.synchronize, warmup=warmup, max_steps=max_steps,
+                        duration=None if steps_total else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
+                        after_step=telemetry.marking(display, sampler, warmup))
+    top1, top5, evaluated = counted.result()
+    return {**results.figures(r.batch, times, time.time() - started_at), **recording.ending(times),
+            "top1": top1, "top5": top5, "images_evaluated": evaluated, "corrupt_images": source.corrupt_images if real else None,
+            **sampler.fields(r.batch * len(times.steady_seconds))}
+
