@@ -5,6 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
 find_cnnbench
+read_framework
 require_data_dir
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" infer-all --plan auto --engines eager --precisions fp32 --data-dir "$DATA_DIR" --num-epochs 1 "$@"
+exec "$CNNBENCH" infer-all --plan auto --engines eager --precisions fp32 --data-dir "$DATA_DIR" --num-epochs 1 --frameworks "$FRAMEWORK" "$@"

@@ -6,6 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
 find_cnnbench
+read_framework
 require_data_dir
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" infer-all --plan auto --engines optimized --precisions fp32,fp16,int8 --data-dir "$DATA_DIR" --num-epochs 1 "$@"
+exec "$CNNBENCH" infer-all --plan auto --engines optimized --precisions fp32,fp16,int8 --data-dir "$DATA_DIR" --num-epochs 1 --frameworks "$FRAMEWORK" "$@"

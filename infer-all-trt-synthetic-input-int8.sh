@@ -6,5 +6,6 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
 find_cnnbench
+read_framework
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" infer-all --plan auto --engines optimized --precisions int8 "$@"
+exec "$CNNBENCH" infer-all --plan auto --engines optimized --precisions int8 --frameworks "$FRAMEWORK" "$@"

@@ -6,8 +6,9 @@ set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
 find_cnnbench
 read_num_accelerators
+read_framework
 [ "${1:-}" != -- ] || shift
 if [ "$NUM_ACCELERATORS" -gt 1 ]; then
     echo "infer-all.sh: inference runs on one accelerator, as in the original; NUM_ACCELERATORS=$NUM_ACCELERATORS applies to training only"
 fi
-exec "$CNNBENCH" infer-all --plan auto "$@"
+exec "$CNNBENCH" infer-all --plan auto --frameworks "$FRAMEWORK" "$@"

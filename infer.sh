@@ -15,6 +15,7 @@ usage() {
     echo "  -b         batch sizes to sweep (should be >=1; separators as for models). By default, $DEFAULT_BATCHS"
     echo "  --         what follows goes to cnnbench infer, e.g. -- --device cpu --engine onnxruntime"
     echo "             (an option spelt --name also ends this script's options and goes there with the rest)"
+    echo "  FRAMEWORK=pytorch|tensorflow|pytorch,tensorflow in the environment (default pytorch)"
 }
 
 bad_usage() {
@@ -45,6 +46,7 @@ while [ $# -gt 0 ]; do
 done
 find_cnnbench
 read_num_accelerators
+read_framework
 mapfile -t model_list < <(split_models "$models")
 batchs="${batchs//[:,;-]/ }"
 [ "${#model_list[@]}" -gt 0 ] || bad_usage "no model given"
@@ -54,12 +56,14 @@ fi
 echo "models=${model_list[*]}"
 echo "batch_size=$batchs"
 status=0
-for model in "${model_list[@]}"; do
-    for batch in $batchs; do
-        # No --log-dir: cnnbench's default, log_<name>_<batch>, is where ./train.sh's runs saved, and a
-        # spec file's path would make a nested directory of it.
-        "$CNNBENCH" infer "$model" --batch-size "$batch" "$@" || status=$?
-        [ "$status" -eq 2 ] || [ "$status" -eq 130 ] && exit "$status"
+for framework in "${FRAMEWORKS[@]}"; do
+    for model in "${model_list[@]}"; do
+        for batch in $batchs; do
+            # No --log-dir: cnnbench's default, log_<name>_<batch>, is where ./train.sh's runs saved, and a
+            # spec file's path would make a nested directory of it.
+            "$CNNBENCH" infer "$model" --batch-size "$batch" --framework "$framework" "$@" || status=$?
+            [ "$status" -eq 2 ] || [ "$status" -eq 130 ] && exit "$status"
+        done
     done
 done
 exit "$status"

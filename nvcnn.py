@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", action="store_true", help=f"keep built engines (in --cache_path, default {DEFAULT_CACHE})")
     p.add_argument("--cache_path", default=None)
     p.add_argument("--calib_num_batches", type=int, default=10)
+    p.add_argument("--framework", choices=["pytorch", "tensorflow"], default="pytorch",
+                   help="cnnbench's framework (the original was TensorFlow's; pytorch by default)")
     return p
 
 
@@ -55,6 +57,13 @@ def fastest_engine(device_type: str, providers: list[str]) -> tuple[str, str]:
     from cnnbench.engines import optimized_engine
 
     return optimized_engine(device_type, providers)
+
+
+def tensorflow_engine(device_type: str) -> tuple[str, str]:
+    """--use_trt with --framework tensorflow: the sweeps' rule (sweep.tensorflow_pairs' optimized)."""
+    if device_type == "cuda":
+        return "compile", "XLA, TensorFlow's compiler (this TensorFlow has no TensorRT)"
+    return "tflite", "TensorFlow Lite, TensorFlow's CPU inference engine (fp32, full-integer int8)"
 
 
 def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[list[str], str | None]:
@@ -68,12 +77,15 @@ def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[
         out += ["--data-dir", a.data_dir]
     if a.num_epochs:
         out += ["--num-epochs", str(a.num_epochs)]
+    if a.framework != "pytorch":
+        out += ["--framework", a.framework]
     note = None
     if a.eval:
         if a.num_gpus > 1:
             note = f"--num_gpus {a.num_gpus}: inference runs on one accelerator, as in the original"
         if a.use_trt:
-            engine, why = fastest_engine(device_type, providers)
+            engine, why = (fastest_engine(device_type, providers) if a.framework == "pytorch"
+                           else tensorflow_engine(device_type))
             note = f"--use_trt: running engine {engine} ({why})"
             out += ["--engine", engine, "--precision", a.trt_precision, "--calib-batches", str(a.calib_num_batches)]
         elif a.trt_precision != "fp32":

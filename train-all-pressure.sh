@@ -6,6 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
 find_cnnbench
+read_framework
 read_num_accelerators
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" soak-all --plan auto --num-accelerators "$NUM_ACCELERATORS" "$@"
+exec "$CNNBENCH" soak-all --plan auto --num-accelerators "$NUM_ACCELERATORS" --frameworks "$FRAMEWORK" "$@"

@@ -7,5 +7,6 @@ set -euo pipefail
 source "$(dirname "$0")/scripts/common.sh"
 find_cnnbench
 read_num_accelerators
+read_framework
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" train-all --plan auto --num-accelerators "$NUM_ACCELERATORS" "$@"
+exec "$CNNBENCH" train-all --plan auto --num-accelerators "$NUM_ACCELERATORS" --frameworks "$FRAMEWORK" "$@"

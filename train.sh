@@ -9,6 +9,7 @@ usage() {
     echo "  MODEL  a registered name or a JSON spec file, trained at batch sizes 16, 32 and 64"
     echo "  --     what follows goes to cnnbench train, e.g. -- --device cpu --num-batches 100"
     echo "  NUM_ACCELERATORS=N in the environment: N data-parallel processes (default 1)"
+    echo "  FRAMEWORK=pytorch|tensorflow|pytorch,tensorflow in the environment (default pytorch)"
 }
 
 case "${1:-}" in
@@ -20,10 +21,14 @@ shift
 [ "${1:-}" != -- ] || shift
 find_cnnbench
 read_num_accelerators
+read_framework
 status=0
-for batch in 16 32 64; do
-    # No --log-dir: cnnbench's default is log_<name>_<batch>, the original's, and keeps a spec path whole.
-    "$CNNBENCH" train "$model" --batch-size "$batch" --num-accelerators "$NUM_ACCELERATORS" "$@" || status=$?
-    [ "$status" -eq 2 ] || [ "$status" -eq 130 ] && exit "$status"
+for framework in "${FRAMEWORKS[@]}"; do
+    for batch in 16 32 64; do
+        # No --log-dir: cnnbench's default is log_<name>_<batch>, the original's, and keeps a spec path whole.
+        "$CNNBENCH" train "$model" --batch-size "$batch" --num-accelerators "$NUM_ACCELERATORS" --framework "$framework" \
+            "$@" || status=$?
+        [ "$status" -eq 2 ] || [ "$status" -eq 130 ] && exit "$status"
+    done
 done
 exit "$status"

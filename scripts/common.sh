@@ -89,3 +89,18 @@ require_data_dir() {
         exit 2
     fi
 }
+
+# read_framework: FRAMEWORK (default pytorch): pytorch, tensorflow, or both (pytorch,tensorflow), exit 2 on
+# anything else. The sweeps take it as --frameworks (one pair of tables per framework in one results folder);
+# train.sh and infer.sh run each framework in turn. TensorFlow needs the tensorflow extra (setup.sh's test extra).
+read_framework() {
+    FRAMEWORK="${FRAMEWORK:-pytorch}"
+    local item
+    IFS=',' read -r -a FRAMEWORKS <<<"$FRAMEWORK"
+    for item in "${FRAMEWORKS[@]}"; do
+        case "$item" in
+            pytorch | tensorflow) ;;
+            *) echo "FRAMEWORK must be pytorch, tensorflow or both (pytorch,tensorflow), got '$FRAMEWORK'" >&2; exit 2 ;;
+        esac
+    done
+}

@@ -15,7 +15,9 @@ The factor (default 3) is in standard errors of the difference of two independen
 noise a change beyond 3 of them happens by chance about 3 times in 1,000. Per-step times are
 autocorrelated (clocks, caches, a neighbour's load), so se understates the noise of a whole run; the
 threshold keeps a large run's tiny se from calling a 1% change real. Differences of environment (device,
-driver, library versions, CPU ISA, commit) are listed first: they explain most changes.
+framework, driver, library versions, CPU ISA, commit) are listed first: they explain most changes. The
+framework is not part of a configuration: `cnnbench compare results_pytorch results_tensorflow` sets
+the frameworks side by side, configuration by configuration (issue 15).
 
 --fail-below RATIO makes the command exit 1 (EXIT_REGRESSION) when a configuration is `slower` with a
 ratio below RATIO, or `failed in new`: a regression gate for CI.
@@ -101,9 +103,11 @@ def judge(base: dict, new: dict, threshold: float, factor: float) -> Row:
 def environment_differences(base: list[dict], new: list[dict]) -> list[tuple[str, list[str], list[str]]]:
     """(field, base's values, new's values) for each env.* field (and the device) whose values differ."""
     def values(records: list[dict], field: str) -> list[str]:
-        return sorted({str(r.get(field)) for r in records})
+        # Records from before issue 15 name no framework: they ran on PyTorch.
+        return sorted({str(r.get(field, "pytorch" if field == "framework" else None)) for r in records})
 
-    fields = dict.fromkeys(["device", *[k for r in base + new for k in r if k.startswith("env.") and k not in ENV_IGNORED]])
+    fields = dict.fromkeys(["device", "framework", "framework_version",
+                            *[k for r in base + new for k in r if k.startswith("env.") and k not in ENV_IGNORED]])
     return [(f, values(base, f), values(new, f)) for f in fields if values(base, f) != values(new, f)]
 
 

@@ -319,6 +319,8 @@ class SweepConfig:
     """What a sweep adds to the options of the runs it starts."""
 
     models: str | None = option(None, "comma-separated; default: googlenet,resnet50,resnet152,densenet121,synNet")
+    frameworks: str | None = option(None, "comma-separated frameworks to sweep, e.g. pytorch,tensorflow (one pair of "
+                                          "tables each, in one results folder); default: --framework's")
     batch_sizes: str = option("16,32,64", "comma-separated")
     plan: str = option("auto", "auto: the original's 500 batches after 20 warm-up steps on a GPU, a bounded plan on a CPU; "
                                "quick: batch 16 only, a few steady seconds per configuration; explicit "

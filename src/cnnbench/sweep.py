@@ -162,13 +162,35 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
 def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan,
                         models: list[str], batches: list[int], device: torch.device) -> list[Configuration]:
     """Every configuration as a validated child config; any mistake fails here, before anything runs."""
-    from cnnbench import backends
-
     measure = {k: getattr(plan, k) for k in ("warmup", "num_batches", "duration")
                if f"measure.{k}" not in explicit}
     if "measure.min_steady_steps" not in explicit:
         measure["min_steady_steps"] = plan.min_steady_steps
+    out = []
+    for framework in frameworks(settings, base):
+        framework_base = dataclasses.replace(base, framework=framework)
+        out += configurations_of(kind, settings, framework_base, explicit, plan, measure, models, batches, device)
+    return out
+
+
+def frameworks(settings: SweepConfig, base: RunConfig) -> list[str]:
+    """--frameworks, each once, else --framework's one."""
+    if settings.frameworks is None:
+        return [base.framework]
+    chosen = list(dict.fromkeys(parse_list(settings.frameworks, "--frameworks")))
+    for name in chosen:
+        if name not in config.FRAMEWORKS:
+            raise errors.UsageError(f"--frameworks: unknown framework {name!r}; use some of: {', '.join(config.FRAMEWORKS)}")
+    return chosen
+
+
+def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan, measure: dict,
+                      models: list[str], batches: list[int], device: torch.device) -> list[Configuration]:
+    """One framework's configurations: models x batch sizes x (engine pairs | accelerator counts)."""
+    from cnnbench import backends
+
     variants = engine_pairs(settings, device, base.framework) if kind == "infer" else accelerator_counts(settings, device)
+    tag = "" if base.framework == "pytorch" else f"_{base.framework}"
     out = []
     for model in models:
         name = resolve_entry(model).name  # an unknown model fails here
@@ -190,7 +212,7 @@ def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, expli
                 base_record = {"kind": kind, "model": name, "framework": run.framework, "batch_size": batch, "device": str(device),
                                "engine": getattr(run, "engine", None), "precision": run.placement.precision,
                                "num_accelerators": getattr(run, "num_accelerators", 1), **config.flatten(run)}
-                out.append(Configuration(run, f"result_{name}_{batch}{suffix}.txt", base_record))
+                out.append(Configuration(run, f"result_{name}_{batch}{tag}{suffix}.txt", base_record))
     return out
 
 
@@ -320,6 +342,8 @@ def describe_axes(configurations: list[Configuration]) -> str:
         return list(dict.fromkeys(str(c.base_record[key]) for c in configurations))
 
     text = f"{', '.join(distinct('model'))} x batch {', '.join(distinct('batch_size'))}"
+    if distinct("framework") != ["pytorch"]:
+        text = f"{', '.join(distinct('framework'))}: " + text
     if configurations and configurations[0].base_record["kind"] == "infer":
         text += " x " + ", ".join(dict.fromkeys(f"{c.base_record['engine']}/{c.base_record['precision']}" for c in configurations))
     counts = distinct("num_accelerators")

@@ -15,6 +15,7 @@ install it when it is missing.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from cnnbench.errors import UsageError
@@ -32,3 +33,10 @@ def require():
     except ImportError:
         raise UsageError(INSTALL) from None
     return tensorflow
+
+
+def check_installed() -> None:
+    """The install line (exit 2) when TensorFlow is missing, without importing it (seconds, and its start-up
+    lines): preflights call it first, so that the line comes before any other."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise UsageError(INSTALL)

@@ -31,7 +31,7 @@ from cnnbench.errors import UsageError
 from cnnbench.evaluation import Accuracy, real_batches
 from cnnbench.models.registry import ModelEntry, check_image_size, resolve_entry
 from cnnbench.placement import PRECISIONS, Placement, resolve_placement
-from cnnbench.tfbackend import data, models, require, runtime
+from cnnbench.tfbackend import check_installed, data, models, require, runtime
 from cnnbench.tfbackend.training import CHECKPOINT_DIR, read_manifest
 from cnnbench.timing import measure
 
@@ -52,7 +52,7 @@ class Resolved:
 
 def preflight(cfg: InferConfig) -> Resolved:
     cfg.validate()
-    require()
+    check_installed()
     entry = resolve_entry(cfg.model)
     image_size = cfg.image_size or entry.input_size
     check_image_size(entry, image_size)
@@ -72,6 +72,7 @@ def preflight(cfg: InferConfig) -> Resolved:
     results.ensure_writable(Path(cfg.results_dir), "--results-dir")
     if cfg.cache_path:
         results.ensure_writable(Path(cfg.cache_path), "--cache-path")
+    require()  # last: a mistake above is one line, before TensorFlow's start-up lines
     return Resolved(entry, image_size, placement, cfg.engine_batch, log_dir, manifest)
 
 

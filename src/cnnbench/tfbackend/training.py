@@ -28,7 +28,7 @@ from cnnbench.evaluation import Accuracy
 from cnnbench.models.registry import ModelEntry, check_image_size, resolve_entry
 from cnnbench.placement import Placement, resolve_placement
 from cnnbench.stats import throughput
-from cnnbench.tfbackend import data, models, require, runtime
+from cnnbench.tfbackend import check_installed, data, models, require, runtime
 from cnnbench.timing import StepTimes, measure
 
 # Where a TensorFlow checkpoint lives inside --log-dir, beside (not over) a PyTorch one, with what it holds.
@@ -48,7 +48,7 @@ class Resolved:
 def preflight(cfg: TrainConfig) -> Resolved:
     """Validate and resolve before any work, as training.preflight; TensorFlow's layout is channels-last."""
     cfg.validate()
-    require()
+    check_installed()
     entry = resolve_entry(cfg.model)
     image_size = cfg.image_size or entry.input_size
     check_image_size(entry, image_size)
@@ -57,6 +57,7 @@ def preflight(cfg: TrainConfig) -> Resolved:
     log_dir = Path(cfg.log_dir) if cfg.log_dir else checkpoints.default_log_dir(entry.name, cfg.measure.batch_size)
     results.ensure_writable(Path(cfg.results_dir), "--results-dir")
     results.ensure_writable(log_dir, "--log-dir")
+    require()  # last: a mistake above is one line, before TensorFlow's start-up lines
     return Resolved(entry, image_size, placement, log_dir, cfg.num_accelerators)
 
 

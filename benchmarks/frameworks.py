@@ -1,0 +1,136 @@
+"""PyTorch against TensorFlow on this machine: every model, training and inference, in one run (issue 15).
+
+    .venv/bin/python benchmarks/frameworks.py                      # the five models, this CPU
+    .venv/bin/python benchmarks/frameworks.py --models resnet50 --seconds 4 --image-size 64   # a smoke run
+
+Each configuration is its own `cnnbench train|infer` process (random weights, synthetic input, the same
+seed), so each framework starts as a user's run does; the figure is cnnbench's own: mean images/s over
+the steady steps (after --warmup steps, which hold TensorFlow's tracing and XLA's compilation), with
+its spread. The configurations:
+  train   pytorch eager fp32; tensorflow eager (a tf.function) fp32 and XLA (--compile) fp32
+  infer   pytorch eager fp32 and its CPU's fastest engine (onnxruntime fp32 and int8); tensorflow eager
+          fp32, compile (XLA) fp32 and tflite int8 (full-integer post-training quantisation)
+Ratios: each TensorFlow configuration over PyTorch eager at the same precision class (fp32 over eager
+fp32; tflite int8 over onnxruntime int8). int8 engines are calibrated on synthetic images: speed only.
+Output saved under benchmarks/results/ (record.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.table import Table
+
+from record import Recorder, add_save_option
+
+MODELS = ("googlenet", "resnet50", "resnet152", "densenet121", "synNet")
+# (kind, framework, engine, precision); train rows use the engine column for --compile.
+CONFIGS = (
+    ("train", "pytorch", "eager", "fp32"),
+    ("train", "tensorflow", "eager", "fp32"),
+    ("train", "tensorflow", "compile", "fp32"),
+    ("infer", "pytorch", "eager", "fp32"),
+    ("infer", "pytorch", "onnxruntime", "fp32"),
+    ("infer", "pytorch", "onnxruntime", "int8"),
+    ("infer", "tensorflow", "eager", "fp32"),
+    ("infer", "tensorflow", "compile", "fp32"),
+    ("infer", "tensorflow", "tflite", "int8"),
+)
+# What each TensorFlow configuration is compared with.
+BASELINE = {("eager", "fp32"): ("eager", "fp32"), ("compile", "fp32"): ("eager", "fp32"),
+            ("tflite", "int8"): ("onnxruntime", "int8")}
+
+
+def command(args, tmp: Path, model: str, kind: str, framework: str, engine: str, precision: str) -> list[str]:
+    line = [sys.executable, "-m", "cnnbench", kind, model, "--framework", framework, "--precision", precision,
+            "--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--duration", str(args.seconds),
+            "--num-batches", "100000", "--min-steady-steps", "3", "--display-every", "100000",
+            "--results-dir", str(tmp / "results"), "--log-dir", str(tmp / f"log-{model}-{kind}-{framework}-{engine}")]
+    if args.image_size:
+        line += ["--image-size", str(args.image_size)]
+    if kind == "train":
+        return line + (["--compile"] if engine == "compile" else [])
+    return line + ["--engine", engine, "--random-weights", "--guard-batches", "1", "--calib-batches", "2"]
+
+
+def measure(args, tmp: Path, rec: Recorder) -> list[dict]:
+    """Every configuration of every model; a failed one is a row with its error's last line, not the end."""
+    rows = []
+    for model in args.models.split(","):
+        for kind, framework, engine, precision in CONFIGS:
+            done = subprocess.run(command(args, tmp, model, kind, framework, engine, precision), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            records = [json.loads(line) for line in (tmp / "results" / "runs.jsonl").read_text().splitlines()] \
+                if (tmp / "results" / "runs.jsonl").exists() else []
+            row = {"model": model, "kind": kind, "framework": framework, "engine": engine, "precision": precision}
+            if done.returncode == 0 and records:
+                r = records[-1]
+                row.update(images_per_sec=r["images_per_sec"], stderr=r.get("images_per_sec_stderr"), steps=r["steady_steps"],
+                           framework_version=r["framework_version"], guard_ok=r.get("guard_ok"),
+                           guard_relative_error=r.get("guard_relative_error"))
+            else:
+                row.update(images_per_sec=None, error=(done.stdout.strip().splitlines() or ["?"])[-1])
+            rec.say(f"{model} {kind} {framework} {engine} {precision}: "
+                    + (f"{row['images_per_sec']:.2f} img/s" if row["images_per_sec"] else f"FAILED: {row['error']}"))
+            rec.row(kind="run", **row)
+            rows.append(row)
+    return rows
+
+
+def ratio(rows: list[dict], row: dict) -> float | None:
+    if row["framework"] != "tensorflow" or (row["engine"], row["precision"]) not in BASELINE:
+        return None
+    engine, precision = BASELINE[row["engine"], row["precision"]] if row["kind"] == "infer" else ("eager", "fp32")
+    base = next((r for r in rows if (r["model"], r["kind"], r["framework"], r["engine"], r["precision"])
+                 == (row["model"], row["kind"], "pytorch", engine, precision)), None)
+    if not base or not base["images_per_sec"] or not row["images_per_sec"]:
+        return None
+    return row["images_per_sec"] / base["images_per_sec"]
+
+
+def table(rec: Recorder, args, rows: list[dict]) -> None:
+    t = Table(title=f"PyTorch and TensorFlow, batch {args.batch_size}, {args.image_size or 'each model’s own'} px, "
+                    f"synthetic input, this CPU")
+    for column in ("model", "kind", "framework", "engine", "precision", "img/s", "stderr", "TF / PyTorch", "vs", "guard"):
+        t.add_column(column)
+    for row in rows:
+        r = ratio(rows, row)
+        vs = "" if r is None else ("eager fp32" if row["kind"] == "train" else " ".join(BASELINE[row["engine"], row["precision"]]))
+        guard = "" if row.get("guard_ok") is None else ("ok" if row["guard_ok"] else "FAILED") + f" ({row['guard_relative_error']:.1e})"
+        t.add_row(row["model"], row["kind"], row["framework"], "XLA" if row["kind"] == "train" and row["engine"] == "compile"
+                  else row["engine"], row["precision"],
+                  "-" if row["images_per_sec"] is None else f"{row['images_per_sec']:.2f}",
+                  "-" if row.get("stderr") is None else f"{row['stderr']:.2f}", "" if r is None else f"{r:.2f}x", vs, guard)
+        if r is not None:
+            rec.row(kind="ratio", model=row["model"], run_kind=row["kind"], engine=row["engine"], precision=row["precision"],
+                    ratio=r, against=vs)
+    rec.table(t)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=None, help="default: each model's own (224)")
+    p.add_argument("--warmup", type=int, default=2, help="steps before timing (tracing, XLA compilation)")
+    p.add_argument("--seconds", type=float, default=10.0, help="steady seconds of each configuration (at least 3 steps)")
+    add_save_option(p)
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    rec = Recorder(__file__, args.save_to)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = measure(args, Path(tmp), rec)
+    table(rec, args, rows)
+    rec.save()
+
+
+if __name__ == "__main__":
+    main()
