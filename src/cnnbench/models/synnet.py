@@ -429,9 +429,7 @@ class _Builder:
             raise SpecError(f"{where}: the body turns {_show(shape)} into {_show(out)} (channels x height x width) but the "
                             'shortcut is the identity; add "projection": true (a 1x1 conv with the body\'s stride) or keep the shape')
         if projection is not False:
-            conv = {"filters": out[0], "kernel": [1, 1], "stride": projection["stride"], "padding": "valid", "groups": 1,
-                    "batch_norm": projection["batch_norm"], "activation": "none", "bias": projection["bias"]}
-            shortcut, short = self.conv(conv, shape, f"{where} projection")
+            shortcut, short = self.conv(projection_conv(projection, out[0]), shape, f"{where} projection")
             if short != out:
                 raise SpecError(f"{where}: the projection (1x1, stride {projection['stride']}) gives {_show(short)} but the body "
                                 f"gives {_show(out)} (channels x height x width); set the projection's 'stride'")
@@ -462,6 +460,13 @@ class _Builder:
             outs.append(out)
         shape = (sum(out[0] for out in outs), outs[0][1], outs[0][2])
         return ([Branches(made)] if self.make else []), shape
+
+
+def projection_conv(projection: dict, filters: int) -> dict:
+    """A residual block's projection shortcut as the conv layer it is (1x1, the projection's stride, no padding or
+    activation); the Keras builder (tfbackend/models.py) makes it from this too, so both build the same shortcut."""
+    return {"filters": filters, "kernel": [1, 1], "stride": projection["stride"], "padding": "valid", "groups": 1,
+            "batch_norm": projection["batch_norm"], "activation": "none", "bias": projection["bias"]}
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
