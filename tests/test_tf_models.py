@@ -7,10 +7,11 @@ import json
 import math
 import re
 
+import torch
+import torchvision  # noqa: F401  first: TensorFlow 2.21 loaded before torchvision 0.29 segfaults
 import keras
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from cnnbench import synth
@@ -224,17 +225,23 @@ def test_mixed_bfloat16_gives_float32_logits(bfloat16_policy, spec_files):
         assert model.layers[-1].dtype_policy.name == "float32"
 
 
-def test_only_the_four_networks_and_spec_files_have_a_build():
-    with pytest.raises(UsageError) as raised:
-        build(resolve_any("mobilenet_v3_large"), 224)
-    assert str(raised.value) == ("no TensorFlow build of mobilenet_v3_large: --framework tensorflow runs resnet50, "
-                                 "resnet152, densenet121, googlenet and spec files")
+def test_only_the_four_networks_and_spec_files_have_a_build(spec_files):
+    line = ("no TensorFlow build of mobilenet_v3_large: --framework tensorflow runs resnet50, resnet152, densenet121, "
+            "googlenet and spec files")
+    for check in (lambda entry: build(entry, 224), models.check_buildable):
+        with pytest.raises(UsageError) as raised:
+            check(resolve_any("mobilenet_v3_large"))
+        assert str(raised.value) == line
+    for name in ["resnet50", "resnet152", "densenet121", "googlenet", "synNet", spec_files["every_layer"]]:
+        models.check_buildable(resolve_entry(name), 32)  # raises nothing
 
 
 def test_too_small_images_fail_in_one_line(spec_files):
     with pytest.raises(UsageError, match=r"--image-size 30 is too small for densenet121 with --framework tensorflow: "
                                          r"keras.applications builds it from 32 px"):
         build(resolve_entry("densenet121"), 30)  # PyTorch's densenet121 takes 29
+    with pytest.raises(UsageError, match=r"--image-size 31 is too small for resnet50 with --framework tensorflow"):
+        models.check_buildable(resolve_entry("resnet50"), 31)
     with pytest.raises(UsageError, match=r"--image-size 14 is too small for googlenet: it needs at least 15 px"):
         build(resolve_entry("googlenet"), 14)
     with pytest.raises(UsageError, match=r"--image-size 3 is too small for every_layer"):

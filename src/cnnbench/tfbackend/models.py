@@ -62,14 +62,24 @@ GOOGLENET_BLOCKS = (
 def build(entry: ModelEntry, image_size: int):
     """A randomly initialised keras.Model of the entry at image_size x image_size x 3: float32 logits
     (N, entry.num_classes). Only the registry's four classic networks and spec files have one."""
-    if entry.spec_path is None and entry.name not in (*APPLICATIONS, "googlenet"):
-        raise UsageError(NO_BUILD.format(entry.name))
+    check_buildable(entry, image_size)
     check_image_size(entry, image_size)  # the PyTorch commands' check, with their messages
     if entry.spec_path is not None:
         return _from_spec(synnet.load_spec(entry.spec_path), image_size, entry.name)
     if entry.name == "googlenet":
         return _googlenet(image_size, entry.num_classes)
     return _application(entry, image_size)
+
+
+def check_buildable(entry: ModelEntry, image_size: int | None = None) -> None:
+    """The one line saying the entry has no Keras build here (a torchvision-only model), or, given the size,
+    that keras.applications refuses it (under 32 px, where PyTorch's densenet121 takes 29): before any work."""
+    if entry.spec_path is None and entry.name not in (*APPLICATIONS, "googlenet"):
+        raise UsageError(NO_BUILD.format(entry.name))
+    if entry.spec_path is None and entry.name in APPLICATIONS and image_size is not None \
+            and image_size < APPLICATIONS_MIN_SIZE:
+        raise UsageError(f"--image-size {image_size} is too small for {entry.name} with --framework tensorflow: "
+                         f"keras.applications builds it from {APPLICATIONS_MIN_SIZE} px")
 
 
 def trainable_parameters(model) -> int:
@@ -99,9 +109,6 @@ def _logits(inputs, x, name: str):
 
 def _application(entry: ModelEntry, image_size: int):
     keras = _keras()
-    if image_size < APPLICATIONS_MIN_SIZE:
-        raise UsageError(f"--image-size {image_size} is too small for {entry.name} with --framework tensorflow: "
-                         f"keras.applications builds it from {APPLICATIONS_MIN_SIZE} px")
     base = getattr(keras.applications, APPLICATIONS[entry.name])(
         weights=None, include_top=True, classes=entry.num_classes, classifier_activation=None,
         input_shape=(image_size, image_size, 3))
