@@ -28,6 +28,10 @@ def require():
     """The tensorflow module, or the one line that says how to install it (exit 2)."""
     # TensorFlow's C++ start-up lines (oneDNN, CPU features) are INFO: level 1 keeps warnings and errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # torchvision first: importing it after TensorFlow kills the process (SIGSEGV; TensorFlow 2.21 with
+    # torchvision 0.29, found while writing models.py); in this order both load.
+    import torchvision  # noqa: F401
+
     try:
         import tensorflow
     except ImportError:

@@ -17,7 +17,9 @@ Each is checked against TensorFlow fp32 on the same inputs with inference.py's b
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +58,7 @@ def preflight(cfg: InferConfig) -> Resolved:
     entry = resolve_entry(cfg.model)
     image_size = cfg.image_size or entry.input_size
     check_image_size(entry, image_size)
-    models.check_buildable(entry)
+    models.check_buildable(entry, image_size)
     placement = resolve_placement(cfg.placement.device, cfg.placement.precision, "nhwc", PRECISIONS)
     if placement.precision not in ENGINE_PRECISIONS[cfg.engine]:
         hint = "; TensorFlow's int8 runs in --engine tflite" if placement.precision == "int8" else ""
@@ -82,8 +84,10 @@ def run(cfg: InferConfig, started_at: float | None = None) -> dict:
     r = preflight(cfg)
     runtime.configure(Placement(r.placement.device, "fp32", True))  # the reference and the weights are fp32
     weights = describe_weights(cfg, r)
-    record = recording.begin("infer", cfg, r.entry, r.placement, r.batch, r.image_size,
-                             pytorch_inference.header_lines(cfg, r, weights), engine=cfg.engine, scenario=cfg.scenario,
+    header = [f"resolved: TensorFlow {require().__version__}, engine {cfg.engine}, {r.placement.describe()}, scenario "
+              f"{cfg.scenario}, batch {r.batch}, image {r.image_size}px", f"weights = {weights.description}"]
+    record = recording.begin("infer", cfg, r.entry, r.placement, r.batch, r.image_size, header, engine=cfg.engine,
+                             scenario=cfg.scenario,
                              weights_source=weights.source, weights=weights.description)
     with recording.out_of_memory_recorded(record, cfg.results_dir, r.entry, r.placement, training=False):
         model, digest = load_model(cfg, r)
@@ -127,7 +131,8 @@ def load_model(cfg: InferConfig, r: Resolved):
     keras.utils.set_random_seed(cfg.seed)
     model = models.build(r.entry, r.image_size)
     if r.manifest is not None:
-        tf.train.Checkpoint(model=model).restore(str(r.log_dir / CHECKPOINT_DIR / r.manifest["prefix"])).expect_partial()
+        # The optimizer's saved state is left unread; every weight of the model must be found.
+        tf.train.Checkpoint(model=model).read(str(r.log_dir / CHECKPOINT_DIR / r.manifest["prefix"])).assert_existing_objects_matched().expect_partial()
     digest = hashlib.sha256()
     for weight in model.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
@@ -191,7 +196,10 @@ def tflite_engine(cfg: InferConfig, r: Resolved, model, digest: str, calibration
         cache.record("model.tflite")
     for note in cache.notes:
         reporting.warn(note)
-    interpreter = tf.lite.Interpreter(model_content=path.read_bytes(), num_threads=environment.usable_cores())
+    with warnings.catch_warnings():
+        # tf.lite.Interpreter warns once that LiteRT (ai-edge-litert) will replace it; it is TensorFlow 2.21's own.
+        warnings.filterwarnings("ignore", module="tensorflow.lite.python.interpreter")
+        interpreter = tf.lite.Interpreter(model_content=path.read_bytes(), num_threads=environment.usable_cores())
     interpreter.allocate_tensors()
     cache.close()
     source, sink = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
@@ -208,8 +216,20 @@ def convert(tf, model, r: Resolved, calibration: list | None) -> bytes:
     """TFLiteConverter from the model's concrete function at the run's fixed batch; int8: full-integer
     post-training quantisation with the calibration batches as the representative dataset."""
     spec = tf.TensorSpec([r.batch, r.image_size, r.image_size, 3], tf.float32)
-    function = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    import keras
+
+    # Through a SavedModel written by Keras' ExportArchive, which tracks Keras 3's variables: a concrete
+    # function of the model converts, but its variables come out unset (READ_VARIABLE fails at invoke).
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=[spec])
+    with tempfile.TemporaryDirectory(prefix="cnnbench-savedmodel-") as folder:
+        archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        return _converted(tf, converter, calibration)
+
+
+def _converted(tf, converter, calibration: list | None) -> bytes:
     if calibration is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([np.asarray(x, dtype=np.float32)] for x in calibration)
@@ -272,13 +292,16 @@ def measure_engine(cfg: InferConfig, r: Resolved, engine, source, started_at: fl
     display = pytorch_inference.InferDisplay(cfg.measure.display_every, r.batch, counted if real else None, reporting.Progress(
         warmup + max_steps, f"infer {r.entry.name} tensorflow {cfg.engine} {r.placement.precision}"))
     reporting.say("step  img/s  ms/batch")
+    if real:  # guard and calibration batches came from the source too: count the measured passes only
+        source.reset_data_wait()
     sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
     with display.progress, sampler:
         times = measure(step, runtime.synchronize, warmup=warmup, max_steps=max_steps,
                         duration=None if steps_total else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
                         after_step=telemetry.marking(display, sampler, warmup))
     top1, top5, evaluated = counted.result()
-    return {**results.figures(r.batch, times, time.time() - started_at), **recording.ending(times),
+    waited = results.data_wait(source.data_wait_seconds, times) if real else {}
+    return {**waited, **results.figures(r.batch, times, time.time() - started_at), **recording.ending(times),
             "top1": top1, "top5": top5, "images_evaluated": evaluated, "corrupt_images": source.corrupt_images if real else None,
             **sampler.fields(r.batch * len(times.steady_seconds))}
 

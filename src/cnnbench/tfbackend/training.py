@@ -52,7 +52,7 @@ def preflight(cfg: TrainConfig) -> Resolved:
     entry = resolve_entry(cfg.model)
     image_size = cfg.image_size or entry.input_size
     check_image_size(entry, image_size)
-    models.check_buildable(entry)
+    models.check_buildable(entry, image_size)
     placement = resolve_placement(cfg.placement.device, cfg.placement.precision, "nhwc")
     log_dir = Path(cfg.log_dir) if cfg.log_dir else checkpoints.default_log_dir(entry.name, cfg.measure.batch_size)
     results.ensure_writable(Path(cfg.results_dir), "--results-dir")
@@ -95,7 +95,8 @@ def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dic
         record.update(**results.data_wait(trainer.source.data_wait_seconds, times),
                       corrupt_images=trainer.source.corrupt_images, images_per_epoch=trainer.source.images_per_epoch)
         trainer.source.close()
-    pytorch_training.report(cfg, record, _OneProcess(r.replicas), batch)
+    # One process: the replicas' figures are the job's (training.report's per-rank line is PyTorch's processes').
+    pytorch_training.report(cfg, record, _OneProcess(), r.replicas * batch)
     recording.save(record, cfg.results_dir)
     runtime.reset()
     if unsaved is not None:
@@ -105,9 +106,9 @@ def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dic
 
 @dataclass(frozen=True)
 class _OneProcess:
-    """What training.report reads of a PyTorch world: the replica count (rank_images_per_sec is PyTorch's)."""
+    """What training.report reads of a PyTorch world: its process count."""
 
-    size: int
+    size: int = 1
 
 
 def header_lines(cfg: TrainConfig, r: Resolved, lr0: float) -> list[str]:
@@ -144,7 +145,7 @@ def build(cfg: TrainConfig, r: Resolved, strategy, lr0: float) -> Trainer:
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     if manifest:
-        checkpoint.restore(str(r.log_dir / CHECKPOINT_DIR / manifest["prefix"])).assert_existing_objects_matched()
+        checkpoint.read(str(r.log_dir / CHECKPOINT_DIR / manifest["prefix"])).assert_existing_objects_matched()
         reporting.say(f"Resuming from checkpoint {r.log_dir / CHECKPOINT_DIR} at step {start_step}")
     step = make_train_step(tf, model, optimizer, strategy, r.entry.weight_decay, cfg.measure.batch_size * r.replicas,
                            cfg.compile)
