@@ -94,15 +94,22 @@ def test_tflite_artefact_is_cached_and_reused(cli, tiny_spec):
     assert second["guard_relative_error"] is not None
 
 
-def test_real_data_inference_counts_every_image(cli, tmp_path, tiny_spec):
+def test_real_data_training_evaluates_and_inference_counts_every_image(cli, tmp_path, tiny_spec):
     assert cli("data", "sample", "digits", "--image-size", "16", "--format", "jpeg")[0] == 0
-    code, out, err = cli("infer", tiny_spec, *TF, "--random-weights", "--data-dir", "digits", "--num-epochs", "1",
-                         "--batch-size", "16", "--warmup", "1", "--guard-batches", "0", "--preprocess", "aimatrix",
-                         "--image-size", "16")
+    validation = sum(1 for p in (tmp_path / "digits").glob("val*/*/*") if p.is_file())
+    code, out, err = cli("train", tiny_spec, *TF, "--data-dir", "digits", "--batch-size", "16", "--warmup", "1",
+                         "--num-batches", "2", "--eval-at-end", "--image-size", "16")
+    assert code == 0, err
+    trained = read_jsonl("results_train/runs.jsonl")[-1]
+    assert validation > 0 and trained["images_evaluated"] == validation and 0 <= trained["top1"] <= 100
+    assert trained["data_wait_share"] is not None and trained["corrupt_images"] == 0
+    code, out, err = cli("infer", tiny_spec, *TF, "--data-dir", "digits", "--num-epochs", "1", "--batch-size", "16",
+                         "--warmup", "1", "--guard-batches", "0", "--image-size", "16")
     assert code == 0, err
     r = read_jsonl("results_infer/runs.jsonl")[-1]
-    validation = sum(1 for p in (tmp_path / "digits").glob("val*/*/*") if p.is_file())
-    assert validation > 0 and r["images_evaluated"] == validation and 0 <= r["top1"] <= 100
+    # The training's checkpoint, the same images: inference counts exactly what the evaluation counted.
+    assert r["weights_source"] == "checkpoint" and r["images_evaluated"] == validation
+    assert (r["top1"], r["top5"]) == (trained["top1"], trained["top5"])
 
 
 def test_mirrored_strategy_trains_the_global_batch_over_two_cpu_replicas(tiny_spec, tmp_path):

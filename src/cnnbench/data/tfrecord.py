@@ -367,11 +367,12 @@ class TFRecordImages(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         try:
             for path, offset, data in self._shuffled(self._records()):
-                yield self._sample(path, offset, data)
+                yield self.sample(path, offset, data)
         except UsageError as exc:  # damaged shard: hand the message to the consumer as a fatal Sample
             yield Sample(None, -1, "", str(exc), fatal=True)
 
-    def _sample(self, path: Path, offset: int, data: bytes) -> Sample:
+    def sample(self, path: Path, offset: int, data: bytes) -> Sample:
+        """One record as a Sample, with this reader's checks and messages (tfbackend/data.py reports with them too)."""
         where = f"{path} at byte offset {offset}"
         try:
             example = parse_example(data)

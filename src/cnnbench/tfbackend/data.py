@@ -333,7 +333,7 @@ class _ShardEpoch(_Epoch):
             f.seek(offset)
             length = int.from_bytes(f.read(12)[:8], "little")
             data = f.read(length)
-        return self.dataset._sample(path, offset, data)  # TFRecordImages' own checks and messages
+        return self.dataset.sample(path, offset, data)  # TFRecordImages' own checks and messages
 
 
 def _track_gaps(expected, element):

@@ -30,11 +30,11 @@ from cnnbench import inference as pytorch_inference
 from cnnbench.config import DataConfig, InferConfig
 from cnnbench.engines import ArtifactCache
 from cnnbench.errors import UsageError
-from cnnbench.evaluation import Accuracy, real_batches
+from cnnbench.evaluation import real_batches
 from cnnbench.models.registry import ModelEntry, check_image_size, resolve_entry
 from cnnbench.placement import PRECISIONS, Placement, resolve_placement
 from cnnbench.tfbackend import check_installed, data, models, require, runtime
-from cnnbench.tfbackend.training import CHECKPOINT_DIR, read_manifest
+from cnnbench.tfbackend.training import CHECKPOINT_DIR, HostAccuracy, host_logits, read_manifest
 from cnnbench.timing import measure
 
 # Engine -> the precisions it runs here.
@@ -243,38 +243,16 @@ def guard(cfg: InferConfig, r: Resolved, engine, inputs: list, references: list)
 
     if not inputs:
         return pytorch_inference.guard_fields(pytorch_inference.GUARD_BOUNDS[r.placement.precision])
-    outputs = torch.cat([_host(engine(x)) for x in inputs])
-    reference = torch.cat([_host(x) for x in references])
+    outputs = torch.cat([host_logits(engine(x)) for x in inputs])
+    reference = torch.cat([host_logits(x) for x in references])
     return pytorch_inference.judge_guard(cfg.engine, r.placement.precision, outputs, reference, len(inputs),
                                          "TensorFlow fp32")
-
-
-def _host(logits):
-    """Logits of any engine (a tf.Tensor or a NumPy array) as a float32 PyTorch tensor on the host."""
-    import torch
-
-    return torch.from_numpy(np.asarray(logits, dtype=np.float32))
-
-
-class _Counted:
-    """evaluation.Accuracy fed with TensorFlow/NumPy batches (read on the host, outside the timed step)."""
-
-    def __init__(self):
-        self.accuracy = Accuracy()
-
-    def add(self, logits, labels, n: int) -> None:
-        import torch
-
-        self.accuracy.add(_host(logits), torch.from_numpy(np.asarray(labels)).long(), n)
-
-    def result(self):
-        return self.accuracy.result()
 
 
 def measure_engine(cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
     """cnnbench's measured loop over the engine (inference.measure_engine's, with TensorFlow's input)."""
     real = cfg.data.data_dir is not None
-    counted = _Counted()
+    counted = HostAccuracy()
     if real:
         stream = real_batches(source, cfg.data.num_epochs)
 

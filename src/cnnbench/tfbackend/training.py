@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cnnbench import checkpoints, environment, errors, recording, reporting, results, telemetry
 from cnnbench import training as pytorch_training
 from cnnbench.config import TrainConfig
@@ -231,14 +233,33 @@ def evaluate_at_end(cfg: TrainConfig, r: Resolved, model) -> dict:
 
 
 def count_accuracy(forward, source) -> tuple[float | None, float | None, int]:
-    """One pass over `source.epoch_batches()` through `forward`; the logits read as PyTorch tensors."""
+    """One pass over `source.epoch_batches()` through `forward`, counted as PyTorch's runs count."""
+    counted = HostAccuracy()
+    for images, labels, n in source.epoch_batches():
+        counted.add(forward(images), labels, n)
+    return counted.result()
+
+
+def host_logits(logits):
+    """Logits of any engine (a tf.Tensor or a NumPy array) as a float32 PyTorch tensor on the host."""
     import torch
 
-    accuracy = Accuracy()
-    for images, labels, n in source.epoch_batches():
-        logits = torch.from_numpy(forward(images).numpy()).float()
-        accuracy.add(logits, torch.from_numpy(labels.numpy()).long(), n)
-    return accuracy.result()
+    return torch.from_numpy(np.array(logits, dtype=np.float32))  # a copy: TensorFlow's arrays are read-only
+
+
+class HostAccuracy:
+    """evaluation.Accuracy fed with TensorFlow/NumPy batches (read on the host, outside the timed step)."""
+
+    def __init__(self):
+        self.accuracy = Accuracy()
+
+    def add(self, logits, labels, n: int) -> None:
+        import torch
+
+        self.accuracy.add(host_logits(logits), torch.from_numpy(np.array(labels)).long(), n)
+
+    def result(self):
+        return self.accuracy.result()
 
 
 # ---------------------------------------------------------------- the checkpoint, TensorFlow's format
