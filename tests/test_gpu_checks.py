@@ -89,5 +89,13 @@ def test_the_summary_reads_the_fields_the_checks_write(tmp_path, cli, tiny_spec)
     assert rows["input_pipeline"] == ("nvJPEG (torchvision.io) 9,000 img/s, 2.50x cpu-decode, 16 workers; "
                                       "same batch: yes (mean diff 0.400% of range)")
     assert rows["distributed_scaling"] == "distributed path x1 costs +1.25% against plain (target < 2%)"
+    loadgen = by_name["loadgen_offline_bf16_compile"]
+    assert loadgen.summarise(tmp_path, "cnnbench: error: --loadgen needs MLCommons LoadGen\n") == [
+        ("loadgen_offline_bf16_compile", "cnnbench: error: --loadgen needs MLCommons LoadGen")]  # no record: the log's line
+    assert cli("infer", *tiny, "--random-weights", "--loadgen", "--min-duration", "0.2", "--min-queries", "1",
+               "--results-dir", tmp_path / "loadgen_offline_bf16_compile")[0] == 0
+    [(_, row)] = loadgen.summarise(tmp_path, "")
+    assert re.fullmatch(rf"LoadGen Offline [\d,]+ samples/s \((VALID|INVALID), not MLPerf-compliant: shortened\), \d+% of MLPerf "
+                        rf"v5.0's ~95,000 \(H200, TensorRT int8\); {hardware}", row), row
     suite = by_name["gpu_suite"].summarise(tmp_path, "....\n==== 30 passed, 2 skipped in 95.1s ====\n")
     assert suite == [("gpu_suite", "30 passed, 2 skipped in 95.1s")]
