@@ -22,7 +22,7 @@ from cnnbench.data.sources import open_source
 from cnnbench.data.synthetic import SyntheticSource
 from cnnbench.engines import ArtifactCache, EagerEngine, build_engine, check_engine
 from cnnbench.evaluation import Accuracy, padded, real_batches
-from cnnbench.models.registry import ModelEntry, check_image_size, resolve_entry
+from cnnbench.models.registry import ModelEntry, resolve_with_size
 from cnnbench.placement import PRECISIONS, Placement, resolve_placement
 from cnnbench.stats import throughput
 from cnnbench.timing import StepTimes, measure
@@ -57,9 +57,7 @@ def preflight(cfg: InferConfig) -> Resolved:
     """Validate and resolve everything a run needs before any work: model and size, placement (the memory
     format for this engine), the engine/precision pair, that weights exist, and the folders it writes."""
     cfg.validate()
-    entry = resolve_entry(cfg.model)
-    image_size = cfg.image_size or entry.input_size
-    check_image_size(entry, image_size)
+    entry, image_size = resolve_with_size(cfg.model, cfg.image_size)
     placement = resolve_placement(cfg.placement.device, cfg.placement.precision, cfg.placement.memory_format,
                                   PRECISIONS, engine=cfg.engine)
     check_engine(cfg.engine, placement.precision, placement.device.type)

@@ -477,6 +477,12 @@ def figures(images_per_step: int, times, wall_seconds: float) -> dict:
     }
 
 
+def real_data_fields(source, times) -> dict:
+    """A real-data run's input fields: its waits (data_wait), the corrupt images met and the epoch's size."""
+    return {**data_wait(source.data_wait_seconds, times), "corrupt_images": source.corrupt_images,
+            "images_per_epoch": source.images_per_epoch}
+
+
 def data_wait(wait_seconds: float, times) -> dict:
     """How much of the run's step time (warm-up included) went to waiting for real input."""
     busy = sum(times.warmup_seconds) + sum(times.steady_seconds)

@@ -21,7 +21,7 @@ from cnnbench import checkpoints, distributed, environment, errors, recording, r
 from cnnbench.config import TrainConfig
 from cnnbench.data.sources import open_source
 from cnnbench.evaluation import evaluate
-from cnnbench.models.registry import ModelEntry, check_image_size, resolve_entry
+from cnnbench.models.registry import ModelEntry, resolve_with_size
 from cnnbench.placement import Placement, resolve_placement
 from cnnbench.stats import throughput
 from cnnbench.timing import StepTimes, measure_together
@@ -45,9 +45,7 @@ def preflight(cfg: TrainConfig, world: distributed.World) -> Resolved:
     before any work. The launcher of a multi-process run and a sweep call it too, so that a mistake is
     one line from one process rather than one from every rank or configuration."""
     cfg.validate()
-    entry = resolve_entry(cfg.model)
-    image_size = cfg.image_size or entry.input_size
-    check_image_size(entry, image_size)
+    entry, image_size = resolve_with_size(cfg.model, cfg.image_size)
     placement = resolve_placement(cfg.placement.device, cfg.placement.precision, cfg.placement.memory_format,
                                   local_rank=world.local_rank if world.distributed else None)
     distributed.check_world(cfg.num_accelerators, world, placement.device)
@@ -103,8 +101,7 @@ def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dic
     if annotate is not None:
         record.update(annotate(record))
     if cfg.data.data_dir:
-        record.update(**results.data_wait(trainer.source.data_wait_seconds, times),
-                      corrupt_images=trainer.source.corrupt_images, images_per_epoch=trainer.source.images_per_epoch)
+        record.update(results.real_data_fields(trainer.source, times))
         trainer.source.close()
     report(cfg, record, world, batch)
     if world.is_main:

@@ -168,7 +168,23 @@ def data_loader(dataset: ImageFolder | TFRecordImages, sampler: RankSampler | No
     )
 
 
-class RealDataSource:
+class DataWaits:
+    """The time a consumer waited inside a data source for its batches (`data_wait_per_batch`, appended by the
+    source); both frameworks' real-data sources keep it so."""
+
+    data_wait_per_batch: list[float]
+
+    @property
+    def data_wait_seconds(self) -> float:
+        """Total time the consumer spent inside this source waiting for batches."""
+        return sum(self.data_wait_per_batch)
+
+    def reset_data_wait(self) -> None:
+        """Forget the waits so far (e.g. after warm-up, whose first batch includes worker start-up)."""
+        self.data_wait_per_batch = []
+
+
+class RealDataSource(DataWaits):
     """Batches of (normalised images, labels) on `device` from an image folder or TFRecord shards."""
 
     def __init__(
@@ -215,15 +231,6 @@ class RealDataSource:
         self.data_wait_per_batch: list[float] = []
 
     # ---------------------------------------------------------------- what the caller reads
-
-    @property
-    def data_wait_seconds(self) -> float:
-        """Total time the consumer spent inside this source waiting for batches."""
-        return sum(self.data_wait_per_batch)
-
-    def reset_data_wait(self) -> None:
-        """Forget the waits so far (e.g. after warm-up, whose first batch includes worker start-up)."""
-        self.data_wait_per_batch = []
 
     def describe(self) -> str:
         ranks = f" for rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""

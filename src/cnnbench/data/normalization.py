@@ -38,15 +38,21 @@ class Normalizer:
 
     def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW in [0, 255] on this device -> float32, normalised as the weights expect."""
-        x = images_uint8.float()
-        if self.name == "minus_one_to_one":
-            # synNet's input: [0, 255] mapped linearly onto [-1, 1].
-            return x / 127.5 - 1.0
-        if self.name == "aimatrix_raw":
-            return x
-        if self.name == "aimatrix_densenet":
-            return (x - self.mean) * AIMATRIX_DENSENET_SCALE
-        return (x - self.mean) / self.std
+        return normalized(images_uint8.float(), self.name, self.mean, self.std)
+
+
+def normalized(x, name: str, mean, std):
+    """The arithmetic of each normalisation on float pixels in [0, 255], written with operators only, so that
+    PyTorch's and TensorFlow's tensors (tfbackend/data.py) go through the same lines; mean and std are the
+    name's per-channel constants in x's framework and layout (None where the name has none)."""
+    if name == "minus_one_to_one":
+        # synNet's input: [0, 255] mapped linearly onto [-1, 1].
+        return x / 127.5 - 1.0
+    if name == "aimatrix_raw":
+        return x
+    if name == "aimatrix_densenet":
+        return (x - mean) * AIMATRIX_DENSENET_SCALE
+    return (x - mean) / std
 
 
 def normalize(images_uint8: torch.Tensor, name: str) -> torch.Tensor:

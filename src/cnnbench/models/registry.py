@@ -203,6 +203,14 @@ def get_model(name_or_path: str, image_size: int | None = None) -> nn.Module:
     return entry.build(size)
 
 
+def resolve_with_size(model: str, image_size: int | None) -> tuple[ModelEntry, int]:
+    """The model's entry and the image size a run uses (the option's, else the model's own), checked."""
+    entry = resolve_entry(model)
+    size = image_size or entry.input_size
+    check_image_size(entry, size)
+    return entry, size
+
+
 def check_image_size(entry: ModelEntry, image_size: int) -> None:
     """Large enough for the network, and small enough that its tensors can be described at all (a
     spec's fully connected layer grows with the image's area; built on the meta device: shapes only)."""

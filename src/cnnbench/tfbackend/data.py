@@ -69,9 +69,8 @@ import numpy as np
 
 from cnnbench.config import DataConfig
 from cnnbench.data.folder import ImageFolder
-from cnnbench.data.loader import detect_format, open_dataset, rank_share
-from cnnbench.data.normalization import (AIMATRIX_DENSENET_SCALE, AIMATRIX_RGB_MEAN, IMAGENET_MEAN, IMAGENET_STD,
-                                         NORMALIZATIONS)
+from cnnbench.data.loader import DataWaits, detect_format, open_dataset, rank_share
+from cnnbench.data.normalization import AIMATRIX_RGB_MEAN, IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, normalized
 from cnnbench.data.preprocess import Preprocess, preprocess_for
 from cnnbench.data.synthetic import IMAGENET_TRAIN_IMAGES
 from cnnbench.data.tfrecord import Sample, TFRecordImages, count_records, iter_records
@@ -124,14 +123,7 @@ class Normalizer:
     def __call__(self, images_uint8):
         tf = require()
         with tf.device(self.device):
-            x = tf.cast(images_uint8, tf.float32)
-            if self.name == "minus_one_to_one":
-                return x / 127.5 - 1.0
-            if self.name == "aimatrix_raw":
-                return x
-            if self.name == "aimatrix_densenet":
-                return (x - self.mean) * AIMATRIX_DENSENET_SCALE
-            return (x - self.mean) / self.std
+            return normalized(tf.cast(images_uint8, tf.float32), self.name, self.mean, self.std)
 
 
 class SyntheticSource:
@@ -367,7 +359,7 @@ def pipeline(epoch: _Epoch, p: Preprocess, batch: int, seed: int, epoch_number: 
 # ------------------------------------------------------------------------------------------------
 
 
-class RealDataSource:
+class RealDataSource(DataWaits):
     """Batches of (normalised float32 NHWC images, int32 labels) from an image folder or TFRecord shards."""
 
     def __init__(self, data_dir: str | Path, split: str, batch_size: int, preprocess: Preprocess, train: bool | None = None,
@@ -399,14 +391,6 @@ class RealDataSource:
         self.corrupt_images = 0
         self.corrupt_files: list[str] = []  # the first few, for the report
         self.data_wait_per_batch: list[float] = []
-
-    @property
-    def data_wait_seconds(self) -> float:
-        """Total time the consumer spent inside this source waiting for batches (next(), checks, normalisation)."""
-        return sum(self.data_wait_per_batch)
-
-    def reset_data_wait(self) -> None:
-        self.data_wait_per_batch = []
 
     def describe(self) -> str:
         tf = require()

@@ -31,7 +31,7 @@ from cnnbench.config import DataConfig, InferConfig
 from cnnbench.engines import ArtifactCache
 from cnnbench.errors import UsageError
 from cnnbench.evaluation import real_batches
-from cnnbench.models.registry import ModelEntry, check_image_size, resolve_entry
+from cnnbench.models.registry import ModelEntry, resolve_with_size
 from cnnbench.placement import PRECISIONS, Placement, resolve_placement
 from cnnbench.tfbackend import check_installed, data, models, require, runtime
 from cnnbench.tfbackend.training import CHECKPOINT_DIR, HostAccuracy, host_logits, read_manifest
@@ -55,9 +55,7 @@ class Resolved:
 def preflight(cfg: InferConfig) -> Resolved:
     cfg.validate()
     check_installed()
-    entry = resolve_entry(cfg.model)
-    image_size = cfg.image_size or entry.input_size
-    check_image_size(entry, image_size)
+    entry, image_size = resolve_with_size(cfg.model, cfg.image_size)
     models.check_buildable(entry, image_size)
     placement = resolve_placement(cfg.placement.device, cfg.placement.precision, "nhwc", PRECISIONS)
     if placement.precision not in ENGINE_PRECISIONS[cfg.engine]:

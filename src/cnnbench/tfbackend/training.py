@@ -27,7 +27,7 @@ from cnnbench import checkpoints, environment, errors, recording, reporting, res
 from cnnbench import training as pytorch_training
 from cnnbench.config import TrainConfig
 from cnnbench.evaluation import Accuracy
-from cnnbench.models.registry import ModelEntry, check_image_size, resolve_entry
+from cnnbench.models.registry import ModelEntry, resolve_with_size
 from cnnbench.placement import Placement, resolve_placement
 from cnnbench.stats import throughput
 from cnnbench.tfbackend import check_installed, data, models, require, runtime
@@ -51,9 +51,7 @@ def preflight(cfg: TrainConfig) -> Resolved:
     """Validate and resolve before any work, as training.preflight; TensorFlow's layout is channels-last."""
     cfg.validate()
     check_installed()
-    entry = resolve_entry(cfg.model)
-    image_size = cfg.image_size or entry.input_size
-    check_image_size(entry, image_size)
+    entry, image_size = resolve_with_size(cfg.model, cfg.image_size)
     models.check_buildable(entry, image_size)
     placement = resolve_placement(cfg.placement.device, cfg.placement.precision, "nhwc")
     log_dir = Path(cfg.log_dir) if cfg.log_dir else checkpoints.default_log_dir(entry.name, cfg.measure.batch_size)
@@ -94,8 +92,7 @@ def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dic
     if annotate is not None:
         record.update(annotate(record))
     if cfg.data.data_dir:
-        record.update(**results.data_wait(trainer.source.data_wait_seconds, times),
-                      corrupt_images=trainer.source.corrupt_images, images_per_epoch=trainer.source.images_per_epoch)
+        record.update(results.real_data_fields(trainer.source, times))
         trainer.source.close()
     # One process: the replicas' figures are the job's (training.report's per-rank line is PyTorch's processes').
     pytorch_training.report(cfg, record, _OneProcess(), r.replicas * batch)
