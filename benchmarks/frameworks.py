@@ -77,7 +77,7 @@ def measure(args, tmp: Path, rec: Recorder) -> list[dict]:
                 row.update(images_per_sec=None, error=(done.stdout.strip().splitlines() or ["?"])[-1])
             rec.say(f"{model} {kind} {framework} {engine} {precision}: "
                     + (f"{row['images_per_sec']:.2f} img/s" if row["images_per_sec"] else f"FAILED: {row['error']}"))
-            rec.row(kind="run", **row)
+            rec.row(kind="run", **{("run_kind" if k == "kind" else k): v for k, v in row.items()})
             rows.append(row)
     return rows
 
