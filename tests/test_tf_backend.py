@@ -41,6 +41,22 @@ def test_training_lowers_the_loss_saves_a_checkpoint_and_resumes(cli, tiny_spec)
     assert "Resuming from checkpoint" in out
 
 
+@pytest.mark.parametrize("options, precision", [
+    (("--precision", "bf16"), "bf16"),
+    (("--precision", "fp16"), "fp16"),   # Keras' LossScaleOptimizer, as PyTorch's GradScaler
+    (("--compile",), "fp32"),            # XLA: jit_compile=True, its compilation in the warm-up step
+])
+def test_reduced_precision_and_xla_training_steps_train(cli, tiny_spec, options, precision):
+    code, out, err = cli("train", tiny_spec, *TF, "--batch-size", "8", "--warmup", "1", "--num-batches", "6",
+                         "--learning-rate", "0.05", *options)
+    assert code == 0, err
+    r = read_jsonl("results_train/runs.jsonl")[-1]
+    assert r["precision"] == precision and r["status"] == "ok"
+    assert r["final_loss"] < r["initial_loss"], (r["initial_loss"], r["final_loss"])
+    if "--compile" in options:
+        assert r["compile"] is True and r["compile_seconds"] == r["warmup_seconds"][0] > 0
+
+
 def test_inference_starts_from_the_training_checkpoint_with_its_weights(tiny_spec, tmp_path):
     import keras
     import numpy as np

@@ -9,8 +9,8 @@ checkpoint format (tf.train.Checkpoint) and MirroredStrategy for --num-accelerat
 The optimizer is PyTorch's, term for term: SGD with momentum, weight decay as an L2 term whose gradient
 is PyTorch's `weight_decay * w` on every parameter (Keras' own weight_decay is decoupled), the same
 learning-rate rule and polynomial decay (keras' PolynomialDecay is lr0 * (1 - step / horizon) ** power).
-One difference: Keras' momentum buffer holds lr-scaled steps where PyTorch's holds gradients, which
-differs only while the rate changes (by the decay's step-to-step change, under 0.1% a step here).
+One difference: Keras' momentum buffer holds lr-scaled steps where PyTorch's holds gradients; the two
+are equal while the rate is constant and differ by the decay's step-to-step change of the rate.
 """
 
 from __future__ import annotations
