@@ -8,4 +8,4 @@ find_cnnbench
 read_framework
 require_data_dir
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" infer-all --plan auto --engines eager --precisions fp32 --data-dir "$DATA_DIR" --num-epochs 1 --frameworks "$FRAMEWORK" "$@"
+exec "$CNNBENCH" infer-all --plan auto --engines eager --precisions fp32 --data-dir "$DATA_DIR" --num-epochs 1 "${SWEEP_FRAMEWORKS[@]}" "$@"

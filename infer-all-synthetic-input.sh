@@ -7,4 +7,4 @@ source "$(dirname "$0")/scripts/common.sh"
 find_cnnbench
 read_framework
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" infer-all --plan auto --engines eager --precisions fp32 --frameworks "$FRAMEWORK" "$@"
+exec "$CNNBENCH" infer-all --plan auto --engines eager --precisions fp32 "${SWEEP_FRAMEWORKS[@]}" "$@"

@@ -9,4 +9,4 @@ find_cnnbench
 read_framework
 require_data_dir
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" infer-all --plan auto --engines optimized --precisions fp32,fp16,int8 --data-dir "$DATA_DIR" --num-epochs 1 --frameworks "$FRAMEWORK" "$@"
+exec "$CNNBENCH" infer-all --plan auto --engines optimized --precisions fp32,fp16,int8 --data-dir "$DATA_DIR" --num-epochs 1 "${SWEEP_FRAMEWORKS[@]}" "$@"

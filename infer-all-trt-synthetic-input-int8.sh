@@ -8,4 +8,4 @@ source "$(dirname "$0")/scripts/common.sh"
 find_cnnbench
 read_framework
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" infer-all --plan auto --engines optimized --precisions int8 --frameworks "$FRAMEWORK" "$@"
+exec "$CNNBENCH" infer-all --plan auto --engines optimized --precisions int8 "${SWEEP_FRAMEWORKS[@]}" "$@"

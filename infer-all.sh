@@ -11,4 +11,4 @@ read_framework
 if [ "$NUM_ACCELERATORS" -gt 1 ]; then
     echo "infer-all.sh: inference runs on one accelerator, as in the original; NUM_ACCELERATORS=$NUM_ACCELERATORS applies to training only"
 fi
-exec "$CNNBENCH" infer-all --plan auto --frameworks "$FRAMEWORK" "$@"
+exec "$CNNBENCH" infer-all --plan auto "${SWEEP_FRAMEWORKS[@]}" "$@"

@@ -57,11 +57,12 @@ echo "models=${model_list[*]}"
 echo "batch_size=$batchs"
 status=0
 for framework in "${FRAMEWORKS[@]}"; do
+    framework_options "$framework"
     for model in "${model_list[@]}"; do
         for batch in $batchs; do
             # No --log-dir: cnnbench's default, log_<name>_<batch>, is where ./train.sh's runs saved, and a
             # spec file's path would make a nested directory of it.
-            "$CNNBENCH" infer "$model" --batch-size "$batch" --framework "$framework" "$@" || status=$?
+            "$CNNBENCH" infer "$model" --batch-size "$batch" "${FRAMEWORK_OPTIONS[@]}" "$@" || status=$?
             [ "$status" -eq 2 ] || [ "$status" -eq 130 ] && exit "$status"
         done
     done

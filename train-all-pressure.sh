@@ -9,4 +9,4 @@ find_cnnbench
 read_framework
 read_num_accelerators
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" soak-all --plan auto --num-accelerators "$NUM_ACCELERATORS" --frameworks "$FRAMEWORK" "$@"
+exec "$CNNBENCH" soak-all --plan auto --num-accelerators "$NUM_ACCELERATORS" "${SWEEP_FRAMEWORKS[@]}" "$@"

@@ -9,4 +9,4 @@ find_cnnbench
 read_num_accelerators
 read_framework
 [ "${1:-}" != -- ] || shift
-exec "$CNNBENCH" train-all --plan auto --num-accelerators "$NUM_ACCELERATORS" --frameworks "$FRAMEWORK" "$@"
+exec "$CNNBENCH" train-all --plan auto --num-accelerators "$NUM_ACCELERATORS" "${SWEEP_FRAMEWORKS[@]}" "$@"

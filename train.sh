@@ -24,9 +24,10 @@ read_num_accelerators
 read_framework
 status=0
 for framework in "${FRAMEWORKS[@]}"; do
+    framework_options "$framework"
     for batch in 16 32 64; do
         # No --log-dir: cnnbench's default is log_<name>_<batch>, the original's, and keeps a spec path whole.
-        "$CNNBENCH" train "$model" --batch-size "$batch" --num-accelerators "$NUM_ACCELERATORS" --framework "$framework" \
+        "$CNNBENCH" train "$model" --batch-size "$batch" --num-accelerators "$NUM_ACCELERATORS" "${FRAMEWORK_OPTIONS[@]}" \
             "$@" || status=$?
         [ "$status" -eq 2 ] || [ "$status" -eq 130 ] && exit "$status"
     done

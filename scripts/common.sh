@@ -91,8 +91,9 @@ require_data_dir() {
 }
 
 # read_framework: FRAMEWORK (default pytorch): pytorch, tensorflow, or both (pytorch,tensorflow), exit 2 on
-# anything else. The sweeps take it as --frameworks (one pair of tables per framework in one results folder);
-# train.sh and infer.sh run each framework in turn. TensorFlow needs the tensorflow extra (setup.sh's test extra).
+# anything else. Sets FRAMEWORKS (one per item; train.sh and infer.sh run each in turn, framework_options
+# giving one's options) and SWEEP_FRAMEWORKS, the sweeps' --frameworks (one pair of tables per framework in
+# one results folder). PyTorch alone, the default, adds no option. TensorFlow needs the tensorflow extra.
 read_framework() {
     FRAMEWORK="${FRAMEWORK:-pytorch}"
     local item
@@ -103,4 +104,12 @@ read_framework() {
             *) echo "FRAMEWORK must be pytorch, tensorflow or both (pytorch,tensorflow), got '$FRAMEWORK'" >&2; exit 2 ;;
         esac
     done
+    SWEEP_FRAMEWORKS=()
+    [ "$FRAMEWORK" = pytorch ] || SWEEP_FRAMEWORKS=(--frameworks "$FRAMEWORK")
+}
+
+# framework_options NAME: the options of one framework's run (none for PyTorch, the default).
+framework_options() {
+    FRAMEWORK_OPTIONS=()
+    [ "$1" = pytorch ] || FRAMEWORK_OPTIONS=(--framework "$1")
 }

@@ -195,7 +195,11 @@ def test_killing_one_rank_ends_the_job_with_a_message_naming_it(tmp_path):
     assert last.startswith("cnnbench: error: distributed training failed on ")
     assert f"rank 1 (local rank 1, pid {ranks[1]}) was killed by SIGKILL" in last
     assert not any(_alive(pid) for pid in ranks.values())  # no worker left behind
-    assert not (tmp_path / "results_train").exists()  # no record of a run that did not finish
+    # No record of a finished run. Rank 0 may record its completed steps as terminated: the agent's SIGTERM
+    # lands between two steps (Python's handler runs then) or inside the all-reduce (the agent's SIGKILL
+    # follows first), whichever the load on the machine makes it.
+    saved = tmp_path / "results_train" / "runs.jsonl"
+    assert all(r["status"] == "terminated" for r in (read_jsonl(saved) if saved.exists() else []))
 
 
 def test_a_hung_rank_ends_the_job_after_the_group_timeout(tmp_path):

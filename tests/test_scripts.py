@@ -240,11 +240,12 @@ def test_test_sh_sets_up_a_fresh_clone_once_then_runs_pytest(tmp_path):
     (tmp_path / "setup.sh").chmod(0o755)
     first = run_process([str(tmp_path / "test.sh"), "-k", "median"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest, jsonschema, mlperf_loadgen yet; "
+    assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest, xdist, jsonschema, mlperf_loadgen, "
+                                         "tensorflow yet; "
                                          "running ./setup.sh first",
-                                         "stand-in setup", "pytest -q -k median"]
+                                         "stand-in setup", "pytest -q -n 2 --dist loadscope -k median"]
     again = run_process([str(tmp_path / "test.sh")], cwd=tmp_path)
-    assert again.stdout.splitlines() == ["pytest -q"]
+    assert again.stdout.splitlines() == ["pytest -q -n 2 --dist loadscope"]
 
 
 def test_ensure_chromium_says_loudly_when_it_cannot_install(tmp_path):
