@@ -151,6 +151,9 @@ def test_a_sweep_of_both_frameworks_writes_a_pair_of_tables_each(cli, tiny_spec,
         assert f"{title}, unit is images/second (tensorflow eager fp32)" in tables
     assert {p.name for p in Path("results_infer").glob("result_*.txt")} == {
         "result_tinyNet_2.txt", "result_tinyNet_2_tensorflow.txt"}
+    assert cli("report", "results_infer", "--out", "report.html")[0] == 0
+    html = Path("report.html").read_text()
+    assert "tensorflow eager/fp32 accelerator" in html and "eager/fp32 accelerator" in html.replace("tensorflow eager", "")
 
 
 @pytest.mark.parametrize("args, message", [

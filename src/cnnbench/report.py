@@ -77,8 +77,13 @@ def runs_of(records: list[dict], kind: str | None = None, ok: bool = True) -> li
             and (not ok or r.get("status") == "ok")]
 
 
+def _framework(r: dict) -> str:
+    """The framework's name before a label, where it is not PyTorch (records from before issue 15: PyTorch)."""
+    return "" if (r.get("framework") or "pytorch") == "pytorch" else f"{r['framework']} "
+
+
 def run_label(r: dict) -> str:
-    text = f"{r.get('model')} b{r.get('batch_size')}"
+    text = f"{_framework(r)}{r.get('model')} b{r.get('batch_size')}"
     if r.get("kind") == "infer":
         text += f" {r.get('engine')}/{r.get('precision')}"
     elif r.get("precision") not in (None, "fp32"):
@@ -143,7 +148,7 @@ def _group(r: dict) -> str:
 
 
 def _variant(r: dict) -> str:
-    return "/".join(str(v) for v in (r.get("engine"), r.get("precision")) if v) or "fp32"
+    return _framework(r) + ("/".join(str(v) for v in (r.get("engine"), r.get("precision")) if v) or "fp32")
 
 
 def throughput_sections(records: list[dict]) -> str:
@@ -175,8 +180,8 @@ def throughput_sections(records: list[dict]) -> str:
 def speedup_section(records: list[dict]) -> str:
     ok = runs_of(records, "infer")
 
-    def where(r: dict) -> tuple:
-        return r["model"], r["batch_size"], r.get("image_size"), r.get("scenario"), r.get("device")
+    def where(r: dict) -> tuple:  # an engine's speed-up is over its own framework's eager fp32
+        return r["model"], r["batch_size"], r.get("image_size"), r.get("scenario"), r.get("device"), _framework(r)
 
     baseline = latest_by([r for r in ok if (r.get("engine"), r.get("precision")) == ("eager", "fp32")], where)
     others = [r for r in ok if where(r) in baseline and (r.get("engine"), r.get("precision")) != ("eager", "fp32")]
@@ -312,7 +317,7 @@ def validation_section(records: list[dict]) -> str:
                    [figure(svg, marks(series), caption)])
 
 
-TABLE_COLUMNS = (("kind", "kind"), ("model", "model"), ("batch", "batch_size"), ("engine", "engine"),
+TABLE_COLUMNS = (("kind", "kind"), ("framework", "framework"), ("model", "model"), ("batch", "batch_size"), ("engine", "engine"),
                  ("precision", "precision"), ("scenario", "scenario"), ("accel.", "num_accelerators"),
                  ("status", "status"), ("img/s", "images_per_sec"), ("± se", "images_per_sec_stderr"),
                  ("system img/s", "system_images_per_sec"), ("p90 ms", "latency_ms_p90"),
