@@ -8,5 +8,10 @@ source scripts/common.sh
 ensure_venv pytest xdist jsonschema mlperf_loadgen tensorflow
 ensure_chromium
 # Two workers (pytest-xdist), each taking whole test files (--dist loadscope: a file's shared fixtures are made
-# once): much of the suite waits on the cnnbench processes it starts, so two workers overlap those waits.
-exec .venv/bin/pytest -q -n 2 --dist loadscope "$@"
+# once): much of the suite waits on the cnnbench processes it starts, so two workers overlap those waits. The
+# GPU suite (./test.sh -m gpu) runs in one process: its memory checks read the whole device.
+workers=(-n 2 --dist loadscope)
+for arg in "$@"; do
+    [ "$arg" != gpu ] || workers=()
+done
+exec .venv/bin/pytest -q "${workers[@]}" "$@"

@@ -246,6 +246,8 @@ def test_test_sh_sets_up_a_fresh_clone_once_then_runs_pytest(tmp_path):
                                          "stand-in setup", "pytest -q -n 2 --dist loadscope -k median"]
     again = run_process([str(tmp_path / "test.sh")], cwd=tmp_path)
     assert again.stdout.splitlines() == ["pytest -q -n 2 --dist loadscope"]
+    gpu = run_process([str(tmp_path / "test.sh"), "-m", "gpu"], cwd=tmp_path)  # one process: it reads the whole device
+    assert gpu.stdout.splitlines() == ["pytest -q -m gpu"]
 
 
 def test_ensure_chromium_says_loudly_when_it_cannot_install(tmp_path):
