@@ -25,7 +25,7 @@ from cnnbench.evaluation import Accuracy, padded, real_batches
 from cnnbench.models.registry import ModelEntry, resolve_with_size
 from cnnbench.placement import PRECISIONS, Placement, resolve_placement
 from cnnbench.stats import throughput
-from cnnbench.timing import StepTimes, measure
+from cnnbench.timing import measure
 
 # Largest relative error ||out - ref|| / ||ref|| of the logits, against eager fp32 on the same inputs,
 # under which an engine's figures are trusted. Measured by benchmarks/guard_bounds.py (saved under
@@ -128,12 +128,17 @@ class BuiltInLoop(Harness):
     """cnnbench's own loop (timing.measure): offline batches back to back, or single-stream batch-1 queries."""
 
     def measure(self, cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
-        times, accuracy, corrupt, sampler = measure_engine(cfg, r, engine, source)
-        figures = {**results.figures(r.batch, times, time.time() - started_at), **recording.ending(times), **accuracy,
-                   "corrupt_images": corrupt, **sampler.fields(r.batch * len(times.steady_seconds))}
-        if cfg.data.data_dir:
-            figures.update(results.data_wait(source.data_wait_seconds, times))
-        return figures
+        if cfg.data.data_dir is not None:
+            stream = padded(real_batches(source, cfg.data.num_epochs), r.batch, r.placement.memory_format)
+
+            def step():
+                images, labels, n = next(stream)
+                return engine(images), labels, n
+        else:
+            def step():
+                return engine(source.images), None, r.batch
+        return measured_figures(cfg, r, step, source, Accuracy(), r.placement.synchronize,
+                                f"infer {r.entry.name} {cfg.engine} {r.placement.precision}", started_at)
 
     def report(self, cfg: InferConfig, record: dict) -> None:
         report(cfg, record)
@@ -237,39 +242,33 @@ def judge_guard(engine: str, precision: str, outputs: torch.Tensor, reference: t
     return checks
 
 
-def measure_engine(cfg: InferConfig, r: Resolved, engine, source):
-    """The measured loop over the engine, the telemetry sampler beside it: real batches (every image
-    counted for accuracy, warm-up too) or the one synthetic batch. Returns the times, the accuracy fields,
-    the corrupt images met in the measured passes and the sampler."""
+def measured_figures(cfg: InferConfig, r, step, source, accuracy, synchronize, label: str, started_at: float) -> dict:
+    """The measured loop (timing.measure) over `step` -> (logits, labels or None, images counted), the telemetry
+    sampler beside it, and the record's figures; both frameworks' built-in loops run it. Real data: the
+    steps of --num-epochs passes (every image counted for accuracy by `accuracy`, warm-up too), the waits
+    and the corrupt images of the measured passes; synthetic: --num-batches or --duration."""
     real = cfg.data.data_dir is not None
-    accuracy = Accuracy()
-    if real:
-        stream = padded(real_batches(source, cfg.data.num_epochs), r.batch, r.placement.memory_format)
-
-        def step():
-            images, labels, n = next(stream)
-            return engine(images), labels, n
-    else:
-        def step():
-            return engine(source.images), None, r.batch
-
     steps_total = cfg.data.num_epochs * -(-source.images_per_epoch // r.batch) if real and cfg.data.num_epochs else None
     warmup = min(cfg.measure.warmup, steps_total - 1) if steps_total else cfg.measure.warmup
     max_steps = steps_total - warmup if steps_total else cfg.measure.num_batches
     display = InferDisplay(cfg.measure.display_every, r.batch, accuracy if real else None,
-                           reporting.Progress(warmup + max_steps, f"infer {r.entry.name} {cfg.engine} {r.placement.precision}"))
+                           reporting.Progress(warmup + max_steps, label))
     reporting.say("step  img/s  ms/batch")
     if real:  # guard, calibration and example batches came from the source too: count the measured passes only
         source.reset_data_wait()
         corrupt_before = source.corrupt_images
     sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
     with display.progress, sampler:
-        times = measure(step, r.placement.synchronize, warmup=warmup, max_steps=max_steps,
+        times = measure(step, synchronize, warmup=warmup, max_steps=max_steps,
                         duration=None if steps_total else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
                         after_step=telemetry.marking(display, sampler, warmup))
     top1, top5, evaluated = accuracy.result()
-    corrupt = source.corrupt_images - corrupt_before if real else None
-    return times, {"top1": top1, "top5": top5, "images_evaluated": evaluated}, corrupt, sampler
+    figures = {**results.figures(r.batch, times, time.time() - started_at), **recording.ending(times), "top1": top1,
+               "top5": top5, "images_evaluated": evaluated, "corrupt_images": source.corrupt_images - corrupt_before
+               if real else None, **sampler.fields(r.batch * len(times.steady_seconds))}
+    if real:
+        figures.update(results.data_wait(source.data_wait_seconds, times))
+    return figures
 
 
 class InferDisplay:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbench import checkpoints, environment, recording, reporting, results, telemetry
+from cnnbench import checkpoints, environment, recording, reporting, results
 from cnnbench import inference as pytorch_inference
 from cnnbench.config import DataConfig, InferConfig
 from cnnbench.engines import ArtifactCache
@@ -35,7 +35,6 @@ from cnnbench.models.registry import ModelEntry, resolve_with_size
 from cnnbench.placement import PRECISIONS, Placement, resolve_placement
 from cnnbench.tfbackend import check_installed, data, models, require, runtime
 from cnnbench.tfbackend.training import CHECKPOINT_DIR, HostAccuracy, host_logits, read_manifest
-from cnnbench.timing import measure
 
 # Engine -> the precisions it runs here.
 ENGINE_PRECISIONS = {"eager": ("fp32", "tf32", "fp16", "bf16"), "compile": ("fp32", "tf32", "fp16", "bf16"),
@@ -248,10 +247,8 @@ def guard(cfg: InferConfig, r: Resolved, engine, inputs: list, references: list)
 
 
 def measure_engine(cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
-    """cnnbench's measured loop over the engine (inference.measure_engine's, with TensorFlow's input)."""
-    real = cfg.data.data_dir is not None
-    counted = HostAccuracy()
-    if real:
+    """inference.measured_figures over the engine, with TensorFlow's input, accuracy read on the host and its sync."""
+    if cfg.data.data_dir is not None:
         stream = real_batches(source, cfg.data.num_epochs)
 
         def step():
@@ -262,22 +259,6 @@ def measure_engine(cfg: InferConfig, r: Resolved, engine, source, started_at: fl
 
         def step():
             return engine(images), None, r.batch
-    steps_total = cfg.data.num_epochs * -(-source.images_per_epoch // r.batch) if real and cfg.data.num_epochs else None
-    warmup = min(cfg.measure.warmup, steps_total - 1) if steps_total else cfg.measure.warmup
-    max_steps = steps_total - warmup if steps_total else cfg.measure.num_batches
-    display = pytorch_inference.InferDisplay(cfg.measure.display_every, r.batch, counted if real else None, reporting.Progress(
-        warmup + max_steps, f"infer {r.entry.name} tensorflow {cfg.engine} {r.placement.precision}"))
-    reporting.say("step  img/s  ms/batch")
-    if real:  # guard and calibration batches came from the source too: count the measured passes only
-        source.reset_data_wait()
-    sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
-    with display.progress, sampler:
-        times = measure(step, runtime.synchronize, warmup=warmup, max_steps=max_steps,
-                        duration=None if steps_total else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
-                        after_step=telemetry.marking(display, sampler, warmup))
-    top1, top5, evaluated = counted.result()
-    waited = results.data_wait(source.data_wait_seconds, times) if real else {}
-    return {**waited, **results.figures(r.batch, times, time.time() - started_at), **recording.ending(times),
-            "top1": top1, "top5": top5, "images_evaluated": evaluated, "corrupt_images": source.corrupt_images if real else None,
-            **sampler.fields(r.batch * len(times.steady_seconds))}
-
+    return pytorch_inference.measured_figures(cfg, r, step, source, HostAccuracy(), runtime.synchronize,
+                                              f"infer {r.entry.name} tensorflow {cfg.engine} {r.placement.precision}",
+                                              started_at)

@@ -29,7 +29,6 @@ from cnnbench.config import TrainConfig
 from cnnbench.evaluation import Accuracy
 from cnnbench.models.registry import ModelEntry, resolve_with_size
 from cnnbench.placement import Placement, resolve_placement
-from cnnbench.stats import throughput
 from cnnbench.tfbackend import check_installed, data, models, require, runtime
 from cnnbench.timing import StepTimes, measure
 
