@@ -8,10 +8,18 @@ source scripts/common.sh
 ensure_venv pytest xdist jsonschema mlperf_loadgen tensorflow
 ensure_chromium
 # Two workers (pytest-xdist), each taking whole test files (--dist loadscope: a file's shared fixtures are made
-# once): much of the suite waits on the cnnbench processes it starts, so two workers overlap those waits. The
-# GPU suite (./test.sh -m gpu) runs in one process: its memory checks read the whole device.
-workers=(-n 2 --dist loadscope)
+# once): much of the suite waits on the cnnbench processes it starts, so two workers overlap those waits. Tests
+# marked timing (latencies of tens of milliseconds) then run alone, where a neighbour cannot delay them. With -m
+# (the GPU suite: ./test.sh -m gpu, whose memory checks read the whole device) one pytest process runs what it names.
 for arg in "$@"; do
-    [ "$arg" != gpu ] || workers=()
+    [ "$arg" != -m ] || exec .venv/bin/pytest -q "$@"
 done
-exec .venv/bin/pytest -q "${workers[@]}" "$@"
+parallel=0 alone=0
+.venv/bin/pytest -q -n 2 --dist loadscope -m "not gpu and not timing" "$@" || parallel=$?
+.venv/bin/pytest -q -m timing "$@" || alone=$?
+# 5 is pytest's "no test selected": fine for one part (a -k that picks tests of the other), not for both.
+for status in "$parallel" "$alone"; do
+    [ "$status" -eq 0 ] || [ "$status" -eq 5 ] || exit "$status"
+done
+[ "$parallel" -eq 5 ] && [ "$alone" -eq 5 ] && exit 5
+exit 0

@@ -33,6 +33,7 @@ SCENARIOS = {
 }
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @needs_loadgen
 def test_each_scenario_runs_through_loadgen_and_records(cli, tiny_spec, scenario):
@@ -126,6 +127,7 @@ def _fake_runner(tmp_path, batch=8, seconds=0.004, **options) -> loadgen.Runner:
     return loadgen.Runner(lg, cfg, sut, seconds, tmp_path / "logs", torch.device("cpu"))
 
 
+@pytest.mark.timing
 @needs_loadgen
 def test_server_far_below_capacity_is_valid_and_far_above_is_invalid(tmp_path):
     runner = _fake_runner(tmp_path, latency_bound_ms=100, min_duration=0.2, min_queries=500)  # capacity 2000/s
@@ -137,6 +139,7 @@ def test_server_far_below_capacity_is_valid_and_far_above_is_invalid(tmp_path):
     assert above["loadgen_mean_batch"] > 6  # overloaded, the batcher fills its batches
 
 
+@pytest.mark.timing
 @needs_loadgen
 def test_early_stopping_floor_is_loadgens_own_count(tmp_path):
     # With no query over the bound, LoadGen's early stopping needs 459 queries for p99 at 99% confidence:
@@ -153,6 +156,7 @@ def test_early_stopping_floor_is_loadgens_own_count(tmp_path):
     assert settings.min_query_count == 1596
 
 
+@pytest.mark.timing
 @needs_loadgen
 def test_peak_search_converges_on_a_fake_sut_of_known_capacity(tmp_path):
     # 16 images per 20 ms: 800 a second. Long batches, so that a busy machine's late wake-ups (a millisecond
@@ -181,6 +185,7 @@ def test_find_peak_brackets_then_bisects_within_its_precision():
     assert peak is None and [q for q, _ in probes] == [100.0, 50.0, 25.0, 12.5]
 
 
+@pytest.mark.timing
 def test_dynamic_batches_never_exceed_max_batch_or_max_wait():
     max_batch, max_wait, slack = 4, 0.05, 0.03
     arrivals, runs, lock = {}, [], threading.Lock()

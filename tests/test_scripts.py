@@ -243,9 +243,10 @@ def test_test_sh_sets_up_a_fresh_clone_once_then_runs_pytest(tmp_path):
     assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest, xdist, jsonschema, mlperf_loadgen, "
                                          "tensorflow yet; "
                                          "running ./setup.sh first",
-                                         "stand-in setup", "pytest -q -n 2 --dist loadscope -k median"]
+                                         "stand-in setup", "pytest -q -n 2 --dist loadscope -m not gpu and not timing -k median",
+                                         "pytest -q -m timing -k median"]  # two workers, then the timing tests alone
     again = run_process([str(tmp_path / "test.sh")], cwd=tmp_path)
-    assert again.stdout.splitlines() == ["pytest -q -n 2 --dist loadscope"]
+    assert again.stdout.splitlines() == ["pytest -q -n 2 --dist loadscope -m not gpu and not timing", "pytest -q -m timing"]
     gpu = run_process([str(tmp_path / "test.sh"), "-m", "gpu"], cwd=tmp_path)  # one process: it reads the whole device
     assert gpu.stdout.splitlines() == ["pytest -q -m gpu"]
 
