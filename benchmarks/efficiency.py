@@ -23,8 +23,10 @@ import tempfile
 
 import torch
 
-from cnnbench import efficiency, inference, telemetry, training
-from cnnbench.config import InferConfig, MeasureConfig, PlacementConfig, TrainConfig
+from cnnbench.core import efficiency, telemetry
+
+from cnnbench.recipes import inference, training
+from cnnbench.core.config import InferConfig, MeasureConfig, PlacementConfig, TrainConfig
 from record import Recorder, add_save_option
 
 

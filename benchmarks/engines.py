@@ -18,8 +18,10 @@ import tempfile
 
 from rich.table import Table
 
-from cnnbench import engines, inference
-from cnnbench.config import InferConfig, MeasureConfig, PlacementConfig
+from cnnbench import engines
+
+from cnnbench.recipes import inference
+from cnnbench.core.config import InferConfig, MeasureConfig, PlacementConfig
 from record import Recorder, add_save_option
 
 # (engine, precision, memory format)

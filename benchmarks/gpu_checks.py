@@ -16,7 +16,7 @@ all of them under one budget (BUDGET_SECONDS), so the run ends in time even when
   train_tf32           ResNet-50 training at tf32, batch 256
   nccl_world_1         the distributed path with one process against the plain one (target < 2%)
   jpeg_decode          the real-data pipeline with nvJPEG decoding against CPU decoding
-NVML's power draw is sampled through every check (cnnbench.telemetry, nvidia-ml-py); each run's record holds
+NVML's power draw is sampled through every check (cnnbench.core.telemetry, nvidia-ml-py); each run's record holds
 its memory, MFU (efficiency.py's datasheet peak), energy, images per joule, clocks and throttle reasons.
 
 Without CUDA every check is skipped, the table says so, and the exit status is 0 (a test runs it so).
@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from cnnbench import results, telemetry
+from cnnbench.core import results, telemetry
 from record import Recorder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,13 +29,15 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from cnnbench import engines, inference
-from cnnbench import weights as weights_module
-from cnnbench.config import DataConfig, InferConfig, MeasureConfig, PlacementConfig
+from cnnbench import engines
+
+from cnnbench.recipes import inference
+from cnnbench.recipes import weights as weights_module
+from cnnbench.core.config import DataConfig, InferConfig, MeasureConfig, PlacementConfig
 from cnnbench.data.sample import DIGIT_NET
 from cnnbench.data.sources import open_source
 from cnnbench.engines import EagerEngine
-from cnnbench.placement import Placement
+from cnnbench.core.placement import Placement
 from record import Recorder, add_save_option
 
 # (engine, precision, int8 activations): every pair GUARD_BOUNDS covers on a CPU; int8 in both forms.

@@ -20,10 +20,10 @@ import time
 import torch
 from torch import nn
 
-from cnnbench import training
-from cnnbench.config import MeasureConfig, PlacementConfig, TrainConfig
+from cnnbench.recipes import training
+from cnnbench.core.config import MeasureConfig, PlacementConfig, TrainConfig
 from cnnbench.models.registry import resolve_entry
-from cnnbench.placement import resolve_memory_format
+from cnnbench.core.placement import resolve_memory_format
 from record import Recorder, add_save_option
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from cnnbench import maxbatch, results
-from cnnbench.config import MaxBatchConfig
+from cnnbench.tools import maxbatch
+
+from cnnbench.core import results
+from cnnbench.core.config import MaxBatchConfig
 from record import Recorder, add_save_option
 
 

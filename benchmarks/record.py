@@ -21,8 +21,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from cnnbench import environment
-from cnnbench.results import atomic_write_text
+from cnnbench.core import environment
+from cnnbench.core.results import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -25,7 +25,7 @@ def pytest_configure(config):
         os.environ["CNNBENCH_CACHE_DIR"] = _session_cache
         import torch
 
-        from cnnbench import efficiency
+        from cnnbench.core import efficiency
 
         for precision in ("fp32", "bf16", "fp16", "int8"):
             efficiency.remember(torch.device("cpu"), precision, 0.1, "test suite stand-in (conftest.py), not a measurement")
@@ -56,7 +56,7 @@ def cpu_calibration():
     import torch
     import torchvision
 
-    from cnnbench import estimate
+    from cnnbench.recipes import estimate
 
     def refused(self, x):
         raise AssertionError("ResNet-50 ran in the sweep's own process")

@@ -23,7 +23,7 @@ from cnnbench.data.loader import RealDataSource, detect_format, open_dataset
 from cnnbench.data.sample import write_sample_dataset
 from cnnbench.data.sources import open_source
 from cnnbench.data.preprocess import Preprocess, normalize_preset, preprocess_for
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 from cnnbench.models.registry import resolve_entry
 from conftest import TINY_SPEC
 
@@ -373,7 +373,7 @@ def test_folder_ranks_partition_the_images(digits):
 @pytest.mark.parametrize("train", [True, False])
 def test_synthetic_labels_stay_below_the_models_class_count(tmp_path, train):
     # A spec network with 10 outputs: labels drawn from 0..999 crash the loss ("Target 884 is out of bounds").
-    from cnnbench.config import DataConfig
+    from cnnbench.core.config import DataConfig
 
     spec = tmp_path / "ten.json"
     spec.write_text(json.dumps({**TINY_SPEC, "head": {"fully_connected": {"outputs": 10}}}))
@@ -385,7 +385,7 @@ def test_synthetic_labels_stay_below_the_models_class_count(tmp_path, train):
 
 
 def test_real_data_is_checked_against_the_models_class_count(tmp_path, digits):
-    from cnnbench.config import DataConfig
+    from cnnbench.core.config import DataConfig
 
     spec = tmp_path / "five.json"
     spec.write_text(json.dumps({**TINY_SPEC, "head": {"fully_connected": {"outputs": 5}}}))

@@ -25,7 +25,7 @@ from cnnbench.data.tfrecord import (
     write_examples,
 )
 from cnnbench.data.preprocess import preprocess_for
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 
 # ---------------------------------------------------------------- CRC32C
 

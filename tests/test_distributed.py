@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnbench import distributed, errors, launcher
+from cnnbench.backends.pytorch import distributed, launcher
+
+from cnnbench.core import errors
 from cnnbench.cli import main
 from cnnbench.data.sample import write_sample_dataset
 from cnnbench.models.registry import resolve_entry
-from cnnbench.timing import StepTimes
+from cnnbench.core.timing import StepTimes
 from helpers import cnnbench_process, read_jsonl, run_process
 
 # No BatchNorm: a rank normalises with its own batch's statistics, so with BatchNorm two ranks of
@@ -228,7 +230,7 @@ def test_a_hung_rank_ends_the_job_after_the_group_timeout(tmp_path):
 
 # NCCL's watchdog, as the launcher sees it: the launcher's view of the job says NCCL (this machine has
 # no GPU, so the workers run gloo), and rank 0 dies as the watchdog ends a rank, by SIGABRT.
-AS_IF_NCCL = ["-c", "import sys; from cnnbench import launcher, cli; real = launcher.launch; "
+AS_IF_NCCL = ["-c", "import sys; from cnnbench import cli; from cnnbench.backends.pytorch import launcher; real = launcher.launch; "
               "launcher.launch = lambda cfg, backend, at: real(cfg, 'nccl', at); sys.exit(cli.main(sys.argv[1:]))"]
 
 
@@ -393,7 +395,7 @@ def test_compile_wraps_the_ddp_module_so_its_graph_splits_at_the_buckets(one_ran
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
-    from cnnbench.training import wrap_for_training
+    from cnnbench.recipes.training import wrap_for_training
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, **options: compiled.append(module) or ("compiled", module))
@@ -483,7 +485,7 @@ def test_failure_report_of_nccls_watchdog(backend, exits, expected_code, named):
 # Outside a distributed run nothing is tied; inside one, the worker asks for SIGTERM (PR_GET_PDEATHSIG reads it back).
 # Then a forked worker (fork clears the death signal) whose recorded launcher is not its parent any more: the
 # launcher died before the tie, which then came too late, and the worker stops at once. One process start-up.
-TIE = ("import ctypes, os; from cnnbench import distributed\n"
+TIE = ("import ctypes, os; from cnnbench.backends.pytorch import distributed\n"
        "def tie(who):\n"
        "    value = ctypes.c_int()\n"
        "    for world in (distributed.World(), distributed.World(size=2, distributed=True)):\n"

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from cnnbench import efficiency
+from cnnbench.core import efficiency
 from cnnbench.models.registry import forward_flops, resolve_entry
 from helpers import read_jsonl
 

@@ -17,10 +17,10 @@ from onnx import numpy_helper
 
 from cnnbench import engines
 from cnnbench.engines import ArtifactCache, build_engine
-from cnnbench.errors import UsageError
-from cnnbench.inference import GUARD_BOUNDS
+from cnnbench.core.errors import UsageError
+from cnnbench.recipes.inference import GUARD_BOUNDS
 from cnnbench.models.registry import resolve_entry
-from cnnbench.placement import Placement
+from cnnbench.core.placement import Placement
 from helpers import read_jsonl
 
 CPU = torch.device("cpu")

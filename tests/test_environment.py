@@ -6,8 +6,8 @@ import types
 import pytest
 import torch
 
-from cnnbench import environment
-from cnnbench.environment import cpu_isa
+from cnnbench.core import environment
+from cnnbench.core.environment import cpu_isa
 
 # Two logical processors of a Sapphire Rapids as /proc/cpuinfo lists them (flags abridged); the kernel
 # also prints a "vmx flags" line, which must not be mistaken for the CPU's flags.

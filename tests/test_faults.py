@@ -29,7 +29,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench import checkpoints, errors, memory, recording, reporting, results, weights
+from cnnbench.recipes import checkpoints, run_record, weights
+
+from cnnbench.core import errors, memory, results, terminal
 from cnnbench.models.registry import resolve_entry
 from conftest import TINY_SPEC
 from helpers import read_jsonl
@@ -47,9 +49,9 @@ def _written(**fields) -> dict:
 
 @pytest.fixture
 def warnings_seen(monkeypatch):
-    """The warning lines the results module shows (reporting.warn), in order."""
+    """The warning lines the results module shows (terminal.warn), in order."""
     seen: list[str] = []
-    monkeypatch.setattr(reporting, "warn", seen.append)
+    monkeypatch.setattr(terminal, "warn", seen.append)
     monkeypatch.setattr(results, "_warned_torn", set())  # each test starts with no torn line reported
     return seen
 
@@ -70,7 +72,7 @@ def run_as_nobody(body: str, cwd: Path, prelude: str = "") -> subprocess.Complet
     script = (
         "import json, os, sys\n"
         "from pathlib import Path\n"
-        "from cnnbench import errors, results\n"
+        "from cnnbench.core import errors, results\n"
         + prelude
         + "try:\n"
         f"    os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
@@ -669,7 +671,7 @@ def test_cli_an_empty_model_list_is_an_error_naming_models(cli, tmp_path, comman
 
 @pytest.mark.parametrize("option", ["--engines", "--precisions"])
 def test_cli_an_empty_engine_or_precision_list_is_an_error_naming_it(cli, tiny_spec, tmp_path, option, monkeypatch):
-    from cnnbench import estimate
+    from cnnbench.recipes import estimate
 
     def started(*args):  # the configurations were accepted: the sweep would calibrate, then run them
         raise AssertionError(f"the sweep started with an empty {option}")
@@ -713,10 +715,10 @@ def test_cli_a_signal_mid_inference_prints_and_records_the_completed_batches(tmp
     assert process.returncode == code, err
     assert "Traceback" not in out + err
     assert "Images/sec:" in out and "System performance in images/second is:" in out
-    assert f"Stopped: {recording.STOPS[signal.Signals(signum).name][1]}" in out
+    assert f"Stopped: {run_record.STOPS[signal.Signals(signum).name][1]}" in out
     assert err.strip() == ""  # the stop is a status, said on stdout with the figures; no error line
     record, = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
-    assert record["status"] == status and record["reason"] == recording.STOPS[signal.Signals(signum).name][1]
+    assert record["status"] == status and record["reason"] == run_record.STOPS[signal.Signals(signum).name][1]
     assert record["steady_steps"] >= 2 and record["images_per_sec"] > 0
     assert f"Record: {Path('results_infer') / 'runs.jsonl'}" in out
 
@@ -768,7 +770,9 @@ def test_cli_a_torn_line_in_the_results_folder_does_not_stop_a_real_run(cli, tin
 
 # Everything `cnnbench train` and `infer` import, loaded before the switch to nobody (who cannot enter /root).
 CLI_IMPORTS = ("import resource, torch, torchvision, rich\n"
-               "from cnnbench import cli, training, inference, engines, recording, reporting, checkpoints, weights\n"
+               "from cnnbench import cli, engines\n"
+               "from cnnbench.core import terminal\n"
+               "from cnnbench.recipes import checkpoints, inference, run_record, training, weights\n"
                "from cnnbench.data import sources, synthetic\n")
 
 
@@ -819,11 +823,11 @@ def cli_runs_as_nobody():
         f"for args in {commands!r}:\n"
         "    print(captured(args))\n"
         f"os.chdir({str(read_only_at_end)!r})\n"
-        "real = reporting.final_lines\n"
+        "real = terminal.final_lines\n"
         "def final_lines(*args, **kwargs):\n"
         "    real(*args, **kwargs)\n"
         "    os.chmod('res', 0o555)\n"
-        "reporting.final_lines = final_lines\n"
+        "terminal.final_lines = final_lines\n"
         f"print(captured({late!r}))\n",
         cwd=unwritable, prelude=cli_prelude(spec))
     try:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cnnbench.engines import SUPPORTED, check_engine
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 from helpers import read_jsonl, run_process
 
 pytestmark = [

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnnbench.evaluation import Accuracy, padded
-from cnnbench.inference import GUARD_BOUNDS
-from cnnbench.placement import Placement
+from cnnbench.recipes.evaluation import Accuracy, padded
+from cnnbench.recipes.inference import GUARD_BOUNDS
+from cnnbench.core.placement import Placement
 from helpers import read_jsonl
 
 QUICK = ["--image-size", "16", "--batch-size", "4", "--num-batches", "3", "--warmup", "1", "--display-every", "1"]
@@ -147,7 +147,7 @@ class _FlagRecorder(torch.nn.Module):
 def test_a_tf32_run_s_guard_references_are_true_fp32(cli, tiny_spec, monkeypatch, tf32_switches):
     """tf32 needs CUDA: the run is given the placement a CUDA tf32 run resolves, on the CPU, and the global
     TF32 switches as apply_global_settings leaves them there (issue 10: the references ran under TF32)."""
-    from cnnbench import inference
+    from cnnbench.recipes import inference
 
     model = _FlagRecorder(16)
     resolve = inference.preflight
@@ -176,7 +176,7 @@ def test_true_fp32_restores_the_switches_even_after_an_error(tf32_switches, befo
 def test_the_device_s_memory_in_use_is_recorded_beside_the_allocator_s_peak(cli, tiny_spec, monkeypatch):
     # What NVML says (environment.device_memory_used, checked with a stand-in pynvml in test_environment.py)
     # goes into the record as it is, or None with a line saying why.
-    from cnnbench import environment
+    from cnnbench.core import environment
 
     monkeypatch.setattr(environment, "device_memory_used", lambda device: (2048.0, None))
     code, out, err = cli("infer", tiny_spec, "--random-weights", *QUICK)

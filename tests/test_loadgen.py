@@ -13,9 +13,11 @@ import jsonschema
 import pytest
 import torch
 
-from cnnbench import loadgen, results
-from cnnbench.batching import DynamicBatcher
-from cnnbench.config import InferConfig, LoadGenConfig
+from cnnbench.tools import loadgen
+
+from cnnbench.core import results
+from cnnbench.tools.batching import DynamicBatcher
+from cnnbench.core.config import InferConfig, LoadGenConfig
 from cnnbench.data.normalization import Normalizer
 from helpers import read_jsonl
 
@@ -55,7 +57,7 @@ def test_each_scenario_runs_through_loadgen_and_records(cli, tiny_spec, scenario
     summary = (logs / loadgen.SUMMARY_LOG).read_text()
     assert f"Scenario : {record['loadgen_scenario']}" in summary and f"Result is : {record['loadgen_result']}" in summary
     assert (logs / loadgen.DETAIL_LOG).exists()
-    schema = json.loads((resources.files("cnnbench") / results.SCHEMA_FILE).read_text())
+    schema = json.loads((resources.files("cnnbench.core") / results.SCHEMA_FILE).read_text())
     assert not [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(record)]  # every field documented
     assert f"tinyNet,{record['system_images_per_sec']:.2f}" in (Path("results_infer") / "results.csv").read_text()
     if scenario == "single-stream":  # far within its rules' reach: VALID, and still shown as shortened

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from cnnbench import maxbatch
-from cnnbench.maxbatch import Probe
+from cnnbench.tools import maxbatch
+from cnnbench.tools.maxbatch import Probe
 from helpers import read_jsonl
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 from cnnbench.models.registry import count_parameters, forward_flops, get_model, model_names, resolve_entry
 from cnnbench.models.synnet import build_from_spec, load_spec
 

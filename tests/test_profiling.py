@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from cnnbench import profiling
-from cnnbench.errors import UsageError
+from cnnbench.tools import profiling
+from cnnbench.core.errors import UsageError
 from cnnbench.models.registry import ModelEntry, forward_flops, resolve_any, resolve_entry
 
 # torchvision's published figures at 224 px: "GFLOPS" (multiply-adds, in G) and "Params" (M) of the table of

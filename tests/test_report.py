@@ -14,7 +14,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from cnnbench import compare, results
+from cnnbench.tools import compare
+
+from cnnbench.core import results
 from cnnbench.cli import main
 from conftest import TINY_SPEC
 from helpers import read_jsonl
@@ -67,7 +69,7 @@ def test_every_record_carries_the_schema_version_first(runs):
 
 
 def test_real_records_validate_against_the_schema_and_every_field_is_documented(runs):
-    schema = json.loads((resources.files("cnnbench") / results.SCHEMA_FILE).read_text())
+    schema = json.loads((resources.files("cnnbench.core") / results.SCHEMA_FILE).read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["x-schema-version"] == results.SCHEMA_VERSION
     validator = jsonschema.Draft202012Validator(schema)
@@ -132,7 +134,7 @@ def test_report_is_one_offline_file_with_every_chart(report):
 
 
 def test_report_without_telemetry_shows_no_telemetry_section(runs, tmp_path, cli):
-    from cnnbench.report import TELEMETRY
+    from cnnbench.tools.report import TELEMETRY
 
     plain = [{k: v for k, v in r.items() if k not in {f for f, _, _ in TELEMETRY}}
              for r in read_jsonl(runs / "results_infer" / "runs.jsonl")]

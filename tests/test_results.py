@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cnnbench import results
+from cnnbench.core import results
 from cnnbench.cli import main
 from conftest import TINY_SPEC
 from helpers import TINY, read_jsonl

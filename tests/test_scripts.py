@@ -301,8 +301,8 @@ def test_the_original_accuracy_scripts_read_data_dir(tmp_path, calls, script, op
 def test_engines_optimized_is_the_engine_use_trt_chooses_and_says_which(capsys):
     import torch
 
-    from cnnbench import sweep
-    from cnnbench.config import InferSweepConfig
+    from cnnbench.recipes import sweep
+    from cnnbench.core.config import InferSweepConfig
 
     pairs = sweep.engine_pairs(InferSweepConfig(engines="optimized,eager", precisions="fp32,fp16,int8"), torch.device("cpu"))
     assert pairs == [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("eager", "fp32"), ("eager", "fp16")]

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnbench import cli, config, estimate, soak, sweep, timing
+from cnnbench import cli
+
+from cnnbench.core import config, timing
+
+from cnnbench.recipes import estimate, sweep
+
+from cnnbench.tools import soak
 from helpers import REPO, read_jsonl, run_process
 
 

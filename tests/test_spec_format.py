@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnnbench.engines import ONNX_OPSET
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 from cnnbench.models.registry import count_parameters, forward_flops, resolve_entry
 from cnnbench.models.synnet import ACTIVATIONS, LAYER_FIELDS, build_from_spec, dump_spec, min_input_size, normalize_spec
 from conftest import TINY_SPEC

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from cnnbench.stats import latency_ms, throughput
-from cnnbench.timing import measure
+from cnnbench.core.stats import latency_ms, throughput
+from cnnbench.core.timing import measure
 
 
 def test_throughput_against_hand_computed_values():
@@ -61,7 +61,7 @@ def test_measure_counts_warmup_and_steady_steps_and_syncs_each():
 
 def test_measure_stops_on_duration_but_not_before_min_steps(monkeypatch):
     clock = iter(np.arange(0, 1000, 1.0))  # every perf_counter() call advances one second
-    monkeypatch.setattr("cnnbench.timing.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("cnnbench.core.timing.time.perf_counter", lambda: next(clock))
     c = _Clockwork()
     times = measure(c.step, c.sync, warmup=0, max_steps=100, duration=0.5, min_steps=4)
     assert len(times.steady_seconds) == 4

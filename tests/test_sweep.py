@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnbench import cli, config, errors, estimate, sweep
+from cnnbench import cli
+
+from cnnbench.core import config, errors
+
+from cnnbench.recipes import estimate, sweep
 from cnnbench.engines import REFUSED
 from helpers import REPO, read_jsonl
 
@@ -86,7 +90,7 @@ def test_calibration_runs_the_model_in_a_child_process_only(cpu_calibration, mon
     memory there for the whole sweep (issue 10). The suite's calibration (conftest.cpu_calibration, shared
     with the in-process sweeps) ran with a ResNet forward in this process failing it."""
     rates, commands = cpu_calibration
-    assert commands == [[sys.executable, "-m", "cnnbench.estimate", "cpu"]]
+    assert commands == [[sys.executable, "-m", "cnnbench.recipes.estimate", "cpu"]]
     assert rates.device_type == "cpu" and rates.train_gflops > 0 and rates.infer_gflops > 0
     started = []
     monkeypatch.setattr(subprocess, "run", lambda command, **kw: started.append(command))
@@ -100,7 +104,7 @@ def test_a_calibration_that_fails_is_one_line_with_the_child_s_error():
     with pytest.raises(errors.CnnbenchError) as failed:
         estimate.calibrate(torch.device("cuda"), "infer")
     message = str(failed.value)
-    assert message.startswith("the sweep's calibration (a ResNet-50 step on cuda, `python -m cnnbench.estimate cuda`) "
+    assert message.startswith("the sweep's calibration (a ResNet-50 step on cuda, `python -m cnnbench.recipes.estimate cuda`) "
                               "failed with exit code 1: ")
     assert "\n" not in message and "Traceback" not in message
     assert not torch.cuda.is_initialized()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench import synth, synth_validation
+from cnnbench.tools import synth, synth_validation
 from cnnbench.engines import ONNX_OPSET
 from cnnbench.models.registry import resolve_entry
 from cnnbench.models.synnet import build_from_spec, dump_spec, load_spec
@@ -30,7 +30,7 @@ def _synth(cli, tmp_path, target: str, *extra: str, name: str = "proxy.json") ->
 
 def _goal_rows(spec_path: Path, target: str, size: int, gflops: float | None = None) -> list[dict]:
     from cnnbench.models.registry import resolve_any
-    from cnnbench.profiling import profile_model
+    from cnnbench.tools.profiling import profile_model
 
     mix = synth.mix_of(synth.load_targets(target, size, 16, "fp32"), size)
     profile = profile_model(resolve_any(str(spec_path)), size, 16, "fp32")
@@ -243,7 +243,7 @@ def test_validate_bad_input_exits_2_with_one_line(cli, tmp_path, extra, message)
 
 
 def test_validate_plans_each_model_configuration_and_batch(tmp_path):
-    from cnnbench.config import SynthValidateConfig
+    from cnnbench.core.config import SynthValidateConfig
 
     cfg = SynthValidateConfig(spec=str(SYNNET), target="resnet50", compile_mode="default", num_batches=4, warmup=2)
     settings = synth_validation.parse_settings("train-fp32,compile-fp32,onnxruntime-int8", "cpu")

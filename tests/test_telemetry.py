@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from cnnbench import telemetry
+from cnnbench.core import telemetry
 from helpers import read_jsonl
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, cnnbench_process, read_jsonl, run_process
 
-from cnnbench.tfbackend import runtime
+from cnnbench.backends.tensorflow import runtime
 
 TF = ("--framework", "tensorflow")
 SHORT = ("--batch-size", "4", "--warmup", "1", "--num-batches", "3", "--display-every", "1")
@@ -62,10 +62,10 @@ def test_inference_starts_from_the_training_checkpoint_with_its_weights(tiny_spe
     import numpy as np
     import tensorflow as tf
 
-    from cnnbench.config import InferConfig
+    from cnnbench.core.config import InferConfig
     from cnnbench.models.registry import resolve_entry
-    from cnnbench.tfbackend import inference, models
-    from cnnbench.tfbackend.training import save_checkpoint
+    from cnnbench.backends.tensorflow import inference, models
+    from cnnbench.backends.tensorflow.training import save_checkpoint
 
     entry = resolve_entry(str(tiny_spec))
     keras.utils.set_random_seed(7)
@@ -182,12 +182,12 @@ def test_tflite_needs_the_tensorflow_framework(cli, tiny_spec):
 def test_without_tensorflow_the_line_says_how_to_install_it(cli, tiny_spec, monkeypatch):
     import importlib.util
 
-    from cnnbench import tfbackend
+    from cnnbench.backends import tensorflow
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
     code, out, err = cli("train", tiny_spec, *TF)
-    assert code == 2 and err.strip() == f"cnnbench: error: {tfbackend.INSTALL}"
+    assert code == 2 and err.strip() == f"cnnbench: error: {tensorflow.INSTALL}"
 
 
 def test_scripts_take_framework_from_the_environment(tmp_path):
@@ -207,7 +207,8 @@ def test_scripts_take_framework_from_the_environment(tmp_path):
 
 
 def test_compare_sets_the_frameworks_side_by_side(cli, tmp_path):
-    from cnnbench import compare, results
+    from cnnbench.tools import compare
+    from cnnbench.core import results
 
     base = {"kind": "infer", "model": "resnet50", "batch_size": 16, "image_size": 224, "engine": "eager",
             "precision": "fp32", "scenario": "offline", "device": "cpu", "status": "ok", "images_per_sec": 10.0,

@@ -1,4 +1,4 @@
-"""The TensorFlow backend's input (cnnbench.tfbackend.data) against the PyTorch pipeline it mirrors."""
+"""The TensorFlow backend's input (cnnbench.backends.tensorflow.data) against the PyTorch pipeline it mirrors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnbench.config import DataConfig
+from cnnbench.core.config import DataConfig
 from cnnbench.data import codec
 from cnnbench.data.loader import RealDataSource as TorchSource
 from cnnbench.data.normalization import NORMALIZATIONS
@@ -20,10 +20,10 @@ from cnnbench.data.preprocess import Preprocess, preprocess_for
 from cnnbench.data.sample import image_example, write_sample_dataset
 from cnnbench.data.synthetic import SyntheticSource as TorchSynthetic
 from cnnbench.data.tfrecord import encode_example, write_examples, write_records
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 from cnnbench.models.registry import resolve_entry
-from cnnbench.tfbackend import require
-from cnnbench.tfbackend.data import Normalizer, RealDataSource, SyntheticSource, open_source
+from cnnbench.backends.tensorflow import require
+from cnnbench.backends.tensorflow.data import Normalizer, RealDataSource, SyntheticSource, open_source
 
 # Through require(): torchvision (and the Triton it loads) before TensorFlow, as the other order segfaults.
 tf = require()
@@ -332,6 +332,6 @@ def test_records_outside_the_schema_stop_the_run_even_with_skip_corrupt(tmp_path
 
 
 def test_cnnbench_imports_the_module_without_tensorflow():
-    code = ("import sys, cnnbench.tfbackend.data; "
+    code = ("import sys, cnnbench.backends.tensorflow.data; "
             "assert 'tensorflow' not in sys.modules, 'imported tensorflow'")
     subprocess.run([sys.executable, "-c", code], check=True)

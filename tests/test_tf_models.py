@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from torch import nn
 
-from cnnbench import synth
-from cnnbench.errors import UsageError
+from cnnbench.tools import synth
+from cnnbench.core.errors import UsageError
 from cnnbench.models import synnet
 from cnnbench.models.registry import count_parameters, resolve_any, resolve_entry
-from cnnbench.tfbackend import models
-from cnnbench.tfbackend.models import build, trainable_parameters
+from cnnbench.backends.tensorflow import models
+from cnnbench.backends.tensorflow.models import build, trainable_parameters
 
 # Trainable parameters (Keras, PyTorch) at 1000 classes, as the module docstring's table states them; the
 # four registered networks' counts do not depend on the image size, synNet's (flatten head) does: 224 px.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnbench import errors
+from cnnbench.core import errors
 from helpers import TINY, read_jsonl
 
 TINY16 = ["--image-size", "16", *TINY[2:]]  # TINY for the tiny spec, at its own 16 px
@@ -67,7 +67,7 @@ def test_checkpoint_of_another_model_is_refused(cli, tiny_spec):
 
 
 def test_out_of_memory_is_recorded_with_its_own_exit_code(cli, monkeypatch):
-    import cnnbench.training as training
+    import cnnbench.recipes.training as training
 
     def exploding_step(*args, **kwargs):
         def step():
@@ -82,7 +82,7 @@ def test_out_of_memory_is_recorded_with_its_own_exit_code(cli, monkeypatch):
 
 
 def test_ctrl_c_prints_statistics_of_completed_steps_and_exits_130(cli, monkeypatch):
-    import cnnbench.training as training
+    import cnnbench.recipes.training as training
 
     real = training.make_train_step
 
@@ -145,8 +145,9 @@ def test_memory_format_flag_and_its_channels_last_alias(cli, tiny_spec):
 
 
 def test_spec_training_section_sets_the_augmentation_and_flags_win(tiny_spec, tmp_path):
-    from cnnbench import distributed, training
-    from cnnbench.config import DataConfig, TrainConfig
+    from cnnbench.backends.pytorch import distributed
+    from cnnbench.recipes import training
+    from cnnbench.core.config import DataConfig, TrainConfig
     from cnnbench.models.registry import resolve_entry
 
     spec = json.loads(tiny_spec.read_text())
@@ -168,7 +169,7 @@ def test_sigterm_stops_after_the_current_step_and_records_what_completed(cli, ti
     In this process: the real signal, sent to it from inside the fifth step (a warm-up step, then steady
     ones), reaches the handler cnnbench.cli.main sets. A process's exit status 143 on SIGTERM is checked
     end to end in tests/test_faults.py (inference; the launcher of a 2-rank training job)."""
-    import cnnbench.training as training
+    import cnnbench.recipes.training as training
 
     real = training.make_train_step
 
@@ -199,7 +200,7 @@ def test_device_work_queued_after_a_step_is_synchronised_before_the_next_clock_r
     """On CUDA a kernel queued after a step's clock stopped (inference counts accuracy on the device in
     its display callback) would run inside the next timed step. A fake device counts the work queued
     and not yet synchronised; every clock read of the loop must find none."""
-    from cnnbench import timing
+    from cnnbench.core import timing
 
     queued = [0]
     reads: list[int] = []  # the work in flight at each clock read
@@ -233,7 +234,7 @@ def test_training_display_reads_the_loss_on_the_host_and_queues_nothing():
     import torch
     from torch.overrides import TorchFunctionMode
 
-    from cnnbench.training import StepDisplay
+    from cnnbench.recipes.training import StepDisplay
 
     class Calls(TorchFunctionMode):
         def __init__(self):
@@ -258,9 +259,9 @@ def test_training_display_reads_the_loss_on_the_host_and_queues_nothing():
 
 @pytest.mark.parametrize("model", ["resnet50", "resnet152", "googlenet", "densenet121"])
 def test_n_ranks_of_batch_b_take_the_learning_rate_of_one_process_of_batch_nb(model):
-    from cnnbench.config import MeasureConfig, TrainConfig
+    from cnnbench.core.config import MeasureConfig, TrainConfig
     from cnnbench.models.registry import resolve_entry
-    from cnnbench.training import initial_learning_rate
+    from cnnbench.recipes.training import initial_learning_rate
 
     entry = resolve_entry(model)
 

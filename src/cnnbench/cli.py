@@ -18,7 +18,7 @@ import signal
 import sys
 import typing
 
-from cnnbench import config, errors
+from cnnbench.core import config, errors
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,13 +155,13 @@ def add_hardware_commands(sub) -> None:
 
 
 def cmd_max_batch(args: argparse.Namespace) -> int:
-    from cnnbench import maxbatch
+    from cnnbench.tools import maxbatch
 
     return maxbatch.run(config.build(config.MaxBatchConfig, given_options(args)))
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from cnnbench import soak
+    from cnnbench.tools import soak
 
     return _run_training(config.build(config.SoakConfig, given_options(args)), soak.run)
 
@@ -171,7 +171,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from cnnbench.models.registry import count_parameters, forward_flops, model_names, resolve_entry
-    from cnnbench.reporting import console
+    from cnnbench.core.terminal import console
 
     table = Table(title="cnnbench models (forward GFLOPs per image; a multiply-add counts as 2 FLOPs; a training "
                         "step counts 3 forwards)")
@@ -195,8 +195,8 @@ def _peak_lines() -> None:
     denominator of every run's MFU."""
     import torch
 
-    from cnnbench import efficiency
-    from cnnbench.reporting import say
+    from cnnbench.core import efficiency
+    from cnnbench.core.terminal import say
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precisions = ("fp32", "tf32", "fp16", "bf16", "int8") if device.type == "cuda" else ("fp32", "bf16", "int8")
@@ -209,25 +209,25 @@ def _peak_lines() -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from cnnbench import profiling
+    from cnnbench.tools import profiling
 
     return profiling.run(config.build(config.ProfileConfig, given_options(args)))
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from cnnbench import synth
+    from cnnbench.tools import synth
 
     return synth.run(config.build(config.SynthConfig, given_options(args)))
 
 
 def cmd_synth_validate(args: argparse.Namespace) -> int:
-    from cnnbench import synth_validation
+    from cnnbench.tools import synth_validation
 
     return synth_validation.run(config.build(config.SynthValidateConfig, given_options(args)))
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from cnnbench import results
+    from cnnbench.core import results
 
     for folder in config.build(config.ResultsConfig, given_options(args)).dirs:
         written = results.rebuild(folder)
@@ -236,13 +236,13 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cnnbench import report
+    from cnnbench.tools import report
 
     return report.run(config.build(config.ReportConfig, given_options(args)))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cnnbench import compare
+    from cnnbench.tools import compare
 
     return compare.run(config.build(config.CompareConfig, given_options(args)))
 
@@ -259,8 +259,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _run_training(cfg, run) -> int:
     """`cnnbench train` and `cnnbench soak`: this process trains with `run`, or launches the job's workers
     (which run the same command: launcher.launch; TensorFlow's replicas are threads of this process)."""
-    from cnnbench import backends, distributed, environment, launcher, training
-    from cnnbench.reporting import say
+    from cnnbench import backends
+    from cnnbench.backends.pytorch import distributed, launcher
+    from cnnbench.core import environment
+    from cnnbench.recipes import training
+    from cnnbench.core.terminal import say
 
     if distributed.under_torchrun():
         world = distributed.current()
@@ -292,7 +295,7 @@ def exit_code(record: dict) -> int:
 
 
 def _sweep(kind: str, run_cls: type, sweep_cls: type, args: argparse.Namespace) -> int:
-    from cnnbench import sweep
+    from cnnbench.recipes import sweep
 
     base = config.build(run_cls, given_options(args))
     settings = config.build(sweep_cls, given_options(args, "sweep."))
@@ -303,7 +306,7 @@ def _sweep(kind: str, run_cls: type, sweep_cls: type, args: argparse.Namespace) 
 def _terminate(signum, frame):
     # SIGTERM (timeout, SLURM, Kubernetes) stops a run like Ctrl-C: after the current step, with the
     # completed steps printed and recorded (status "terminated").
-    from cnnbench.timing import Terminated
+    from cnnbench.core.timing import Terminated
 
     raise Terminated()
 
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        from cnnbench.timing import Terminated
+        from cnnbench.core.timing import Terminated
 
         terminated = isinstance(exc, Terminated)
         print(f"cnnbench: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)

@@ -15,7 +15,7 @@ import torch
 
 from cnnbench.data.loader import RealDataSource
 from cnnbench.data.preprocess import preprocess_for
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 
 
 def _endless(source: RealDataSource) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 
 
 def add_data_commands(subparsers) -> None:
@@ -44,7 +44,7 @@ def add_data_commands(subparsers) -> None:
 
 
 def parse_workers(text: str | None) -> list[int]:
-    from cnnbench.environment import usable_cores
+    from cnnbench.core.environment import usable_cores
 
     if text is None:
         return sorted({1, usable_cores()})
@@ -59,7 +59,7 @@ def parse_workers(text: str | None) -> list[int]:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from cnnbench.data.sample import convert_folder_to_tfrecord
-    from cnnbench.reporting import say
+    from cnnbench.core.terminal import say
 
     summary = convert_folder_to_tfrecord(args.src, args.dst, args.shards, args.validation_shards,
                                          args.label_offset, args.skip_corrupt)
@@ -70,7 +70,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from cnnbench.data.sample import write_sample_dataset
-    from cnnbench.reporting import say
+    from cnnbench.core.terminal import say
 
     counts = write_sample_dataset(args.dst, tfrecord=args.tfrecord, image_size=args.image_size,
                                   image_format=args.format, max_per_class=args.max_per_class)
@@ -82,7 +82,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from cnnbench.data.bench import bench_pipeline
-    from cnnbench.reporting import say, summary_table
+    from cnnbench.core.terminal import say, summary_table
 
     records = bench_pipeline(args.data_dir, args.split, parse_workers(args.workers), args.batch_size, args.image_size,
                              args.num_batches, preset=args.preset, train=args.train_transform,

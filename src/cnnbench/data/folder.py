@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from cnnbench.data.codec import decode_rgb
 from cnnbench.data.tfrecord import Sample
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Split name -> folder names tried in order.

@@ -29,8 +29,8 @@ from cnnbench.data.folder import SPLIT_FOLDERS, ImageFolder, class_names
 from cnnbench.data.normalization import Normalizer
 from cnnbench.data.tfrecord import SHARD_PREFIX, Sample, TFRecordImages, find_shards
 from cnnbench.data.preprocess import Preprocess
-from cnnbench.environment import usable_cores
-from cnnbench.errors import UsageError
+from cnnbench.core.environment import usable_cores
+from cnnbench.core.errors import UsageError
 
 FORMATS = ("tfrecord", "folder")
 LAYOUTS = ("train/<class>/*.jpg and val/<class>/*.jpg (val/ may be validation/; PNG too), "

@@ -29,7 +29,7 @@ import torchvision.transforms.v2.functional as F
 from torchvision.transforms import RandomResizedCrop
 
 from cnnbench.data.normalization import normalize
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 
 PRESETS = ("torchvision", "torchvision-v2", "aimatrix")
 # The aimatrix preset's normalisations (defined with the others in normalization.py).

@@ -25,7 +25,7 @@ import torch
 from cnnbench.data.folder import class_names, image_files, split_dir
 from cnnbench.data.codec import decode_rgb, encode_jpeg, encode_png
 from cnnbench.data.tfrecord import write_examples
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 
 JPEG_QUALITY = 95  # re-encoding quality (the ImageNet build script's PNG->JPEG conversion uses 100; 95 is smaller and visually the same)
 SHUFFLE_SEED = 12345  # the build script's random.seed(12345)

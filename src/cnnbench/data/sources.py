@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnbench.config import DataConfig
+from cnnbench.core.config import DataConfig
 from cnnbench.data.synthetic import SyntheticSource
 
 

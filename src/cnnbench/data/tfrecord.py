@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cnnbench.data.codec import decode_rgb
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 
 # --------------------------------------------------------------------------------------------------
 # CRC32C

@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import nn
 
-from cnnbench.errors import UsageError, one_line
+from cnnbench.core.errors import UsageError, one_line
 from cnnbench.models import synnet, torchvision_models
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnbench.errors import UsageError
+from cnnbench.core.errors import UsageError
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU, "none": None}
 # What each layer type takes besides "type"; "name" and "note" are allowed everywhere and only document.

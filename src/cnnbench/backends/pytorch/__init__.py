@@ -1,0 +1,1 @@
+"""PyTorch, the default backend: its data-parallel worker (distributed) and the launcher that starts one."""

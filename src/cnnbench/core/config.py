@@ -1,0 +1,649 @@
+"""One typed configuration tree per command: every option's type, default, help and check live here.
+
+The command line is generated from these dataclasses (cli.py reads their fields), so an option's default is
+written once. `validate()` runs before any work starts and each error names the option to set. The
+resolved tree is saved, flattened to dotted names, in every result record; a sweep writes each
+child's command line back from its tree (`to_argv`), never from the parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from cnnbench.core.errors import UsageError
+
+# Largest integer an option may take: torch and numpy hold sizes and seeds in 64-bit integers, and a
+# batch of 2**31 images is already far beyond any device; bigger values are a typo, not a request.
+MAX_INT = 2**31 - 1
+MAX_DIST_TIMEOUT = 7 * 24 * 3600.0
+
+SCENARIOS = ("offline", "single-stream", "multi-stream", "server")
+# The built-in loop runs these two; the others need LoadGen (--loadgen).
+BUILTIN_SCENARIOS = ("offline", "single-stream")
+LOADGEN_MODES = ("performance", "accuracy")
+# MLPerf's MultiStream query: 8 samples (LoadGen's mlperf.conf, *.MultiStream.samples_per_query = 8).
+MULTI_STREAM_SAMPLES = 8
+MEMORY_FORMATS = ("auto", "nchw", "nhwc")
+# torch.compile's modes (torch.compile's documentation: "default", "reduce-overhead", "max-autotune",
+# "max-autotune-no-cudagraphs"); a mode outside these fails only after the model is built.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PREPROCESS_PRESETS = ("torchvision", "torchvision-v2", "aimatrix")
+DATA_FORMATS = ("tfrecord", "folder")
+PLANS = ("auto", "original", "cpu", "quick")
+# Issue 15: the original's framework as a second backend (tfbackend/); PyTorch's engines and TensorFlow's.
+FRAMEWORKS = ("pytorch", "tensorflow")
+TENSORFLOW_ENGINES = ("eager", "compile", "tflite")
+INT8_ACTIVATIONS = ("auto", "u8", "s8")
+# What `cnnbench profile` counts bytes at (profiling.BYTES_PER_ELEMENT); --measure runs all but int8.
+PROFILE_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+
+
+def option(default=None, help: str = "", *, flag: str | None = None, choices: tuple[str, ...] | None = None,
+           metavar: str | None = None, alias: tuple[str, object] | None = None, positional: bool = False,
+           show_default: bool = True, nargs: str | None = None):
+    """A config field that is also a command-line option.
+
+    flag: the option's spelling when it is not --field-name; alias: (flag, value) another flag that
+    sets the same field to a fixed value (--channels-last sets memory_format to nhwc); nargs: argparse's,
+    for a positional that takes several values (`cnnbench profile MODEL...`).
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "alias": alias,
+            "positional": positional, "show_default": show_default, "nargs": nargs}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class MeasureConfig:
+    batch_size: int = option(64, "images per step")
+    num_batches: int = option(500, "steady-state steps to time, the original's 500; with --duration the upper bound")
+    warmup: int = option(20, "steps before timing starts, excluded from the steady-state figures "
+                             "(cuDNN autotuning, allocator growth, compilation)")
+    display_every: int = option(100, "print a step line every N steps")
+    duration: float | None = option(None, "stop after this many seconds of steady-state time (at least --min-steady-steps "
+                                          "steps; --num-batches stays the upper bound)", metavar="SECONDS")
+    min_steady_steps: int = option(3, "with --duration: at least this many steady steps")
+    # Issue 12: power, energy, clocks and temperature sampled in a thread during the timed steps (telemetry.py).
+    no_telemetry: bool = option(False, "do not sample power, energy, clocks and temperature during the timed steps")
+
+    def validate(self) -> None:
+        _int_at_least(self.batch_size, 1, "--batch-size")
+        _int_at_least(self.num_batches, 1, "--num-batches")
+        _int_at_least(self.display_every, 1, "--display-every")
+        _int_at_least(self.min_steady_steps, 1, "--min-steady-steps")
+        _int_at_least(self.warmup, 0, "--warmup")
+        if self.duration is not None and not self.duration > 0:
+            raise UsageError(f"--duration must be a positive number of seconds, got {self.duration}")
+
+
+@dataclass
+class PlacementConfig:
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    precision: str = option("fp32", "fp32 | tf32 | fp16 | bf16 (| int8 for inference); fp16/bf16: autocast mixed "
+                                    "precision; tf32: CUDA only")
+    memory_format: str = option("auto", "activation and weight layout; auto: channels-last (nhwc) where it is faster "
+                                        "(CPUs, CUDA GPUs with tensor cores), nchw for the ONNX engines",
+                                choices=MEMORY_FORMATS, alias=("--channels-last", "nhwc"))
+
+
+@dataclass
+class DataConfig:
+    data_dir: str | None = option(None, "ImageNet-style TFRecord shards or image folders (train/, val/ or validation/); "
+                                        "default: synthetic input")
+    num_epochs: int | None = option(None, "with --data-dir: whole passes over the split instead of --num-batches")
+    data_format: str | None = option(None, "tfrecord | folder; default: detected from the directory", choices=DATA_FORMATS)
+    split: str | None = option(None, "default: train for training, validation for inference")
+    label_offset: int = option(1, "subtracted from TFRecord labels (1: label 0 is ImageNet's background class)")
+    workers: int | None = option(None, "data-loader worker processes; default: the usable cores")
+    preprocess: str | None = option(None, "default: what the weights expect; aimatrix: the original's table "
+                                          "(resize 256x256, crop 224, its scales)", choices=PREPROCESS_PRESETS)
+    skip_corrupt: bool = option(False, "skip undecodable images (counted, excluded from accuracy)")
+    # Training augmentation: RandomResizedCrop's smallest area fraction and the flip probability. None:
+    # the model's own (a spec file's `training` section), else torchvision's ImageNet recipe, 0.08 and 0.5.
+    min_crop_scale: float | None = option(None, "training: RandomResizedCrop's smallest area fraction; default: the spec "
+                                                "file's training.min_crop_scale, else 0.08 (torchvision's recipe)")
+    flip: float | None = option(None, "training: horizontal flip probability; default: the spec file's training.flip, "
+                                      "else 0.5")
+
+    def with_augmentation(self, model_min_crop_scale: float | None, model_flip: float | None) -> DataConfig:
+        """The training augmentation that runs: the flag, else the model's own (a spec file's `training`
+        section: ImageNet's flips and 8% crops are wrong for digits, text, medical images), else
+        torchvision's ImageNet recipe (references/classification: RandomResizedCrop scale (0.08, 1), flip 0.5)."""
+        def pick(flag, model, recipe):
+            return flag if flag is not None else model if model is not None else recipe
+
+        return dataclasses.replace(self, min_crop_scale=pick(self.min_crop_scale, model_min_crop_scale, 0.08),
+                                   flip=pick(self.flip, model_flip, 0.5))
+
+    def validate(self) -> None:
+        if self.min_crop_scale is not None and not 0 < self.min_crop_scale <= 1:
+            raise UsageError(f"--min-crop-scale must be in (0, 1], got {self.min_crop_scale}")
+        if self.flip is not None and not 0 <= self.flip <= 1:
+            raise UsageError(f"--flip must be a probability in [0, 1], got {self.flip}")
+        if self.num_epochs is not None:
+            _int_at_least(self.num_epochs, 1, "--num-epochs")
+            if self.data_dir is None:
+                raise UsageError("--num-epochs needs --data-dir (synthetic input has no epochs); use --num-batches")
+        if self.workers is not None:
+            _int_at_least(self.workers, 0, "--workers")
+
+
+@dataclass
+class RunConfig:
+    """What every benchmark run has: a model, an input, a device, a way to measure, a place for results."""
+
+    model: str = option("", "registered name (any case) or path to a JSON spec file", positional=True)
+    framework: str = option("pytorch", "pytorch | tensorflow (pip install 'cnnbench[tensorflow]'): the same workloads, "
+                                       "measured loop, statistics and tables on TensorFlow", choices=FRAMEWORKS)
+    image_size: int | None = option(None, "input height and width; default: the model's (224)")
+    seed: int = option(0, "seed of weights, synthetic input and shuffling")
+    log_dir: str | None = option(None, "checkpoint directory; default log_<model>_<batch>, as the original's scripts")
+    results_dir: str = option("results", "where the JSON-lines record and CSV tables go")
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UsageError("no model given; name one (see `cnnbench models`) or a JSON spec file")
+        self.measure.validate()
+        self.data.validate()
+        if self.image_size is not None:
+            _int_at_least(self.image_size, 1, "--image-size")
+        if self.framework == "tensorflow" and self.placement.memory_format == "nchw":
+            raise UsageError("--framework tensorflow runs channels-last (NHWC), TensorFlow's native layout on CPUs; "
+                             "drop --memory-format nchw")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    log_dir: str | None = option(None, "checkpoint directory: saved at the end, resumed from if present; "
+                                       "default log_<model>_<batch>")
+    results_dir: str = option("results_train", "where the JSON-lines record and CSV tables go")
+    learning_rate: float | None = option(None, "override the per-model learning rate")
+    compile: bool = option(False, "torch.compile the model (with --framework tensorflow: XLA, jit_compile=True); "
+                                  "compilation happens in warm-up and is reported apart")
+    eval_at_end: bool = option(False, "with --data-dir: top-1/top-5 on the validation split after training")
+    # The original's NUM_ACCELERATORS; under torchrun, torchrun's --nproc-per-node decides instead.
+    num_accelerators: int = option(1, "data-parallel processes on this machine, one per GPU (gloo processes on a CPU); "
+                                      "--batch-size is per process", metavar="N")
+    dist_timeout: float = option(60.0, "seconds a collective waits for the other ranks before the job fails",
+                                 metavar="SECONDS")
+
+    def validate(self) -> None:
+        super().validate()
+        _int_at_least(self.num_accelerators, 1, "--num-accelerators")
+        # A week: far beyond any collective's legitimate wait, and what datetime.timedelta holds with room to spare.
+        if not 0 < self.dist_timeout <= MAX_DIST_TIMEOUT:
+            raise UsageError(f"--dist-timeout must be a number of seconds in (0, {MAX_DIST_TIMEOUT}], got {self.dist_timeout}")
+        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
+            raise UsageError(f"--learning-rate must be a positive finite number, got {self.learning_rate}")
+        if self.eval_at_end and self.data.data_dir is None:
+            raise UsageError("--eval-at-end needs --data-dir (a validation split to evaluate on)")
+        if self.compile and self.measure.warmup < 1:
+            raise UsageError("--compile needs --warmup 1 or more, so that compilation stays out of the steady-state figures")
+
+
+@dataclass
+class LoadGenConfig:
+    """`cnnbench infer --loadgen`: MLCommons LoadGen issues the queries and judges the run (loadgen.py).
+    Durations, query counts and the latency bound default to MLPerf's, read from LoadGen's own mlperf.conf."""
+
+    enabled: bool = option(False, "measure through MLCommons LoadGen (pip install 'cnnbench[loadgen]') under MLPerf's "
+                                  "rules; --scenario offline | single-stream | multi-stream | server", flag="--loadgen")
+    mode: str = option("performance", "performance | accuracy (needs --data-dir: top-1/top-5 from LoadGen's accuracy "
+                                      "log, checked against plain inference)", flag="--loadgen-mode", choices=LOADGEN_MODES)
+    target_qps: float | None = option(None, "server: Poisson arrivals at this many queries (one image each) per second",
+                                      flag="--target-qps")
+    # MLPerf's ResNet-50 Server bound (mlperf.conf: resnet50.Server.target_latency = 15, in ms).
+    latency_bound_ms: float = option(15.0, "server: the 99th-percentile latency bound (MLPerf's for ResNet-50)",
+                                     flag="--latency-bound-ms")
+    max_batch: int | None = option(None, "server: the largest dynamic batch (the engine's batch); default --batch-size",
+                                   flag="--server-max-batch")
+    max_wait_ms: float | None = option(None, "server: longest wait for a batch to fill, from its oldest query's arrival; "
+                                             "default a tenth of --latency-bound-ms", flag="--server-max-wait-ms")
+    workers: int = option(1, "offline and server: worker threads taking batches from the queue (on CUDA each on its "
+                             "own stream)", flag="--server-workers")
+    find_peak_qps: bool = option(False, "server: search for the highest --target-qps whose run is VALID (bracketing, "
+                                        "then bisection); prints each probe", flag="--find-peak-qps")
+    peak_probes: int = option(10, "with --find-peak-qps: at most this many LoadGen runs", flag="--peak-probes")
+    min_duration: float | None = option(None, "shorten the run to this many seconds (MLPerf's 600 otherwise); the record "
+                                              "then says it is not MLPerf-compliant", flag="--min-duration",
+                                        metavar="SECONDS")
+    min_queries: int | None = option(None, "shorten the run to this many queries (MLPerf's otherwise: offline 24576 "
+                                           "samples, multi-stream 662, single-stream and server 100)",
+                                     flag="--min-queries")
+    samples: int | None = option(None, "images in LoadGen's sample library; default 1024 synthetic ones (MLPerf's "
+                                       "performance sample count for ResNet-50), with --data-dir every image of the split",
+                                 flag="--loadgen-samples")
+
+    def validate(self, scenario: str, data_dir: str | None) -> None:
+        if not self.enabled:
+            given = [flag_of(f) for f in dataclasses.fields(self) if getattr(self, f.name) != field_default(f)]
+            if given:
+                raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to LoadGen runs; add --loadgen")
+            if scenario not in BUILTIN_SCENARIOS:
+                raise UsageError(f"--scenario {scenario} runs through MLCommons LoadGen; add --loadgen "
+                                 f"(the built-in loop runs {' and '.join(BUILTIN_SCENARIOS)})")
+            return
+        server = scenario == "server"
+        for value, flag in ((self.target_qps, "--target-qps"), (self.max_batch, "--server-max-batch"),
+                            (self.max_wait_ms, "--server-max-wait-ms"), (self.find_peak_qps or None, "--find-peak-qps")):
+            if value is not None and not server:
+                raise UsageError(f"{flag} applies to --scenario server, not {scenario}")
+        if server and self.target_qps is None and not self.find_peak_qps:
+            raise UsageError("--scenario server needs --target-qps QPS (or --find-peak-qps to search for it)")
+        for value, flag in ((self.target_qps, "--target-qps"), (self.latency_bound_ms, "--latency-bound-ms"),
+                            (self.min_duration, "--min-duration")):
+            if value is not None and not 0 < value < math.inf:
+                raise UsageError(f"{flag} must be a positive number, got {value}")
+        if self.max_wait_ms is not None and not 0 <= self.max_wait_ms < math.inf:
+            raise UsageError(f"--server-max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        for value, flag in ((self.max_batch, "--server-max-batch"), (self.min_queries, "--min-queries"),
+                            (self.samples, "--loadgen-samples"), (self.workers, "--server-workers"),
+                            (self.peak_probes, "--peak-probes")):
+            if value is not None:
+                _int_at_least(value, 1, flag)
+        if self.mode == "accuracy" and data_dir is None:
+            raise UsageError("--loadgen-mode accuracy needs --data-dir (labelled images to count top-1/top-5 on)")
+        if self.mode == "accuracy" and self.find_peak_qps:
+            raise UsageError("--find-peak-qps searches in performance mode; drop --loadgen-mode accuracy")
+
+
+@dataclass
+class InferConfig(RunConfig):
+    log_dir: str | None = option(None, "where the training checkpoint is read from; default log_<model>_<batch>")
+    results_dir: str = option("results_infer", "where the JSON-lines record and CSV tables go")
+    engine: str = option("eager", "eager | compile | onnxruntime | tensorrt; with --framework tensorflow: eager "
+                                  "(a tf.function) | compile (XLA) | tflite (fp32, or full-integer int8)")
+    compile_mode: str | None = option(None, "torch.compile mode; default max-autotune on CUDA, max-autotune-no-cudagraphs "
+                                            "on CPU", choices=COMPILE_MODES)
+    scenario: str = option("offline", "offline (back-to-back batches) | single-stream (batch 1, one query at a time; "
+                                      "headline p90 latency); with --loadgen also multi-stream (8 images a query, p99) "
+                                      "and server (Poisson arrivals, dynamic batching)", choices=SCENARIOS)
+    weights: str | None = option(None, "a state_dict or checkpoint file (torchvision's published files load as they are)")
+    pretrained: bool = option(False, "torchvision's ImageNet weights (cached under TORCH_HOME)")
+    random_weights: bool = option(False, "no weights: a pure speed run")
+    calib_batches: int = option(10, "int8 calibration batches (the original's 10)")
+    # u8: uint8 activations (U8S8), the form x86's int8 dot-product instructions take; s8: symmetric int8
+    # (S8S8), the only form TensorRT's explicit quantisation takes (engines.quantize_int8).
+    int8_activations: str = option("auto", "int8 activation type: auto (u8 on the CPU, s8 on CUDA), u8 or s8",
+                                   choices=INT8_ACTIVATIONS)
+    guard_batches: int = option(4, "batches compared against eager fp32")
+    cache_path: str | None = option(None, "keep exported / quantised / compiled artefacts here and reuse them")
+    loadgen: LoadGenConfig = field(default_factory=LoadGenConfig)
+
+    @property
+    def engine_batch(self) -> int:
+        """The batch the engine is built for: a query's images in single- and multi-stream (MLPerf: one
+        query at a time), the largest dynamic batch in server, --batch-size otherwise."""
+        if self.scenario == "single-stream":
+            return 1
+        if self.scenario == "multi-stream":
+            return MULTI_STREAM_SAMPLES
+        if self.scenario == "server" and self.loadgen.max_batch:
+            return self.loadgen.max_batch
+        return self.measure.batch_size
+
+    def validate(self) -> None:
+        super().validate()
+        self.loadgen.validate(self.scenario, self.data.data_dir)
+        self.validate_framework()
+        _int_at_least(self.calib_batches, 1, "--calib-batches")
+        _int_at_least(self.guard_batches, 0, "--guard-batches")
+        chosen = [flag for flag, on in (("--weights", self.weights), ("--pretrained", self.pretrained),
+                                        ("--random-weights", self.random_weights)) if on]
+        if len(chosen) > 1:
+            raise UsageError(f"{' and '.join(chosen)} name different weights; give one of them")
+
+    def validate_framework(self) -> None:
+        """Engines belong to a framework; TensorFlow's runs start from random weights or its own checkpoint."""
+        if self.framework == "pytorch":
+            if self.engine == "tflite":
+                raise UsageError("--engine tflite is TensorFlow's; add --framework tensorflow")
+            return
+        if self.engine not in TENSORFLOW_ENGINES:
+            raise UsageError(f"--engine {self.engine} runs PyTorch models; with --framework tensorflow use "
+                             f"{', '.join(TENSORFLOW_ENGINES)}")
+        if self.compile_mode is not None:
+            raise UsageError("--compile-mode is torch.compile's; TensorFlow's compile engine is XLA, with no modes")
+        for given, flag in ((self.weights, "--weights"), (self.pretrained, "--pretrained"), (self.loadgen.enabled, "--loadgen")):
+            if given:
+                raise UsageError(f"{flag} runs with --framework pytorch only; TensorFlow starts from its own training "
+                                 "checkpoint in --log-dir or --random-weights")
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep adds to the options of the runs it starts."""
+
+    models: str | None = option(None, "comma-separated; default: googlenet,resnet50,resnet152,densenet121,synNet")
+    frameworks: str | None = option(None, "comma-separated frameworks to sweep, e.g. pytorch,tensorflow (one pair of "
+                                          "tables each, in one results folder); default: --framework's")
+    batch_sizes: str = option("16,32,64", "comma-separated")
+    plan: str = option("auto", "auto: the original's 500 batches after 20 warm-up steps on a GPU, a bounded plan on a CPU; "
+                               "quick: batch 16 only, a few steady seconds per configuration; explicit "
+                               "--num-batches/--warmup/--duration override the plan", choices=PLANS)
+    quick: bool = option(False, "the same as --plan quick (./run.sh --quick)")
+    time_budget: float | None = option(None, "bound the whole sweep to about this many seconds: the steady time is spread "
+                                             "over the configurations, each keeping 1 warm-up and 2 steady steps",
+                                       metavar="SECONDS")
+
+    def validate(self) -> None:
+        if self.time_budget is not None and not 0 < self.time_budget < math.inf:
+            raise UsageError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
+
+
+@dataclass
+class TrainSweepConfig(SweepConfig):
+    num_accelerators: str = option("1", "comma-separated process counts to sweep, e.g. 1,2,4; a scaling-efficiency "
+                                        "table compares each with 1", metavar="N[,N...]")
+
+
+@dataclass
+class InferSweepConfig(SweepConfig):
+    engines: str | None = option(None, "comma-separated engines; optimized: the device's optimized engine as the "
+                                       "original's --use_trt chose it (tensorrt where installed, else the fastest there); "
+                                       "default: eager fp32 and the device's fastest engines at fp32 and reduced precision "
+                                       "(CPU: onnxruntime fp32, int8; CUDA: compile bf16, fp16, and tensorrt when installed)")
+    precisions: str | None = option(None, "comma-separated precisions, crossed with --engines (impossible pairs are "
+                                          "skipped); default: see --engines")
+
+
+@dataclass
+class ProfileConfig:
+    """`cnnbench profile MODEL...`: each model's per-layer workload (profiling.py), written as a profile file."""
+
+    models: tuple[str, ...] = option((), "registered names (any case), torchvision classification models (resnet18, "
+                                         "mobilenet_v3_large, ...), JSON spec files, or saved profiles (shown again)",
+                                     positional=True, nargs="+", metavar="MODEL")
+    image_size: int | None = option(None, "input height and width; default: each model's own (224; inception_v3 299)")
+    batch_size: int = option(16, "images per step: FLOPs and bytes are counted for the batch (activations grow with "
+                                 "it, weights do not), and shown per image where it says so")
+    precision: str = option("fp32", "bytes per value: fp32 and tf32 4, fp16 and bf16 2, int8 1; with --measure the "
+                                    "precision that runs (fp16/bf16 autocast, tf32 CUDA only)", choices=PROFILE_PRECISIONS)
+    out: str | None = option(None, "the profile file; default profile_<model>.json; with several models (or an existing "
+                                   "folder) a folder for profile_<model>.json", metavar="PATH")
+    measure: bool = option(False, "also time each operation type on this device, forward and backward (torch.profiler)")
+    device: str = option("auto", "with --measure: auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    warmup: int = option(2, "with --measure: training steps run before profiling, excluded from it")
+    steps: int = option(3, "with --measure: profiled training steps (forward and backward)")
+
+    def validate(self) -> None:
+        if not self.models:
+            raise UsageError("no model given; name one or more: see `cnnbench models`, any torchvision classification "
+                             "model, a JSON spec file or a saved profile")
+        if self.image_size is not None:
+            _int_at_least(self.image_size, 1, "--image-size")
+        _int_at_least(self.batch_size, 1, "--batch-size")
+        _int_at_least(self.warmup, 0, "--warmup")
+        _int_at_least(self.steps, 1, "--steps")
+        if self.precision not in PROFILE_PRECISIONS:
+            raise UsageError(f"unknown --precision {self.precision!r}; use one of: {', '.join(PROFILE_PRECISIONS)}")
+        if self.measure and self.precision == "int8":
+            raise UsageError("--measure runs fp32, tf32, fp16 or bf16 (eager PyTorch has no int8 training step); "
+                             "drop --measure to count int8's bytes")
+
+
+@dataclass
+class SynthConfig:
+    """`cnnbench synth`: a synthetic network (a spec file) matching a weighted mix of models (synth.py)."""
+
+    target: str | None = option(None, "the mix: comma-separated MODEL[:WEIGHT] (registered or torchvision models, spec "
+                                      "files, saved profiles); weights are shares of the fleet's time, default equal",
+                                metavar="MODEL[:WEIGHT],...")
+    out: str = option("synthetic.json", "the spec file written", metavar="PATH")
+    seed: int = option(0, "seed of the layer sampling: the same seed and targets give the same spec")
+    image_size: int = option(224, "input height and width the mix is profiled at and the network is made for")
+    gflops: float | None = option(None, "FLOP budget per image (GFLOPs): a shorter benchmark of the same character, "
+                                        "fewer layers of the same widths; default: the mix's own FLOPs")
+    layers: int | None = option(None, "convolutions in the network; default: as many as carry the budget at the mix's "
+                                      "own layer sizes")
+    batch_size: int = option(16, "images per step the arithmetic intensity is counted at (weights read once per batch)")
+    precision: str = option("fp32", "bytes per value the arithmetic intensity is counted at", choices=PROFILE_PRECISIONS)
+    name: str | None = option(None, "the network's name (records and tables); default: the file's stem")
+
+    def validate(self) -> None:
+        _int_at_least(self.image_size, 8, "--image-size")
+        _int_at_least(self.batch_size, 1, "--batch-size")
+        _int_at_least(self.seed, 0, "--seed")
+        if self.layers is not None:
+            _int_at_least(self.layers, 1, "--layers")
+        if self.gflops is not None and not 0 < self.gflops < math.inf:
+            raise UsageError(f"--gflops must be a positive number of GFLOPs per image, got {self.gflops}")
+        if not self.out.endswith(".json"):
+            raise UsageError(f"--out {self.out}: a spec file's name ends in .json (models are found by it)")
+
+
+@dataclass
+class SynthValidateConfig:
+    """`cnnbench synth validate SPEC --target ...`: the proxy against the mix it stands for, timed on this
+    device (synth_validation.py)."""
+
+    spec: str = option("", "the synthetic network's spec file (from `cnnbench synth`)", positional=True)
+    target: str | None = option(None, "the mix it stands for, as given to `cnnbench synth`: MODEL[:WEIGHT],... "
+                                      "(models it can run: registered, torchvision or spec files)",
+                                metavar="MODEL[:WEIGHT],...")
+    image_size: int | None = option(None, "input height and width of every run; default: the spec's")
+    batch_sizes: str = option("4,16", "comma-separated batch sizes; every configuration runs at each")
+    configs: str | None = option(None, "comma-separated configurations, each train-PRECISION or ENGINE-PRECISION; "
+                                       "default on a CPU train-fp32, eager-fp32, compile-fp32, onnxruntime-fp32, "
+                                       "onnxruntime-int8; on CUDA train-fp32, train-bf16, eager-fp32, eager-tf32, "
+                                       "eager-bf16, eager-fp16, compile-bf16")
+    baseline: str = option("eager-fp32", "the configuration speed-ups are taken against (at the first batch size)")
+    num_batches: int = option(10, "timed steps of each run")
+    warmup: int = option(3, "steps before timing starts (compilation happens here)")
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    compile_mode: str | None = option(None, "torch.compile mode of the compile configurations; default: cnnbench infer's",
+                                      choices=COMPILE_MODES)
+    seed: int = option(0, "seed of weights and synthetic input")
+    results_dir: str = option("results_synth", "runs/ gets every run's record (as train and infer write them); "
+                                               "validation.jsonl and validation.csv the comparison")
+    reuse: bool = option(False, "reuse a run recorded in --results-dir by an earlier validation whose whole configuration "
+                                "matches, instead of running it again")
+
+    def validate(self) -> None:
+        if not self.spec:
+            raise UsageError("no spec file given: `cnnbench synth validate SPEC.json --target MODEL[:WEIGHT],...`")
+        if self.image_size is not None:
+            _int_at_least(self.image_size, 8, "--image-size")
+        _int_at_least(self.num_batches, 1, "--num-batches")
+        _int_at_least(self.warmup, 1, "--warmup")
+        _int_at_least(self.seed, 0, "--seed")
+
+
+# --- Issue 12: `cnnbench max-batch` and `cnnbench soak` (maxbatch.py, soak.py) ---------------------------
+
+MAX_BATCH_MODES = ("train", "infer")
+
+
+@dataclass
+class MaxBatchConfig:
+    """`cnnbench max-batch MODEL`: the largest batch that runs, each probe in its own process (maxbatch.py)."""
+
+    model: str = option("", "registered name (any case) or path to a JSON spec file", positional=True)
+    mode: str = option("train", "train: training steps; infer: inference batches", choices=MAX_BATCH_MODES)
+    engine: str = option("eager", "eager | compile (train: torch.compile) | onnxruntime | tensorrt (infer)")
+    precision: str = option("fp32", "fp32 | tf32 | fp16 | bf16 (| int8 for inference)")
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    memory_format: str = option("auto", "activation and weight layout, as for train and infer", choices=MEMORY_FORMATS)
+    image_size: int | None = option(None, "input height and width; default: the model's (224)")
+    first_batch: int = option(1, "the first batch size tried; the search doubles it until a probe fails")
+    largest_batch: int = option(8192, "never probe above this batch size")
+    warmup: int = option(1, "warm-up steps of each probe (the allocator's peak is reached in the first step)")
+    steps: int = option(2, "timed steps of each probe, for its images/s")
+    memory_limit_gib: float | None = option(None, "bound each probe's resident host memory (its process tree), killed "
+                                                  "and counted as out of memory above it; default: half the RAM, at "
+                                                  "most 80 percent of what is available when the search starts",
+                                            metavar="GIB")
+    probe_timeout: float = option(1800.0, "seconds a probe may take; a slower one counts as failed", metavar="SECONDS")
+    results_dir: str = option("results_max_batch", "where each probe's record, the search's record and the tables go")
+    seed: int = option(0, "seed of weights and synthetic input")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UsageError("no model given; name one (see `cnnbench models`) or a JSON spec file")
+        _int_at_least(self.first_batch, 1, "--first-batch")
+        _int_at_least(self.largest_batch, 1, "--largest-batch")
+        if self.first_batch > self.largest_batch:
+            raise UsageError(f"--first-batch {self.first_batch} is above --largest-batch {self.largest_batch}")
+        _int_at_least(self.warmup, 0, "--warmup")
+        _int_at_least(self.steps, 1, "--steps")
+        if self.memory_limit_gib is not None and not 0 < self.memory_limit_gib < math.inf:
+            raise UsageError(f"--memory-limit-gib must be a positive number of GiB, got {self.memory_limit_gib}")
+        if not 0 < self.probe_timeout < math.inf:
+            raise UsageError(f"--probe-timeout must be a positive number of seconds, got {self.probe_timeout}")
+        if self.mode == "train" and self.engine not in ("eager", "compile"):
+            raise UsageError(f"--engine {self.engine} runs inference only; training takes eager or compile (or --mode infer)")
+
+
+@dataclass
+class SoakMeasureConfig(MeasureConfig):
+    num_batches: int | None = option(None, "steady-state steps: default the original pressure test's 2,000; with "
+                                           "--duration as many as the time allows")
+
+
+@dataclass
+class SoakConfig(TrainConfig):
+    """`cnnbench soak MODEL`: a long training run (the original's pressure test, batch 64 x 2,000 batches)
+    with a verdict on sustained performance (soak.py)."""
+
+    log_dir: str | None = option(None, "checkpoint directory; default log_pressure_<model>_<batch>")
+    results_dir: str = option("results_train_pressure", "where the JSON-lines record and CSV tables go")
+    measure: SoakMeasureConfig = field(default_factory=SoakMeasureConfig)
+    drop_threshold: float = option(5.0, "flag the run when the last tenth of the steps runs this many percent slower "
+                                        "(images/s) than the first tenth", metavar="PERCENT")
+
+    def resolved(self) -> SoakConfig:
+        """--num-batches left out: the original's 2,000, or no bound but --duration when that is given."""
+        if self.measure.num_batches is not None:
+            return self
+        steps = MAX_INT if self.measure.duration is not None else 2000
+        return dataclasses.replace(self, measure=dataclasses.replace(self.measure, num_batches=steps))
+
+    def validate(self) -> None:
+        TrainConfig.validate(self.resolved())
+        if not 0 < self.drop_threshold < 100:
+            raise UsageError(f"--drop-threshold must be a percentage in (0, 100), got {self.drop_threshold}")
+
+
+# --- Issue 13: reading results: `cnnbench results`, `report` and `compare` (results.py, report.py, compare.py) ---
+COMPARE_FORMATS = ("markdown", "csv", "json")
+
+
+@dataclass
+class ResultsConfig:
+    """`cnnbench results DIR...`: rebuild the tables of results folders from their records."""
+
+    dirs: tuple[str, ...] = option((), "results folders (runs.jsonl inside; validation.jsonl too)", positional=True,
+                                   nargs="+", metavar="DIR")
+
+
+@dataclass
+class ReportConfig:
+    """`cnnbench report [DIR...]`: one self-contained HTML file of charts and tables (report.py)."""
+
+    dirs: tuple[str, ...] = option((), "results folders or record files (runs.jsonl, validation.jsonl), searched "
+                                       "recursively; default: results_train and results_infer where they exist",
+                                   positional=True, nargs="*", metavar="DIR")
+    out: str = option("report.html", "the HTML file written", metavar="PATH")
+    title: str = option("cnnbench report", "the page's title")
+
+    def validate(self) -> None:
+        if not self.out.endswith((".html", ".htm")):
+            raise UsageError(f"--out {self.out}: the report is an HTML file; give a name ending in .html")
+
+
+@dataclass
+class CompareConfig:
+    """`cnnbench compare BASE NEW`: images/s of the configurations two runs share, with a noise-aware verdict."""
+
+    base: str = option("", "the baseline: a results folder (searched recursively) or a record file", positional=True)
+    new: str = option("", "the run compared with it, the same kinds of path", positional=True)
+    threshold: float = option(0.03, "a change smaller than this fraction of the baseline is no change, whatever the noise")
+    noise_factor: float = option(3.0, "a change must also exceed this many standard errors of the difference "
+                                      "(sqrt(se_base^2 + se_new^2), each run's standard error of the mean images/s)")
+    fail_below: float | None = option(None, "exit 1 when a configuration got slower beyond noise and threshold with a "
+                                            "ratio new/base below this (e.g. 0.95), or failed in NEW only", metavar="RATIO")
+    format: str = option("markdown", "output format", choices=COMPARE_FORMATS)
+
+    def validate(self) -> None:
+        if not 0 <= self.threshold < 1:
+            raise UsageError(f"--threshold must be a fraction in [0, 1), got {self.threshold}")
+        if not 0 <= self.noise_factor < math.inf:
+            raise UsageError(f"--noise-factor must be a finite number of standard errors, 0 or more, got {self.noise_factor}")
+        if self.fail_below is not None and not 0 < self.fail_below < math.inf:
+            raise UsageError(f"--fail-below must be a positive ratio new/base such as 0.95, got {self.fail_below}")
+
+
+def _int_at_least(value: object, least: int, option_name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= MAX_INT:
+        what = "an integer of at least 1" if least == 1 else f"{least} or more"
+        raise UsageError(f"{option_name} must be {what}, got {value}")
+
+
+def flatten(config: object, prefix: str = "config") -> dict[str, object]:
+    """Dataclass tree -> {"config.measure.batch_size": 64, ...}: flat, stable names for records and CSV."""
+    flat: dict[str, object] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        name = f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def describe(config: object) -> list[str]:
+    """Lines `name = value` for a full listing (a sweep log's head)."""
+    return [f"{k.removeprefix('config.')} = {v}" for k, v in flatten(config).items()]
+
+
+def field_default(f: dataclasses.Field) -> object:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def build(cls: type, given: dict[str, object], prefix: str = ""):
+    """The tree of `cls` with the dotted names in `given` set (the options the user gave) and defaults elsewhere."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            values[f.name] = build(f.default_factory, given, name + ".")
+        elif name in given:
+            values[f.name] = given[name]
+    return cls(**values)
+
+
+def to_argv(config: object) -> list[str]:
+    """The command-line options that rebuild `config` (the positional model first): every field that
+    differs from its default, so a new option passes through a sweep with no edit anywhere."""
+    positional: list[str] = []
+    options: list[str] = []
+    for f, value in _leaves(config):
+        if value == field_default(f):
+            continue
+        if f.metadata.get("positional"):
+            positional.append(str(value))
+        elif isinstance(value, bool):
+            options.append(flag_of(f))
+        else:
+            options += [flag_of(f), str(value)]
+    return positional + options
+
+
+def _leaves(config: object):
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value)
+        else:
+            yield f, value

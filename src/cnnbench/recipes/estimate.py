@@ -1,0 +1,169 @@
+"""How long a sweep will take, printed before it starts and set against the real time at its end.
+
+A configuration's time is its process start-up, its engine build, its guard and calibration passes,
+its warm-up and its steady steps. Step times come from the model's FLOPs and a measured step of
+ResNet-50 on this very device (training: a forward and backward; inference: a forward), not from a
+matmul rate: convolution efficiency differs by CPU vector unit (AVX2 against AVX-512) by 2x or more,
+which a matmul calibration missed (issue 8: 2 h 34 min estimated on a 2-core AVX2 machine).
+
+The step is measured in a child process (`python -m cnnbench.recipes.estimate DEVICE` prints the rates as one
+JSON line): the sweep's own process never runs a model, so on a GPU it creates no CUDA context and
+keeps no cached memory beside the configurations' processes (issue 10).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from cnnbench.core.config import InferConfig, RunConfig, TrainConfig
+from cnnbench.core.errors import CnnbenchError
+from cnnbench.models.registry import forward_flops, resolve_entry
+
+# Process start-up (interpreter, torch import, model build, environment): measured 4-6 s on this project's
+# 2-core CPUs; CUDA adds its context creation.
+STARTUP_SECONDS = {"cpu": 6.0, "cuda": 15.0}
+# Engine speed against eager fp32 in the same run, a conservative reading of the README's engines table
+# (ResNet-50 batch 16: onnxruntime fp32 1.5x-1.7x, int8 3.0x on AVX2 and 4.9x on AVX-512 VNNI, compile 1.2x-1.3x).
+SPEEDUP = {("compile", "fp32"): 1.2, ("onnxruntime", "fp32"): 1.5, ("onnxruntime", "int8"): 3.0,
+           ("tensorrt", "fp32"): 1.5, ("tensorrt", "fp16"): 3.0, ("tensorrt", "int8"): 4.0}
+# Reduced precision on a GPU's tensor cores against fp32 (conservative: H100-class GPUs reach more).
+CUDA_REDUCED_SPEEDUP = 2.0
+# Building an engine (export, quantise, compile), seconds, measured on the 2-core development CPUs for
+# ResNet-50; larger graphs take longer, roughly with their FLOPs, so the figure scales by FLOPs^0.5.
+BUILD_SECONDS = {"compile": 60.0, "onnxruntime": 15.0, "tensorrt": 120.0}
+INT8_QUANTISE_SECONDS = 10.0
+REFERENCE_GFLOPS = 8.2  # ResNet-50's forward GFLOPs per image at 224 px (`cnnbench models`), the unit of BUILD_SECONDS' scaling
+TRAIN_PASSES = 3.0  # a training step is about 3 forward passes (forward, backward for activations and weights)
+# The calibration takes seconds on a CPU (README: a few seconds on a 2-core one); a child still running after
+# this long is stuck, and the sweep says so rather than wait for ever.
+CALIBRATION_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Effective GFLOP/s of a training step and an eager forward on this device (ResNet-50, measured)."""
+
+    device_type: str
+    train_gflops: float
+    infer_gflops: float
+
+    def describe(self) -> str:
+        return (f"from FLOPs and a measured ResNet-50 step on this device: {self.train_gflops:.0f} GFLOP/s training, "
+                f"{self.infer_gflops:.0f} GFLOP/s inference")
+
+
+def calibrate(device: torch.device, kind: str) -> Rates:
+    """Time a ResNet-50 training step (and an eager forward) on `device`: a few seconds on a CPU.
+
+    Measured in a child process on every device, one path: run in the sweep's process, the model would
+    create a CUDA context there and keep the caching allocator's blocks for the whole sweep, while every
+    configuration runs in a process of its own (issue 10). Once per device and process: the device's
+    rates do not change between two sweeps of one process."""
+    rates = _measured_in_child(str(device))
+    return Rates(device.type, rates["train_gflops"], rates["infer_gflops"])
+
+
+@functools.lru_cache(maxsize=None)
+def _measured_in_child(device: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "cnnbench.recipes.estimate", device]
+    what = f"the sweep's calibration (a ResNet-50 step on {device}, `python -m cnnbench.recipes.estimate {device}`)"
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CALIBRATION_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise CnnbenchError(f"{what} did not finish in {CALIBRATION_TIMEOUT_SECONDS} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CnnbenchError(f"{what} failed with exit code {done.returncode}: {detail}")
+    return json.loads(lines[-1])
+
+
+def measure(device: torch.device) -> dict[str, float]:
+    """GFLOP/s of a ResNet-50 training step and of an eager forward, measured in this process (the child's side of `calibrate`)."""
+    entry = resolve_entry("resnet50")
+    batch = 2 if device.type == "cpu" else 32
+    model = entry.build(224).to(device, memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    flops = forward_flops(entry, 224) * batch
+    train = flops * TRAIN_PASSES / _seconds(lambda: model(images).sum().backward(), device) / 1e9
+    model.eval()
+    with torch.inference_mode():
+        infer = flops / _seconds(lambda: model(images), device) / 1e9
+    return {"train_gflops": train, "infer_gflops": infer}
+
+
+def _seconds(step, device: torch.device, repeats: int = 2) -> float:
+    step()  # warm-up: allocator growth, cuDNN autotuning
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _gflops(model: str, image_size: int | None) -> float:
+    entry = resolve_entry(model)
+    return forward_flops(entry, image_size or entry.input_size) / 1e9
+
+
+def configuration_seconds(run: RunConfig, kind: str, rates: Rates) -> float:
+    """Start-up + build + guard and calibration + warm-up + steady steps of one configuration."""
+    gflops = _gflops(run.model, run.image_size)
+    batch = run.measure.batch_size
+    if kind in ("train", "soak"):  # a soak is a training run
+        step = gflops * TRAIN_PASSES * batch / rates.train_gflops
+        extra = BUILD_SECONDS["compile"] if isinstance(run, TrainConfig) and run.compile else 0.0
+        extra *= (gflops / REFERENCE_GFLOPS) ** 0.5
+    else:
+        reference_step = gflops * batch / rates.infer_gflops
+        step = reference_step / _speedup(run, rates.device_type)
+        extra = _inference_extra(run, gflops, reference_step, step)
+    m = run.measure
+    steady = m.num_batches * step
+    if m.duration is not None:
+        steady = min(steady, max(m.duration, m.min_steady_steps * step))
+    return STARTUP_SECONDS[rates.device_type] + extra + m.warmup * step + steady
+
+
+def _speedup(run: InferConfig, device_type: str) -> float:
+    precision = run.placement.precision
+    if (run.engine, precision) in SPEEDUP:
+        return SPEEDUP[run.engine, precision]
+    if device_type == "cuda" and precision in ("fp16", "bf16", "tf32"):
+        return CUDA_REDUCED_SPEEDUP
+    return 1.0
+
+
+def _inference_extra(run: InferConfig, gflops: float, reference_step: float, step: float) -> float:
+    """Engine build, the guard's eager fp32 references and engine passes, int8 calibration."""
+    checked = (run.engine, run.placement.precision) != ("eager", "fp32")
+    extra = run.guard_batches * (reference_step + step) if checked else 0.0
+    build = BUILD_SECONDS.get(run.engine, 0.0)
+    if run.placement.precision == "int8":
+        build += INT8_QUANTISE_SECONDS
+        extra += run.calib_batches * reference_step
+    return extra + build * (gflops / REFERENCE_GFLOPS) ** 0.5
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cnnbench.recipes.estimate DEVICE`: `measure` on DEVICE, printed as one JSON line (`calibrate` reads it)."""
+    (device,) = sys.argv[1:] if argv is None else argv
+    print(json.dumps(measure(torch.device(device))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

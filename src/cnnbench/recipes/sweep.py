@@ -1,0 +1,441 @@
+"""`cnnbench train-all` and `infer-all`: models x batch sizes (x engines x precisions, x accelerator
+counts), each configuration in its own process.
+
+One process per configuration, as the original's scripts ran one nvcnn.py per configuration: a crash
+or an out-of-memory in one cannot take the sweep down, every configuration starts from a clean
+device, and system performance is the whole command's wall time. Each record is written by its run
+as soon as the run ends, so an interrupted sweep keeps what finished.
+
+The recipe: plan the configurations (each a typed config, its command line written back from it),
+estimate the time, rotate the results folder, run them one by one, summarise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cnnbench.core import config, environment, errors, results, terminal
+
+from cnnbench.recipes import estimate
+from cnnbench.core.config import InferConfig, RunConfig, SweepConfig, TrainConfig
+from cnnbench.models.registry import resolve_entry
+from cnnbench.core.placement import resolve_device
+from cnnbench.core.timing import Terminated
+
+DEFAULT_MODELS = results.ORIGINAL_MODEL_ORDER
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    warmup: int
+    num_batches: int
+    duration: float | None
+    min_steady_steps: int
+    reason: str
+    batch_sizes: str | None = None  # a plan may fix the batch sizes (quick: 16 only)
+    run_overrides: tuple[tuple[str, object], ...] = ()  # other child options the plan sets (dotted names)
+
+
+# The original: 500 batches per configuration (train-all.sh) after nvcnn.py's warm-up steps.
+ORIGINAL_PLAN = Plan("original", 20, 500, None, 3, "the original's 500 timed batches after 20 warm-up steps")
+# A 2-core CPU trains ResNet-152 at batch 64 in tens of seconds per step: 15 x 520 steps would take days.
+CPU_PLANS = {
+    "train": Plan("cpu", 2, 500, 20.0, 3, "no GPU: 2 warm-up steps, then 20 s of steady-state time and at least 3 steady "
+                                         "steps per configuration (500 batches x 15 configurations would take days on a CPU)"),
+    # A forward pass costs a third of a training step, so 10 s of steady time suffices.
+    "infer": Plan("cpu", 2, 500, 10.0, 3, "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady "
+                                         "batches per configuration"),
+}
+# Every model once at batch 16, training then inference, in minutes on a 2-core CPU (README: measured).
+# The guard keeps one batch against eager fp32 and int8 calibrates on 2 batches: enough to check, not to rank.
+QUICK_PLANS = {
+    "train": Plan("quick", 1, 500, 3.0, 2, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at least 2 "
+                                          "steady steps per configuration", batch_sizes="16"),
+    "infer": Plan("quick", 1, 500, 2.0, 2, "quick: batch 16, 1 warm-up batch, 2 s of steady-state time and at least 2 "
+                                          "steady batches, 1 guard batch, 2 int8 calibration batches per configuration",
+                  batch_sizes="16", run_overrides=(("guard_batches", 1), ("calib_batches", 2))),
+}
+
+
+# The original's pressure test (train-all-pressure.sh): batch 64, 2,000 batches. On a CPU a bounded plan,
+# with enough steps for the verdict's first and last 10% (soak.MIN_STEPS); a 2-core CPU trains ResNet-152 at
+# batch 16 in about 15 s a step.
+PRESSURE_PLAN = Plan("pressure", 20, 2000, None, 3, "the original pressure test: batch 64, 2,000 batches after 20 "
+                                                    "warm-up steps", batch_sizes="64")
+CPU_PLANS["soak"] = Plan("cpu", 2, 2000, 120.0, 20, "no GPU: batch 16, 2 warm-up steps, then 120 s of steady-state "
+                                                    "time and at least 20 steady steps per model (2,000 batches of 64 "
+                                                    "would take days on a CPU)", batch_sizes="16")
+QUICK_PLANS["soak"] = Plan("quick", 1, 2000, 3.0, 20, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at "
+                                                      "least 20 steady steps per model", batch_sizes="16")
+
+
+def choose_plan(kind: str, settings: SweepConfig, explicit: set[str], device: torch.device) -> Plan:
+    """The plan for the device, then any --warmup / --num-batches / --duration the user gave on top."""
+    name = "quick" if settings.quick else settings.plan
+    if name == "auto":
+        name = "original" if device.type == "cuda" else "cpu"
+    original = PRESSURE_PLAN if kind == "soak" else ORIGINAL_PLAN
+    base = {"original": original, "cpu": CPU_PLANS[kind], "quick": QUICK_PLANS[kind]}[name]
+    reason = f"{device.type} device detected: {base.reason}" if settings.plan == "auto" and not settings.quick else base.reason
+    given = [k for k in ("warmup", "num_batches", "duration") if f"measure.{k}" in explicit]
+    if given:
+        reason += "; overridden by " + ", ".join(f"--{k.replace('_', '-')}" for k in given)
+    return dataclasses.replace(base, name=base.name + ("+overrides" if given else ""), reason=reason)
+
+
+def batch_sizes(plan: Plan, settings: SweepConfig, explicit: set[str]) -> list[int]:
+    """--batch-sizes when given, else the plan's own (quick: 16), else the default 16,32,64."""
+    text = plan.batch_sizes if plan.batch_sizes and "sweep.batch_sizes" not in explicit else settings.batch_sizes
+    return parse_counts(text, "--batch-sizes", "16,32,64")
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    # The original's scripts accept , : ; - as separators; so do we, except that a path to a spec
+    # file (it has a '/' or ends in .json) keeps its hyphens.
+    items = []
+    for item in text.replace(":", ",").replace(";", ",").replace(" ", ",").split(","):
+        items += [item] if "/" in item or item.endswith(".json") else item.split("-")
+    items = [t for t in items if t]
+    if not items:
+        raise errors.UsageError(f"{what} is empty; give a comma-separated list")
+    return items
+
+
+def parse_counts(text: str, what: str, example: str) -> list[int]:
+    counts = []
+    for item in parse_list(str(text), what):
+        if not item.isdigit() or not 1 <= int(item) <= config.MAX_INT:
+            raise errors.UsageError(f"{what}: {item!r} is not a positive integer; give integers of at least 1, e.g. {example}")
+        counts.append(int(item))
+    return counts
+
+
+@dataclass
+class Configuration:
+    run: RunConfig  # the child's whole configuration
+    log_name: str  # result_<...>.txt
+    base_record: dict  # what a failure record says about the run when the run itself could not write one
+    estimated_seconds: float = math.nan
+
+    @property
+    def argv(self) -> list[str]:  # arguments after `python -m cnnbench`
+        return [self.base_record["kind"], *config.to_argv(self.run)]
+
+
+def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str]) -> int:
+    """train-all and infer-all: validate every configuration, print the plan and estimate, rotate, run."""
+    settings.validate()
+    device = resolve_device(base.placement.device)  # a bad device fails before anything runs
+    plan = choose_plan(kind, settings, explicit, device)
+    models = parse_list(settings.models, "--models") if settings.models is not None else list(DEFAULT_MODELS)
+    batches = batch_sizes(plan, settings, explicit)
+    configurations = plan_configurations(kind, settings, base, explicit, plan, models, batches, device)
+    # Measured in a child process: this one runs no model, so it holds no CUDA context or cached memory
+    # while the configurations run (issue 10). Its device queries create none: is_available counts
+    # devices, and get_device_capability (preflight's memory format) reads properties, which left no
+    # process in nvidia-smi on PyTorch 2.10 (unslothai/unsloth-zoo PR 1053's measurements).
+    rates = estimate.calibrate(device, kind)
+    for c in configurations:
+        c.estimated_seconds = estimate.configuration_seconds(c.run, kind, rates)
+    if settings.time_budget is not None:
+        configurations = fit_budget(configurations, settings.time_budget, kind, rates)
+    total = sum(c.estimated_seconds for c in configurations)
+    terminal.say(f"Plan: {plan.name}: {plan.reason}")
+    terminal.say(f"{len(configurations)} configurations ({describe_axes(configurations)}) on {device}; "
+                  f"estimated {terminal.clock(total)} ({rates.describe()})")
+    results_dir = Path(base.results_dir)
+    moved = results.rotate(results_dir)
+    if moved:
+        terminal.say(f"Previous results moved to {moved}")
+    results_dir.mkdir(parents=True)
+    return run_sweep(kind, configurations, results_dir, total)
+
+
+def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan,
+                        models: list[str], batches: list[int], device: torch.device) -> list[Configuration]:
+    """Every configuration as a validated child config; any mistake fails here, before anything runs."""
+    measure = {k: getattr(plan, k) for k in ("warmup", "num_batches", "duration")
+               if f"measure.{k}" not in explicit}
+    if "measure.min_steady_steps" not in explicit:
+        measure["min_steady_steps"] = plan.min_steady_steps
+    out = []
+    for framework in frameworks(settings, base):
+        framework_base = dataclasses.replace(base, framework=framework)
+        out += configurations_of(kind, settings, framework_base, explicit, plan, measure, models, batches, device)
+    return out
+
+
+def frameworks(settings: SweepConfig, base: RunConfig) -> list[str]:
+    """--frameworks, each once, else --framework's one."""
+    if settings.frameworks is None:
+        return [base.framework]
+    chosen = list(dict.fromkeys(parse_list(settings.frameworks, "--frameworks")))
+    for name in chosen:
+        if name not in config.FRAMEWORKS:
+            raise errors.UsageError(f"--frameworks: unknown framework {name!r}; use some of: {', '.join(config.FRAMEWORKS)}")
+    return chosen
+
+
+def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan, measure: dict,
+                      models: list[str], batches: list[int], device: torch.device) -> list[Configuration]:
+    """One framework's configurations: models x batch sizes x (engine pairs | accelerator counts)."""
+    from cnnbench import backends
+
+    variants = engine_pairs(settings, device, base.framework) if kind == "infer" else accelerator_counts(settings, device)
+    tag = "" if base.framework == "pytorch" else f"_{base.framework}"
+    out = []
+    for model in models:
+        name = resolve_entry(model).name  # an unknown model fails here
+        for batch in batches:
+            for variant in variants:
+                log_dir = base.log_dir or f"log{'_pressure' if kind == 'soak' else ''}_{name}_{batch}"
+                run = dataclasses.replace(base, model=model, log_dir=log_dir,
+                                          measure=dataclasses.replace(base.measure, batch_size=batch, **measure),
+                                          **{k: v for k, v in plan.run_overrides if k not in explicit})
+                if kind == "infer":
+                    engine, precision = variant
+                    run = dataclasses.replace(run, engine=engine, placement=dataclasses.replace(run.placement, precision=precision))
+                    backends.preflight(kind, run)
+                    suffix = "" if variant == ("eager", "fp32") else f"_{engine}_{precision}"
+                else:
+                    run = dataclasses.replace(run, num_accelerators=variant)
+                    backends.preflight(kind, run, variant)
+                    suffix = f"_x{variant}" if variant > 1 else ""
+                base_record = {"kind": kind, "model": name, "framework": run.framework, "batch_size": batch, "device": str(device),
+                               "engine": getattr(run, "engine", None), "precision": run.placement.precision,
+                               "num_accelerators": getattr(run, "num_accelerators", 1), **config.flatten(run)}
+                out.append(Configuration(run, f"result_{name}_{batch}{tag}{suffix}.txt", base_record))
+    return out
+
+
+def engine_pairs(settings, device: torch.device, framework: str = "pytorch") -> list[tuple[str, str]]:
+    """--engines x --precisions, impossible pairs skipped with a line; by default eager fp32 and the
+    device's fastest engines (engines.default_pairs)."""
+    from cnnbench.engines import ENGINES, REFUSED, SUPPORTED, supported_pairs
+
+    if framework == "tensorflow":
+        return tensorflow_pairs(settings, device)
+    if settings.engines is None and settings.precisions is None:
+        return default_pairs(device.type)
+    engines = parse_list("eager" if settings.engines is None else settings.engines, "--engines")
+    precisions = parse_list("fp32" if settings.precisions is None else settings.precisions, "--precisions")
+    if "optimized" in engines:  # the original's --use_trt: TensorRT where installed, else the fastest engine there
+        from cnnbench.engines import installed_providers, optimized_engine
+
+        chosen, why = optimized_engine(device.type, installed_providers())
+        terminal.say(f"--engines optimized: running engine {chosen} ({why})")
+        engines = list(dict.fromkeys(chosen if e == "optimized" else e for e in engines))
+    for engine in engines:
+        if engine not in ENGINES:
+            raise errors.UsageError(f"--engines: unknown engine {engine!r}; use some of: {', '.join(ENGINES)}")
+    pairs = [(e, p) for e in engines for p in precisions if p in SUPPORTED[e].get(device.type, ())]
+    skipped = [f"{e}/{p}" + (f" ({REFUSED[e, p, device.type]})" if (e, p, device.type) in REFUSED else "")
+               for e in engines for p in precisions if (e, p) not in pairs]
+    if not pairs:
+        raise errors.UsageError(f"no engine/precision pair of --engines and --precisions works on {device.type}; "
+                                f"pairs that do: {supported_pairs(device.type)}")
+    if skipped:
+        terminal.say(f"Skipping pairs that cannot run on {device.type}: {', '.join(skipped)}")
+    return pairs
+
+
+# The framework baseline and the machine's best, at fp32 and at reduced precision: on a CPU ONNX Runtime
+# beats eager and compile at fp32 (2.07x eager on the dev EPYC, 1.7x on AVX2; README engines table) and
+# its int8 is the fastest (6.7x, 3.0x); on CUDA compile at bf16 and fp16, TensorRT where installed.
+DEFAULT_PAIRS = {
+    "cpu": [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")],
+    "cuda": [("eager", "fp32"), ("compile", "bf16"), ("compile", "fp16"), ("tensorrt", "fp16"), ("tensorrt", "int8")],
+}
+
+
+# TensorFlow's: its graph (eager), XLA (compile) and, on a CPU, TensorFlow Lite's full-integer int8.
+TENSORFLOW_DEFAULT_PAIRS = {
+    "cpu": [("eager", "fp32"), ("compile", "fp32"), ("tflite", "int8")],
+    "cuda": [("eager", "fp32"), ("compile", "bf16"), ("compile", "fp16")],
+}
+
+
+def tensorflow_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
+    """--engines x --precisions for --framework tensorflow (optimized: XLA on CUDA, TensorFlow Lite on a CPU)."""
+    from cnnbench.backends.tensorflow.inference import ENGINE_PRECISIONS
+
+    if settings.engines is None and settings.precisions is None:
+        return TENSORFLOW_DEFAULT_PAIRS[device.type]
+    engines = parse_list("eager" if settings.engines is None else settings.engines, "--engines")
+    engines = [("compile" if device.type == "cuda" else "tflite") if e == "optimized" else e for e in engines]
+    precisions = parse_list("fp32" if settings.precisions is None else settings.precisions, "--precisions")
+    for engine in engines:
+        if engine not in ENGINE_PRECISIONS:
+            raise errors.UsageError(f"--engines: {engine!r} is not a TensorFlow engine; use some of: "
+                                    f"{', '.join(ENGINE_PRECISIONS)}")
+    pairs = [(e, p) for e in dict.fromkeys(engines) for p in precisions if p in ENGINE_PRECISIONS[e]
+             and (e != "tflite" or device.type == "cpu")]
+    if not pairs:
+        raise errors.UsageError(f"no TensorFlow engine/precision pair of --engines and --precisions runs on {device.type}")
+    return pairs
+
+
+def default_pairs(device_type: str) -> list[tuple[str, str]]:
+    """DEFAULT_PAIRS of the device, those whose engine is not installed left out with a line saying why."""
+    from cnnbench.engines import check_engine
+
+    pairs = []
+    for engine, precision in DEFAULT_PAIRS[device_type]:
+        try:
+            check_engine(engine, precision, device_type)
+            pairs.append((engine, precision))
+        except errors.UsageError as exc:
+            terminal.say(f"Default {engine}/{precision} left out: {exc}")
+    return pairs
+
+
+def accelerator_counts(settings, device: torch.device) -> list[int]:
+    """Each training configuration also runs at every accelerator count (data-parallel processes, batch
+    size per process); they share the configuration's log dir, so the inference sweep finds its checkpoint."""
+    from cnnbench.backends.pytorch import distributed
+
+    counts = parse_counts(settings.num_accelerators, "--num-accelerators", "1,2,4")
+    for count in counts:
+        distributed.check_world(count, distributed.planned(count), device)
+        note = distributed.cpu_note(distributed.planned(count), device)
+        if note:
+            terminal.say(f"x{count}: {note}")
+    return counts
+
+
+def fit_budget(configurations: list[Configuration], budget: float, kind: str, rates) -> list[Configuration]:
+    """Spread `budget` seconds over the configurations: each keeps 1 warm-up and 2 steady steps, and
+    every configuration gets the same steady duration, the largest whose estimated total fits the budget."""
+    def fitted(duration: float) -> list[Configuration]:
+        out = []
+        for c in configurations:
+            measure = dataclasses.replace(c.run.measure, warmup=1, min_steady_steps=2, duration=duration)
+            run = dataclasses.replace(c.run, measure=measure)
+            out.append(Configuration(run, c.log_name, {**c.base_record, **config.flatten(run)},
+                                     estimate.configuration_seconds(run, kind, rates)))
+        return out
+
+    def total(runs: list[Configuration]) -> float:
+        return sum(c.estimated_seconds for c in runs)
+
+    low, high = 1e-3, budget  # the estimate grows with the duration: bisect for the largest that fits
+    if total(fitted(low)) > budget:
+        terminal.warn(f"--time-budget {budget:g} s cannot be kept: 1 warm-up and 2 steady steps of every configuration "
+                       f"take about {terminal.clock(total(fitted(low)))}; running that minimum")
+        return fitted(low)
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(fitted(middle)) <= budget else (low, middle)
+    return fitted(low)
+
+
+def describe_axes(configurations: list[Configuration]) -> str:
+    def distinct(key: str) -> list[str]:
+        return list(dict.fromkeys(str(c.base_record[key]) for c in configurations))
+
+    text = f"{', '.join(distinct('model'))} x batch {', '.join(distinct('batch_size'))}"
+    if distinct("framework") != ["pytorch"]:
+        text = f"{', '.join(distinct('framework'))}: " + text
+    if configurations and configurations[0].base_record["kind"] == "infer":
+        text += " x " + ", ".join(dict.fromkeys(f"{c.base_record['engine']}/{c.base_record['precision']}" for c in configurations))
+    counts = distinct("num_accelerators")
+    return text + (f" x {', '.join(counts)} accelerators" if counts != ["1"] else "")
+
+
+def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path, estimated: float) -> int:
+    """Run each configuration in a child process, tee its output to its log, record failures, summarise."""
+    start = time.time()
+    with terminal.progress(len(configurations), f"{kind}-all", unit="configurations") as bar:
+        code = run_each(kind, configurations, results_dir, start, bar)
+    if code not in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
+        code = 0
+        terminal.say(f"Sweep finished in {terminal.clock(time.time() - start)} (estimated {terminal.clock(estimated)}); "
+                      f"tables in {results_dir / results.TABLES_CSV}")
+    summary(kind, results_dir)
+    return code
+
+
+def run_each(kind: str, configurations: list[Configuration], results_dir: Path, start: float, bar) -> int:
+    """The configurations one by one, until the last or until one is interrupted; returns the last exit code."""
+    code = 0
+    for k, cfg in enumerate(configurations, 1):
+        left = sum(c.estimated_seconds for c in configurations[k - 1:])
+        terminal.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.base_record['model']} batch "
+                               f"{cfg.base_record['batch_size']}  elapsed {terminal.clock(time.time() - start)}  left ~{terminal.clock(left)}")
+        before = len(results.read_records(results_dir))
+        code = run_child(cfg, results_dir / cfg.log_name)
+        bar.advance(time_left=sum(c.estimated_seconds for c in configurations[k:]))
+        if len(results.read_records(results_dir)) == before:  # the child died before it could write its record
+            record = {**cfg.base_record, "status": "failed", "reason": failure_reason(code, results_dir / cfg.log_name),
+                      **environment.collect()}
+            try:
+                results.save_record(results_dir, record)
+            except errors.RecordNotSaved as lost:  # the sweep goes on; the record is in the fallback file
+                terminal.warn(str(lost))
+        if code in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
+            terminal.say(f"Sweep {'interrupted' if code == errors.EXIT_INTERRUPTED else 'terminated'} during configuration "
+                          f"{k} of {len(configurations)}; results so far are in {results_dir}")
+            break
+    return code
+
+
+def run_child(cfg: Configuration, log_path: Path) -> int:
+    """`python -m cnnbench ...` with its output on the console and in its log (headed by the full
+    configuration). Ctrl-C reaches the child too (same process group); a SIGTERM to the sweep is
+    passed on. Either way the child records its completed steps, and the sweep stops after it."""
+    command = [sys.executable, "-m", "cnnbench", *cfg.argv]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(command) + "\n" + "".join(f"# {line}\n" for line in config.describe(cfg.run)))
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        stopped = None
+        while True:
+            try:
+                for line in process.stdout:
+                    terminal.passthrough(line)
+                    log.write(line)
+                    log.flush()
+                break
+            except KeyboardInterrupt as exc:
+                stopped = errors.EXIT_TERMINATED if isinstance(exc, Terminated) else errors.EXIT_INTERRUPTED
+                if isinstance(exc, Terminated):
+                    process.send_signal(signal.SIGTERM)
+        code = process.wait()
+    return stopped if stopped is not None and code in (0, stopped) else code
+
+
+def failure_reason(code: int, log_path: Path) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (likely the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    lines = [l for l in log_path.read_text().splitlines() if l.strip() and not l.startswith("# ")]
+    return f"exit code {code}: {lines[-1][:300] if lines else 'no output'}"
+
+
+def summary(kind: str, results_dir: Path) -> None:
+    records = results.with_scaling_efficiency(results.read_records(results_dir))
+    columns = [("model", "model"), ("batch", "batch_size")]
+    if kind == "infer":
+        columns += [("engine", "engine"), ("precision", "precision"), ("p90 ms", "latency_ms_p90"), ("guard rel. err", "guard_relative_error")]
+    several = any((r.get("num_accelerators") or 1) > 1 for r in records)
+    if several:
+        columns += [("accelerators", "num_accelerators")]
+    columns += [("status", "status"), ("img/s", "images_per_sec"), ("+/-", "images_per_sec_stderr"),
+                ("jitter", "images_per_sec_jitter"), ("system img/s", "system_images_per_sec")]
+    if several:
+        columns += [("efficiency %", "scaling_efficiency")]
+    if kind == "soak":
+        columns += [("drift %", "soak_throughput_drift_pct"), ("p99 drift %", "soak_p99_drift_pct"),
+                    ("flagged", "soak_flagged")]
+    terminal.summary_table(f"cnnbench {kind}-all: {results_dir}", records, columns)

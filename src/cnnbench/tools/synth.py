@@ -1,0 +1,632 @@
+"""`cnnbench synth`: one synthetic network that stands for a weighted mix of real ones (issue 11).
+
+AI Matrix's synthetic-benchmark framework (Wei et al., "AI Matrix: Synthetic Benchmarks for DNN",
+arXiv:1812.00886) profiles a set of applications and generates a network whose workload matches their
+weighted mix, so one short benchmark stands for many long ones. Here the targets are profiled
+(profiling.py, or profile files made elsewhere) and a spec file in synNet's format is written.
+
+The mix
+-------
+Weights are shares of the fleet's time, normalised to sum to 1: the mix's figure of anything per image
+is the weighted mean of the targets' (FLOPs, parameters, a configuration's time per image), and its
+distributions are FLOP-weighted over every layer of every target (a layer of target i weighs
+w_i x its FLOPs). A layer's *level* is how many times the input has been halved where it runs
+(round(log2(image size / the layer's input height))): real CNNs spend their FLOPs level by level (a
+stem, then stages at 1/4, 1/8, 1/16, 1/32 of the input), and a layer's cost depends on where it sits.
+
+How the network is made (deterministic for a --seed)
+----------------------------------------------------
+A layer's level here is that of its output (a stride-2 conv belongs to the level it produces), so that a
+conv's parameters are its FLOPs over twice its level's area, in the mix as in the network.
+1. Slots per level: as many convolutions as carry the level's share of the FLOPs (the mix's, or --gflops)
+   at the size of a layer drawn there (the mean FLOPs of the level's layers): the picks keep about their
+   real widths, hence their arithmetic intensity, and a budget takes layers away rather than thinning them.
+   --layers instead shares that many among the levels by FLOPs (largest remainder). A level with 1% of the
+   FLOPs gets at least one; the FLOPs of a level left without one go to the others in proportion.
+2. Layers: within each level the mix's convolutions (plain, depthwise, grouped), sorted by type, kernel and
+   width, are sampled systematically by how often the mix runs them (evenly spaced points of the cumulative
+   count, a target's layers counting its weight each, one random offset from the seed). Each slot copies a
+   real layer's type, kernel, width and groups, so the joint distribution is kept, not only marginals, and
+   each operation type keeps its FLOP share in expectation (drawn as often as it occurs, at its own size).
+3. Structure: the level's picks are grouped into residual (identity add) and concatenation (DenseNet's: a
+   block's input and output concatenated) blocks, as many per conv as the mix has adds and concatenations
+   per conv at that level, the rest plain; within a block the picks are chained so that each reads about
+   the width the one before writes. Batch norm after every conv when the mix's convs have one, and the
+   mix's activation (one a spec can name).
+4. Into each level: its first strided pick (at stride 2), and a pool for every other halving, of the kind
+   the mix uses there (max 3x3 stride 2 padding 1, or avg 2x2 stride 2). A global average pool and one
+   linear layer (the targets' classes) close the network when the targets end so.
+5. Widths: a multiplier per level scales its picks' widths (rounded to multiples of 8 where the real ones
+   are; depthwise convs keep their input's; a residual body ends at its input's), by bisection until the
+   level's FLOPs match, level after level, since a level's input is the one before's output. Matched FLOPs
+   per level then match parameters per level, but for the classifier, whose input is the last width: that
+   width is fitted last to the parameters (the last level's entry conv, or a final 1x1 conv, as MobileNetV3
+   and EfficientNet widen before pooling), the level's multiplier refitted to its FLOPs each time.
+Limits: only what a spec can express is generated. Linear layers inside the network (ConvNeXt's per-pixel
+MLPs) and matrix products (attention) are not, so a mix of those misses its FLOP shares, and says so.
+
+What it reports (and the goals of issue 11)
+-------------------------------------------
+FLOPs and parameters per image against the mix (within 5%; with --gflops the parameters are held to the
+mix's scaled by the same factor), the FLOP share per operation type (within 5 percentage points), and the
+Wasserstein-1 (earth mover's) distance between the FLOP-weighted distributions of log2 arithmetic
+intensity (FLOPs per byte at --batch-size and --precision), in octaves: 0 is the same distribution, 1 is
+every FLOP's intensity off by a factor of 2. It is exact on the layers (no bins), and reads in a unit an
+engineer can picture on a roofline plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnnbench.core import terminal
+from cnnbench.core.errors import UsageError
+
+CONV_TYPES = ("conv", "depthwise_conv", "grouped_conv")
+FLOP_TOLERANCE = 0.05  # issue 11: FLOPs and parameters within 5% of the mix (or the budget)
+SHARE_TOLERANCE = 0.05  # issue 11: FLOP share per operation type within 5 percentage points
+MIN_LEVEL_SHARE = 0.01  # a level with at least this share of the FLOPs gets a conv
+SPEC_ACTIVATIONS = ("relu", "relu6", "hardswish", "silu")  # what a spec can say (synnet.ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # as given: a model name or a profile file
+    weight: float  # normalised: the weights sum to 1
+    profile: dict
+
+
+@dataclass(frozen=True)
+class Proto:
+    """One real convolution of the mix, per image at the synthetic network's size."""
+
+    type: str
+    kernel: tuple[int, int]
+    stride: int
+    cin: int
+    cout: int
+    groups: int
+    flops: float  # per image
+    depth: float  # its position in its own network, 0 (first layer) to 1
+    weight: float  # its share of the mix's FLOPs
+    count: float  # its target's weight: how often the mix runs it per image
+
+
+@dataclass
+class Level:
+    flop_share: float = 0.0  # of the mix's convolution FLOPs
+    convs: float = 0.0  # weighted counts per image of the mix
+    adds: float = 0.0
+    concats: float = 0.0
+    maxpools: float = 0.0
+    avgpools: float = 0.0
+    protos: list[Proto] = field(default_factory=list)
+
+
+@dataclass
+class Mix:
+    targets: list[Target]
+    image_size: int
+    flops_per_image: float
+    parameters: float
+    type_shares: dict[str, float]
+    levels: dict[int, Level]
+    mean_convs: float
+    batch_norm: bool
+    activation: str
+    global_pool: bool
+    num_classes: int
+    intensity: list[tuple[float, float]]  # (log2 FLOPs per byte, FLOP weight) of every layer with FLOPs
+
+
+# ---------------------------------------------------------------- targets
+
+
+def parse_targets(text: str | None) -> list[tuple[str, float]]:
+    """'resnet50:0.4,densenet121:0.3,googlenet:0.3' -> [(name, weight)]; no weights at all: equal shares."""
+    if not text or not text.strip():
+        raise UsageError("no --target given; name models or profile files with weights, e.g. "
+                         "--target resnet50:0.4,densenet121:0.3,googlenet:0.3")
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        name, _, weight_text = item.rpartition(":") if ":" in item else (item, "", "")
+        if not name:
+            raise UsageError(f"--target: {item!r} names no model; write MODEL[:WEIGHT], e.g. resnet50:0.4")
+        try:
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            raise UsageError(f"--target: the weight of {name!r} must be a number, got {weight_text!r}") from None
+        if not (weight > 0 and math.isfinite(weight)):
+            raise UsageError(f"--target: the weight of {name!r} must be a positive number (a share of the fleet's "
+                             f"time), got {weight_text}")
+        out.append((name, weight if weight_text else None))
+    if len({w is None for _, w in out}) > 1:
+        raise UsageError("--target: give every target a weight, or none (equal shares)")
+    return [(name, 1.0 if weight is None else weight) for name, weight in out]
+
+
+def load_targets(text: str | None, image_size: int, batch_size: int, precision: str) -> list[Target]:
+    """Every target resolved (a registered or torchvision model, a spec file, or a profile file) and profiled
+    at image_size; every name is checked before any is profiled, so a typo in the last costs nothing."""
+    from cnnbench.models.registry import check_image_size, resolve_any
+    from cnnbench.tools.profiling import load_profile, looks_like_profile, profile_model
+
+    pairs = parse_targets(text)
+    total = sum(w for _, w in pairs)
+    resolved = []
+    for name, weight in pairs:
+        if looks_like_profile(name):
+            resolved.append((name, weight, None, load_profile(name)))
+            continue
+        if name.endswith(".json") and not Path(name).is_file():
+            raise UsageError(f"--target: cannot read {name}: no such file")
+        entry = resolve_any(name)
+        check_image_size(entry, image_size)
+        resolved.append((name, weight, entry, None))
+    return [Target(name, weight / total, saved or profile_model(entry, image_size, batch_size, precision))
+            for name, weight, entry, saved in resolved]
+
+
+# ---------------------------------------------------------------- the mix
+
+
+def level_of(input_height: int, image_size: int) -> int:
+    return max(0, round(math.log2(image_size / max(input_height, 1))))
+
+
+def mix_of(targets: list[Target], image_size: int) -> Mix:
+    """The weighted mix of the targets' profiles, per image at image_size (a profile made at another size
+    has its FLOPs scaled by the area ratio: FLOPs of convolutions grow with the pixels, parameters do not)."""
+    flops = sum(t.weight * _per_image(t, image_size) for t in targets)
+    shares, levels, intensity = {}, {}, []
+    counts = {"batchnorm": 0.0, "global_pool": 0.0}
+    activations: dict[str, float] = {}
+    for t in targets:
+        layers, size = t.profile["layers"], t.profile["image_size"]
+        scale = (image_size / size) ** 2 / t.profile["batch_size"]
+        depth_of = {id(l): i / max(len(layers) - 1, 1) for i, l in enumerate(layers)}
+        for layer in layers:
+            kind, layer_flops = layer["type"], layer["flops"] * scale
+            if layer_flops:
+                shares[kind] = shares.get(kind, 0.0) + t.weight * layer_flops / flops
+                if layer["arithmetic_intensity"] > 0:
+                    intensity.append((math.log2(layer["arithmetic_intensity"]), t.weight * layer_flops / flops))
+            if kind in counts:
+                counts[kind] += t.weight
+            if kind == "activation":
+                activations[layer["function"]] = activations.get(layer["function"], 0.0) + t.weight
+            where = layer.get("output_hw") or layer.get("input_hw")
+            if not where:
+                continue
+            level = levels.setdefault(level_of(where[0], size), Level())
+            _count(level, layer, t.weight, t.weight * layer_flops / flops, depth_of[id(layer)], flops / t.weight)
+    conv_share = sum(level.flop_share for level in levels.values())
+    for level in levels.values():
+        level.flop_share /= conv_share or 1.0
+    mean_convs = sum(level.convs for level in levels.values())
+    return Mix(targets, image_size, flops, sum(t.weight * t.profile["totals"]["parameters"] for t in targets), shares,
+               dict(sorted(levels.items())), mean_convs, counts["batchnorm"] >= 0.5 * mean_convs,
+               _spec_activation(activations), counts["global_pool"] >= 0.5,
+               max(_classes(t.profile) for t in targets), intensity)
+
+
+def _per_image(t: Target, image_size: int) -> float:
+    return t.profile["totals"]["flops_per_image"] * (image_size / t.profile["image_size"]) ** 2
+
+
+def _count(level: Level, layer: dict, weight: float, flop_share: float, depth: float, flops_all: float) -> None:
+    kind = layer["type"]
+    if kind in CONV_TYPES:
+        level.convs += weight
+        level.flop_share += flop_share
+        if flop_share > 0:
+            level.protos.append(Proto(kind, tuple(layer["kernel"]), max(layer["stride"]), layer["in_channels"],
+                                      layer["out_channels"], layer["groups"], flop_share * flops_all, depth,
+                                      flop_share, weight))
+    elif kind == "add":
+        level.adds += weight
+    elif kind == "concat":
+        level.concats += weight
+    elif kind == "maxpool":
+        level.maxpools += weight
+    elif kind == "avgpool":
+        level.avgpools += weight
+
+
+def _spec_activation(seen: dict[str, float]) -> str:
+    """The mix's most used activation, in a spec's vocabulary (a function a spec cannot name becomes relu)."""
+    for name, _ in sorted(seen.items(), key=lambda kv: -kv[1]):
+        base = name.rstrip("_")
+        if base in SPEC_ACTIVATIONS:
+            return base
+    return "relu"
+
+
+def _classes(profile: dict) -> int:
+    linear = [l for l in profile["layers"] if l["type"] == "linear"]
+    return linear[-1]["out_channels"] if linear and linear[-1].get("out_channels") else 1000
+
+
+# ---------------------------------------------------------------- choosing the layers
+
+
+def slots_per_level(mix: Mix, flops: float, total: int | None) -> dict[int, int]:
+    """Convolutions per level. By default as many as carry the level's share of `flops` at the FLOPs of the
+    layers picked there (their FLOP-weighted mean): the picks keep about their real widths, so their
+    arithmetic intensity, and a FLOP budget takes layers away rather than thinning them. With `total`:
+    largest-remainder shares of it by FLOPs. Either way at least one where a level has 1% of the FLOPs."""
+    shares = {lv: level.flop_share for lv, level in mix.levels.items() if level.flop_share > 0}
+    if total is None:
+        conv_flops = flops * sum(v for k, v in mix.type_shares.items() if k in CONV_TYPES)
+        return {lv: n for lv, share in shares.items()
+                if (n := max(round(share * conv_flops / _mean_pick(mix.levels[lv])), int(share >= MIN_LEVEL_SHARE)))}
+    counts = {lv: max(int(share * total), 1 if share >= MIN_LEVEL_SHARE else 0) for lv, share in shares.items()}
+    by_remainder = sorted(shares, key=lambda lv: -(shares[lv] * total - int(shares[lv] * total)))
+    for lv in by_remainder:
+        if sum(counts.values()) >= total:
+            break
+        counts[lv] += 1
+    return {lv: n for lv, n in counts.items() if n}
+
+
+def _mean_pick(level: Level) -> float:
+    """The expected FLOPs of a layer picked at this level (picks are drawn by FLOP weight)."""
+    return sum(p.count * p.flops for p in level.protos) / sum(p.count for p in level.protos)
+
+
+def pick(protos: list[Proto], n: int, rng: random.Random) -> list[Proto]:
+    """n layers by systematic sampling of the FLOP weights (evenly spaced, one random offset), in depth order."""
+    ordered = sorted(protos, key=lambda p: (p.type, p.kernel, p.cout, p.cin, p.depth))
+    total, offset = sum(p.count for p in ordered), rng.random()
+    chosen, cumulative, k = [], 0.0, 0
+    for j in range(n):
+        point = (j + offset) / n * total
+        while k < len(ordered) - 1 and cumulative + ordered[k].count < point:
+            cumulative += ordered[k].count
+            k += 1
+        chosen.append(ordered[k])
+    return sorted(chosen, key=lambda p: p.depth)
+
+
+@dataclass
+class Block:
+    kind: str  # plain, residual or concat
+    protos: list[Proto]
+
+
+def blocks_of(level: Level, protos: list[Proto]) -> tuple[list[Block], Proto | None]:
+    """The level's convolutions grouped as the mix groups them; its first strided pick, if any, apart (it
+    enters the level, halving what the level before it left)."""
+    strided = next((p for p in protos if p.stride > 1), None)
+    body = [p for p in protos if p is not strided]
+    per_conv = level.convs or 1.0
+    residual = round(level.adds / per_conv * len(body))
+    concat = round(level.concats / per_conv * len(body))
+    if residual + concat > len(body):
+        residual, concat = (residual * len(body)) // (residual + concat), len(body) - (residual * len(body)) // (residual + concat)
+    count = residual + concat
+    if not count:
+        return ([Block("plain", body)] if body else []), strided
+    kinds = _interleave(residual, concat)
+    sizes = [len(body) // count + (1 if i < len(body) % count else 0) for i in range(count)]
+    blocks, start = [], 0
+    for kind, size in zip(kinds, sizes):
+        blocks.append(Block(kind, chained(body[start:start + size])))
+        start += size
+    return blocks, strided
+
+
+def chained(protos: list[Proto]) -> list[Proto]:
+    """The block's picks reordered so that each takes about the width the one before gives (greedy, from the
+    shallowest), as the layers of a real block do: a picked 3x3 conv of 64 channels should not have to read
+    the 256 a picked 1x1 expansion wrote. Its FLOPs and intensity then stay near its own network's."""
+    left = sorted(protos, key=lambda p: p.depth)
+    out = [left.pop(0)] if left else []
+    while left:
+        width = out[-1].cout
+        best = min(left, key=lambda p: (abs(math.log(p.cin / width)), p.depth))
+        out.append(best)
+        left.remove(best)
+    return out
+
+
+def _interleave(a: int, b: int) -> list[str]:
+    """a residual and b concat kinds, spread evenly (Bresenham)."""
+    out, placed = [], 0
+    for i in range(a + b):
+        if b and (placed + 1) * (a + b) <= (i + 1) * b:
+            out.append("concat")
+            placed += 1
+        else:
+            out.append("residual")
+    return out
+
+
+@dataclass
+class LevelPlan:
+    level: int
+    pools: list[str]  # pools entering the level, one per halving its strided conv does not do
+    strided: Proto | None  # the conv entering the level at stride 2
+    blocks: list[Block]
+    target_flops: float = 0.0
+    width: float = 1.0
+    entry_width: int | None = None  # the strided conv's filters, when set apart from `width` (fit_parameters)
+    exit_width: int | None = None  # a last 1x1 conv of this many filters (fit_parameters)
+
+
+def plan(mix: Mix, layers: int | None, flops: float, seed: int) -> list[LevelPlan]:
+    """Slots per level, the layers picked for them, their blocks and the way into each level."""
+    rng = random.Random(seed)
+    slots = slots_per_level(mix, flops, layers)
+    kept = sum(mix.levels[lv].flop_share for lv in slots)
+    conv_flops = flops * sum(v for k, v in mix.type_shares.items() if k in CONV_TYPES)
+    out, previous = [], 0
+    for lv in sorted(slots):
+        level = mix.levels[lv]
+        blocks, strided = blocks_of(level, pick(level.protos, slots[lv], rng))
+        if strided is not None and lv == previous:  # nothing left to halve: it runs at stride 1
+            blocks.insert(0, Block("plain", [dataclasses.replace(strided, stride=1)]))
+            strided = None
+        pool = "avgpool" if level.avgpools > level.maxpools else "maxpool"
+        out.append(LevelPlan(lv, [pool] * (lv - previous - (strided is not None)), strided, blocks,
+                             target_flops=conv_flops * level.flop_share / kept))
+        previous = lv
+    return out
+
+
+# ---------------------------------------------------------------- widths
+
+
+EXIT = Proto("conv", (1, 1), 1, 0, 0, 1, 0.0, 1.0, 0.0, 0.0)  # fit_parameters' last 1x1 conv
+
+
+@dataclass
+class Shape:
+    channels: int
+    size: int
+    flops: float = 0.0
+    parameters: float = 0.0
+
+
+def conv_layer(p: Proto, shape: Shape, width: float, stride: int, out: int | None, bn: bool, activation: str) -> dict:
+    """The spec of one slot at this width, and `shape` advanced through it (FLOPs and parameters added)."""
+    cin = shape.channels
+    if p.type == "depthwise_conv":
+        groups, cout, spec_groups = cin, cin, "depthwise"
+    else:
+        cout = out if out is not None else scaled_width(p.cout, width)
+        groups = 1
+        if p.type == "grouped_conv":  # as many groups as keep its channels per group, dividing both widths
+            groups = _nearest_divisor(math.gcd(cin, cout) if out is not None else cin, cin * p.groups / p.cin)
+            cout = cout if out is not None else max(groups, round(cout / groups) * groups)
+        spec_groups = groups
+    size = -(-shape.size // stride)
+    kh, kw = p.kernel
+    weights = kh * kw * (cin // groups) * cout
+    shape.flops += 2.0 * size * size * weights
+    shape.parameters += weights + (2 * cout if bn else 0)
+    shape.channels, shape.size = cout, size
+    return {"type": "conv", "filters": cout, "kernel": [kh, kw], "stride": [stride, stride], "groups": spec_groups,
+            "activation": activation}
+
+
+def scaled_width(width: int, factor: float) -> int:
+    """A real layer's width scaled, rounded to a multiple of 8 when the real one is one: real networks' widths
+    are (all of ResNet's and DenseNet's, GoogLeNet's too), and vector units and tensor cores run aligned
+    channel counts faster, so an unaligned proxy would time differently."""
+    if width % 8 == 0:
+        return max(8, 8 * round(width * factor / 8))
+    return max(1, round(width * factor))
+
+
+def _nearest_divisor(n: int, wanted: float) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(math.log(d / max(wanted, 1e-9))), d))
+
+
+def realise(mix: Mix, plans: list[LevelPlan], image_size: int) -> tuple[list[dict], Shape, list[float]]:
+    """The spec's groups at the plans' widths; the final shape (FLOPs and parameters of the convolutions)
+    and each level's FLOPs."""
+    shape, groups, per_level = Shape(3, image_size), [], []
+    for lp in plans:
+        layers = []
+        for pool in lp.pools:
+            layers.append({"type": "maxpool", "window": [3, 3], "stride": [2, 2], "padding": [1, 1]} if pool == "maxpool"
+                          else {"type": "avgpool", "window": [2, 2], "stride": [2, 2], "padding": "valid"})
+            shape.size = (shape.size + 2 - 3) // 2 + 1 if pool == "maxpool" else shape.size // 2
+        before = shape.flops
+        if lp.strided is not None:
+            layers.append(conv_layer(lp.strided, shape, lp.width, 2, lp.entry_width, mix.batch_norm, mix.activation))
+        for block in lp.blocks:
+            layers += _block(mix, block, shape, lp.width)
+        if lp.exit_width is not None:
+            layers.append(conv_layer(EXIT, shape, 1.0, 1, lp.exit_width, mix.batch_norm, mix.activation))
+        per_level.append(shape.flops - before)
+        groups.append({"name": f"level_{lp.level}", "layers": layers,
+                       "note": f"input / {2 ** lp.level}: {lp.target_flops / 1e9:.3f} GFLOPs per image wanted"})
+    return groups, shape, per_level
+
+
+def _block(mix: Mix, block: Block, shape: Shape, width: float) -> list[dict]:
+    bn, act = mix.batch_norm, mix.activation
+    if block.kind == "plain":
+        return [conv_layer(p, shape, width, 1, None, bn, act) for p in block.protos]
+    start = shape.channels
+    last = max((i for i, p in enumerate(block.protos) if p.type != "depthwise_conv"), default=None)
+    body = []
+    for i, p in enumerate(block.protos):
+        keep = start if block.kind == "residual" and i == last else None
+        body.append(conv_layer(p, shape, width, 1, keep, bn, "none" if keep is not None else act))
+    if block.kind == "residual":
+        return [{"type": "residual", "body": body, "activation": act}]
+    growth = shape.channels
+    shape.channels = start + growth
+    return [{"type": "dense", "repeat": 1, "growth_rate": growth, "body": body}]
+
+
+def fit_widths(mix: Mix, plans: list[LevelPlan], image_size: int) -> None:
+    """Each level's width multiplier, in order, by bisection on log(width) until its FLOPs match."""
+    for k in range(len(plans)):
+        fit_level(mix, plans, k, image_size)
+
+
+def fit_level(mix: Mix, plans: list[LevelPlan], k: int, image_size: int) -> None:
+    """Level k's width multiplier, by bisection on log(width) until its FLOPs match (levels before k fixed)."""
+    def level_flops(log_width: float) -> float:
+        plans[k].width = math.exp(log_width)
+        return realise(mix, plans[:k + 1], image_size)[2][k]
+
+    target, low, high = plans[k].target_flops, math.log(1 / 256), math.log(256)
+    for _ in range(40):  # widths are whole channels: 40 halvings of a 2^16 range settle far below one
+        middle = (low + high) / 2
+        low, high = (middle, high) if level_flops(middle) < target else (low, middle)
+    misses = {w: abs(level_flops(w) - target) for w in (low, high)}
+    plans[k].width = math.exp(min(misses, key=misses.get))
+
+
+def fit_parameters(mix: Mix, plans: list[LevelPlan], image_size: int, parameters: float) -> None:
+    """Parameters match once FLOPs match level by level, but for the classifier: its input is the last level's
+    width. So the width that sets it gets the value (the level's other convs refitted to its FLOPs each time)
+    that brings the network's parameters to `parameters`, by bisection: the last level's entry conv when its
+    blocks are all residual (they keep the width they get), else a last 1x1 conv added for the purpose (as
+    MobileNetV3 and EfficientNet widen before pooling), unless the parameters are already within 1%."""
+    last = plans[-1]
+    by_entry = last.strided is not None and all(block.kind == "residual" for block in last.blocks)
+    if not by_entry and abs(network_parameters(mix, plans, image_size) / parameters - 1) <= 0.01:
+        return
+
+    def total(width: int) -> float:
+        if by_entry:
+            last.entry_width = width
+        else:
+            last.exit_width = width
+        fit_level(mix, plans, len(plans) - 1, image_size)
+        return network_parameters(mix, plans, image_size)
+
+    low, high = 1, 1 << 11  # multiples of 8, up to 16384 channels
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if total(8 * middle) < parameters else (low, middle)
+    best = min((low, high), key=lambda k: abs(total(8 * k) - parameters))
+    total(8 * best)
+
+
+def network_parameters(mix: Mix, plans: list[LevelPlan], image_size: int) -> float:
+    _, shape, _ = realise(mix, plans, image_size)
+    features = shape.channels * (1 if mix.global_pool else shape.size * shape.size)
+    return shape.parameters + features * mix.num_classes + mix.num_classes
+
+
+# ---------------------------------------------------------------- the spec
+
+
+def generate(mix: Mix, *, seed: int, layers: int | None, gflops: float | None, name: str) -> dict:
+    """The synthetic network's spec (synNet's format) for the mix."""
+    flops = gflops * 1e9 if gflops else mix.flops_per_image
+    plans = plan(mix, layers, flops, seed)
+    count = sum(len(block.protos) for lp in plans for block in lp.blocks) + sum(lp.strided is not None for lp in plans)
+    fit_widths(mix, plans, mix.image_size)
+    fit_parameters(mix, plans, mix.image_size, mix.parameters * flops / mix.flops_per_image)
+    groups, _, _ = realise(mix, plans, mix.image_size)
+    if mix.global_pool:
+        groups[-1]["layers"].append({"type": "globalpool", "pool": "avg"})
+    targets = ", ".join(f"{t.name}:{t.weight:.3g}" for t in mix.targets)
+    return {
+        "name": name,
+        "about": f"Generated by `cnnbench synth` for the mix {targets} at {mix.image_size} px (seed {seed}); "
+                 "a proxy benchmark of that mix (cnnbench synth validate).",
+        "input": {"height": mix.image_size, "width": mix.image_size, "channels": 3, "scale_to": [-1, 1]},
+        "conv_defaults": {"stride": [1, 1], "padding": "same", "batch_norm": mix.batch_norm,
+                          "activation": mix.activation, "bias": False},
+        "groups": groups,
+        "head": {"flatten": True, "fully_connected": {"outputs": mix.num_classes, "bias": True}},
+        "training": {"optimizer": "SGD momentum 0.9", "weight_decay": 0.0001, "learning_rate": 0.01},
+        "synth": {"targets": [{"name": t.name, "weight": t.weight} for t in mix.targets], "seed": seed,
+                  "image_size": mix.image_size, "gflops": gflops, "layers": count},
+    }
+
+
+# ---------------------------------------------------------------- how close it is
+
+
+def wasserstein(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Earth mover's distance between two weighted samples on a line (the integral of |CDF_a - CDF_b|)."""
+    wa, wb = sum(w for _, w in a) or 1.0, sum(w for _, w in b) or 1.0
+    points = sorted([(x, w / wa) for x, w in a] + [(x, -w / wb) for x, w in b])
+    distance, cdf = 0.0, 0.0
+    for (x, w), (x_next, _) in zip(points, points[1:]):
+        cdf += w
+        distance += abs(cdf) * (x_next - x)
+    return distance
+
+
+def comparison(mix: Mix, profile: dict, scale: float) -> list[dict]:
+    """Rows of the goals: each with what (the figure), wanted (the mix's, scaled), got (the network's), off, goal, met."""
+    batch = profile["batch_size"]
+    got_flops = profile["totals"]["flops"] / batch
+    rows = [_relative_row("GFLOPs per image", mix.flops_per_image * scale / 1e9, got_flops / 1e9),
+            _relative_row("parameters (M)", mix.parameters * scale / 1e6, profile["totals"]["parameters"] / 1e6)]
+    kinds = sorted(set(mix.type_shares) | {k for k, v in profile["op_types"].items() if v["flops"]})
+    for kind in kinds:
+        wanted, got = mix.type_shares.get(kind, 0.0), profile["op_types"].get(kind, {}).get("flop_share", 0.0)
+        rows.append({"what": f"FLOP share: {kind}", "wanted": wanted * 100, "got": got * 100, "off": (got - wanted) * 100,
+                     "unit": "pp", "goal": SHARE_TOLERANCE * 100, "met": abs(got - wanted) <= SHARE_TOLERANCE + 1e-12})
+    proxy = [(math.log2(l["arithmetic_intensity"]), l["flops"]) for l in profile["layers"] if l["arithmetic_intensity"] > 0]
+    distance = wasserstein(mix.intensity, proxy)
+    rows.append({"what": "intensity distance (W1, octaves)", "wanted": 0.0, "got": distance, "off": distance,
+                 "unit": "octaves", "goal": None, "met": None})
+    return rows
+
+
+def _relative_row(what: str, wanted: float, got: float) -> dict:
+    off = got / wanted - 1 if wanted else math.inf
+    return {"what": what, "wanted": wanted, "got": got, "off": off * 100, "unit": "%", "goal": FLOP_TOLERANCE * 100,
+            "met": abs(off) <= FLOP_TOLERANCE}
+
+
+def show_comparison(title: str, rows: list[dict]) -> None:
+    def met(row):
+        return "-" if row["met"] is None else ("yes" if row["met"] else "NO")
+
+    table = [{"what": r["what"], "wanted": f"{r['wanted']:.3f}", "got": f"{r['got']:.3f}",
+              "off": f"{r['off']:+.2f} {r['unit']}", "goal": "-" if r["goal"] is None else f"±{r['goal']:g} {r['unit']}",
+              "met": met(r)} for r in rows]
+    terminal.summary_table(title, table, [("figure", "what"), ("mix", "wanted"), ("network", "got"),
+                                           ("off", "off"), ("goal", "goal"), ("met", "met")])
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run(cfg) -> int:
+    """`cnnbench synth --target ... --out x.json`: profile the targets, generate, write, check against the mix."""
+    from cnnbench.models.registry import resolve_any
+    from cnnbench.models.synnet import dump_spec
+    from cnnbench.tools.profiling import profile_model
+    from cnnbench.core.results import atomic_write_text, ensure_writable
+
+    cfg.validate()
+    out = Path(cfg.out)
+    ensure_writable(out.parent, "--out")
+    targets = load_targets(cfg.target, cfg.image_size, cfg.batch_size, cfg.precision)
+    mix = mix_of(targets, cfg.image_size)
+    spec = generate(mix, seed=cfg.seed, layers=cfg.layers, gflops=cfg.gflops, name=cfg.name or out.stem)
+    atomic_write_text(out, dump_spec(spec))
+    profile = profile_model(resolve_any(str(out)), cfg.image_size, cfg.batch_size, cfg.precision)
+    scale = cfg.gflops * 1e9 / mix.flops_per_image if cfg.gflops else 1.0
+    rows = comparison(mix, profile, scale)
+    terminal.say(f"Mix of {len(targets)}: " + ", ".join(f"{t.name} {t.weight * 100:.0f}%" for t in targets)
+                  + f" at {cfg.image_size} px; {mix.flops_per_image / 1e9:.2f} GFLOPs and {mix.parameters / 1e6:.2f} M "
+                  "parameters per image" + (f"; budget {cfg.gflops:g} GFLOPs (x{scale:.3f})" if cfg.gflops else ""))
+    show_comparison(f"{spec['name']}: {len(profile['layers'])} layers, against the mix", rows)
+    missed = [r["what"] for r in rows if r["met"] is False]
+    if missed:
+        terminal.warn(f"{len(missed)} goal{'s' if len(missed) > 1 else ''} missed: {', '.join(missed)} "
+                       "(try another --seed or more --layers)")
+    terminal.say(f"Spec written to {out}; run it with `cnnbench train {out}` or check it with "
+                  f"`cnnbench synth validate {out} --target {cfg.target}`")
+    return 0
