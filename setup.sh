@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Create .venv in the repository and install cnnbench with its test extra. Safe to run again.
+# Create .venv in the repository and install cnnbench with what running the benchmark needs. Safe to run again.
+# ./setup.sh --test: also the test extra (pytest, TensorFlow, LoadGen, OpenVINO, timm, ...), as ./test.sh asks.
 # ./setup.sh --check-torch: only say whether .venv's torch and torchvision would be kept (exit 0) or
 # replaced (exit 1); nothing is created or installed.
 #
 # When $PYTHON (default python3) already imports a torch and torchvision that pyproject.toml accepts, such
-# as a GPU server's CUDA build matched to its driver, .venv reuses them instead of installing its own: a
-# .pth file makes $PYTHON's site-packages visible in .venv (`venv --system-site-packages` would show only
-# its base interpreter's, wrong when $PYTHON is itself a virtual environment), cnnbench is installed
-# editable with no build step and no dependency resolution, and only the requirements still missing
-# are installed; one that cannot be (no network) is named with what it costs.
+# as a GPU server's CUDA build matched to its driver (NVIDIA's containers' 2.11.0a0+...nv26.10 included), .venv
+# reuses them instead of installing its own: a .pth file makes $PYTHON's site-packages visible in .venv
+# (`venv --system-site-packages` would show only its base interpreter's, wrong when $PYTHON is itself a
+# virtual environment), cnnbench is installed editable with no build step and no dependency resolution, and
+# only the requirements still missing are installed; one that cannot be (no network) is named with what it costs.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
 # torch and torchvision releases cnnbench is tested with; on a CUDA machine pip takes the ordinary (CUDA) build.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-# The extras installed: test always (pytest, the ONNX engines, mlcommons-loadgen for `infer --loadgen`); gpu
-# (nvidia-ml-py, NVML's device memory and power) where an NVIDIA driver is.
-EXTRAS=test
-command -v nvidia-smi >/dev/null 2>&1 && EXTRAS=test,gpu
+# The extras installed: what running needs (onnx: the ONNX Runtime engines of the default inference sweep),
+# on an NVIDIA machine onnx-gpu instead (onnxruntime-gpu; never both, the two wheels overwrite each other) and
+# gpu (nvidia-ml-py: NVML's device memory and power); with --test, the test extra too.
+EXTRAS=onnx
+command -v nvidia-smi >/dev/null 2>&1 && EXTRAS=onnx-gpu,gpu
+if [ "${1:-}" = --test ]; then
+    EXTRAS="$EXTRAS,test"
+    shift
+fi
 
 # torch_accepted PYTHON: prints one line and succeeds when PYTHON's torch and torchvision are releases that
 # pyproject.toml's bounds (e.g. "torch>=2.4,<=2.14.1") accept. A preinstalled torch, such as a CUDA build
@@ -25,47 +31,41 @@ command -v nvidia-smi >/dev/null 2>&1 && EXTRAS=test,gpu
 # Release numbers are compared by hand because `packaging` is not yet installed in a fresh venv.
 torch_accepted() {  # PYTHON
     "$1" - <<'PY'
-import re
 import sys
 from importlib import metadata
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pip vendors tomli under the same API
+    from pip._vendor import tomli as tomllib
+try:
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion, Version
+except ImportError:  # a fresh venv has no packaging of its own, but pip vendors it
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.version import InvalidVersion, Version
 
-def release(text):
-    return tuple(int(part) for part in text.split("."))
-
-
-def accepts(name, spec, version):
-    """None when every clause of spec holds for the version of name, else why not."""
-    number = re.match(r"\d+(\.\d+)*", version)
-    rest = version[number.end():].split("+")[0] if number else version
-    if not number or (rest and not re.fullmatch(r"\.?post\d+", rest)):
-        return "is not a final release"
-    have = release(number.group())
-    for clause in spec.split(","):
-        bound = re.fullmatch(r"(>=|<=|==|!=|<|>)(\d+(?:\.\d+)*)", clause)
-        if not bound:
-            return f"cannot be checked against '{clause}'"
-        want = release(bound.group(2))
-        width = max(len(have), len(want))
-        a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
-        holds = {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, "<": a < b, ">": a > b}[bound.group(1)]
-        if not holds:
-            return f"is outside pyproject.toml's {name}{spec}"
-    return None
-
-
-pyproject = open("pyproject.toml").read()
+# name -> (requirement, its text as pyproject.toml writes it, for the messages)
+requirements = {Requirement(r).name: (Requirement(r), r.split(";")[0].replace(" ", ""))
+                for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]}
 kept, problems = [], []
 for name in ("torch", "torchvision"):
-    found = re.search(rf'"{name}\s*([<>=!~][^";]*)', pyproject)
-    spec = found.group(1).replace(" ", "") if found else ""
+    requirement, written = requirements[name]
+    spec = requirement.specifier
     try:
         version = metadata.version(name)
     except metadata.PackageNotFoundError:
         problems.append(f"{name} is not installed")
         continue
-    why = accepts(name, spec, version) if spec else "has no bounds in pyproject.toml to check"
-    (problems if why else kept).append(f"{name} {version}" + (f" {why}" if why else f" ({name}{spec})"))
+    try:
+        # prereleases=True: NVIDIA's container builds are pre-releases (2.11.0a0+...nv26.10) worth keeping.
+        holds = spec.contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        holds = False
+    if holds:
+        kept.append(f"{name} {version} ({written})")
+    else:
+        problems.append(f"{name} {version} is outside pyproject.toml's {written}")
 print("; ".join(problems) if problems else "keeping " + " and ".join(kept) + ", which pyproject.toml accepts")
 sys.exit(1 if problems else 0)
 PY
@@ -99,21 +99,27 @@ install_missing() {
     local missing requirement
     missing="$(EXTRAS="$EXTRAS" .venv/bin/python - <<'PY'
 import os
-import re
-import tomllib
 from importlib import metadata
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pip vendors tomli under the same API
+    from pip._vendor import tomli as tomllib
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
 
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 extras = [r for extra in os.environ["EXTRAS"].split(",") for r in project["optional-dependencies"][extra]]
-for requirement in project["dependencies"] + extras:
-    spec, _, marker = requirement.partition(";")
-    if "sys_platform" in marker and "linux" not in marker:
+for text in project["dependencies"] + extras:
+    requirement = Requirement(text)
+    if requirement.name == "cnnbench" or (requirement.marker and not requirement.marker.evaluate()):
         continue
-    name = re.match(r"[A-Za-z0-9._-]+", spec.strip()).group()
     try:
-        metadata.version(name)
+        metadata.version(requirement.name)
     except metadata.PackageNotFoundError:
-        print(spec.replace(" ", ""))
+        print(f"{requirement.name}{requirement.specifier}")
 PY
 )"
     for requirement in $missing; do

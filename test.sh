@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
-ensure_venv pytest xdist jsonschema mlperf_loadgen tensorflow
+ensure_venv --test pytest xdist jsonschema mlperf_loadgen tensorflow
 ensure_chromium
 # Two workers (pytest-xdist), each taking whole test files (--dist loadscope: a file's shared fixtures are made
 # once): much of the suite waits on the cnnbench processes it starts, so two workers overlap those waits. Tests

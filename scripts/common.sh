@@ -2,18 +2,24 @@
 # what it needs, so that a script can set up .venv (ensure_venv) before anything looks for cnnbench.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# ensure_venv [MODULE...]: run ./setup.sh when .venv's python cannot import cnnbench (and the MODULEs,
-# e.g. pytest), so that a fresh clone needs no separate setup step. Exits with setup's status if it fails.
+# ensure_venv [--test] [MODULE...]: run ./setup.sh (with --test: ./setup.sh --test, which adds the test extra)
+# when .venv's python cannot import cnnbench (and the MODULEs, e.g. pytest), so that a fresh clone needs no
+# separate setup step. Exits with setup's status if it fails.
 ensure_venv() {
-    local imports="cnnbench" module
+    local imports="cnnbench" module setup="./setup.sh"
+    if [ "${1:-}" = --test ]; then
+        setup="./setup.sh --test"
+        shift
+    fi
     for module in "$@"; do
         imports="$imports, $module"
     done
     if "$ROOT/.venv/bin/python" -c "import $imports" >/dev/null 2>&1; then
         return 0
     fi
-    echo "$(basename "$0"): .venv cannot import $imports yet; running ./setup.sh first"
-    "$ROOT/setup.sh" || {
+    echo "$(basename "$0"): .venv cannot import $imports yet; running $setup first"
+    # shellcheck disable=SC2086
+    "$ROOT/"$setup || {
         local status=$?
         echo "$(basename "$0"): ./setup.sh failed (exit $status); see its output above" >&2
         exit "$status"

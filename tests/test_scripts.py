@@ -181,7 +181,7 @@ def _venv_python_wrapper(root):
     python.chmod(0o755)
 
 
-@pytest.mark.parametrize("bounds, accepted", [(None, True), ("torch<2.4", False), ("torch~=2.4", False)])
+@pytest.mark.parametrize("bounds, accepted", [(None, True), ("torch<2.4", False), ("torch~=2.4", True), ("torch~=2.4.0", False)])
 def test_setup_keeps_torch_only_within_pyproject_bounds(tmp_path, bounds, accepted):
     shutil.copy(REPO / "setup.sh", tmp_path / "setup.sh")
     pyproject = (REPO / "pyproject.toml").read_text()
@@ -190,11 +190,41 @@ def test_setup_keeps_torch_only_within_pyproject_bounds(tmp_path, bounds, accept
     done = run_process([str(tmp_path / "setup.sh"), "--check-torch"], cwd=tmp_path)
     version = metadata.version("torch")
     if accepted:
-        assert done.returncode == 0 and done.stdout.startswith(f"setup: keeping torch {version} (torch>=")
+        assert done.returncode == 0 and done.stdout.startswith(f"setup: keeping torch {version} (torch")
     else:
         assert done.returncode == 1
-        why = "is outside pyproject.toml's torch<2.4" if "<" in bounds else "cannot be checked against '~=2.4'"
-        assert done.stdout.startswith(f"setup: torch {version} {why}: ./setup.sh would install torch==")
+        assert done.stdout.startswith(f"setup: torch {version} is outside pyproject.toml's {bounds}: ./setup.sh would install torch==")
+
+
+def _fake_distribution(site: Path, name: str, version: str) -> None:
+    """An installed distribution's metadata and nothing else: what importlib.metadata reads for its version."""
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+@pytest.mark.parametrize("torch_version, vision_version, accepted", [
+    ("2.11.0a0+a6d0f0ba.nv26.10", "0.26.0a0+4b1d2c3", True),  # NVIDIA's container builds: pre-releases, kept
+    ("2.14.2", "0.29.2", True),                               # a patch release of the tested one
+    ("2.15.0", "0.30.0", False),                              # the next minor: outside the bounds
+    ("2.15.0a0+git1234", "0.30.0a0", False),                  # a pre-release of the next minor is not below it
+])
+def test_setup_checks_versions_with_packaging_and_keeps_prereleases(tmp_path, torch_version, vision_version, accepted):
+    shutil.copy(REPO / "setup.sh", tmp_path / "setup.sh")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    site = tmp_path / "site"
+    _fake_distribution(site, "torch", torch_version)
+    _fake_distribution(site, "torchvision", vision_version)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/usr/bin/env bash\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    done = run_process([str(tmp_path / "setup.sh"), "--check-torch"], cwd=tmp_path)
+    assert done.returncode == (0 if accepted else 1), done.stdout + done.stderr
+    if accepted:
+        assert done.stdout.startswith(f"setup: keeping torch {torch_version} (torch>=")
+    else:
+        assert f"torch {torch_version} is outside pyproject.toml's torch>=" in done.stdout
 
 
 def _python_with_torch(root):
@@ -242,7 +272,7 @@ def test_test_sh_sets_up_a_fresh_clone_once_then_runs_pytest(tmp_path):
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest, xdist, jsonschema, mlperf_loadgen, "
                                          "tensorflow yet; "
-                                         "running ./setup.sh first",
+                                         "running ./setup.sh --test first",
                                          "stand-in setup", "pytest -q -n 2 --dist loadscope -m not gpu and not timing -k median",
                                          "pytest -q -m timing -k median"]  # two workers, then the timing tests alone
     again = run_process([str(tmp_path / "test.sh")], cwd=tmp_path)
