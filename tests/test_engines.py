@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from cnnbench import engines
 from cnnbench.engines import ArtifactCache, build_engine
+from cnnbench.engines import onnxruntime as ort_engine
 from cnnbench.core.errors import UsageError
 from cnnbench.recipes.inference import GUARD_BOUNDS
 from cnnbench.models.registry import resolve_entry
@@ -137,7 +138,7 @@ def test_onnxruntime_int8_on_cuda_is_refused_with_its_reason(monkeypatch):
     reason = ("--engine onnxruntime --precision int8 on cuda: ONNX Runtime's CUDA provider has no int8 convolution "
               "kernels: it dequantises QDQ models to float; use --engine tensorrt --precision int8")
     for providers in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]):
-        monkeypatch.setattr(engines, "_ort_providers", lambda providers=providers: providers)
+        monkeypatch.setattr(ort_engine, "ort_providers", lambda providers=providers: providers)
         with pytest.raises(UsageError) as refused:
             engines.check_engine("onnxruntime", "int8", "cuda")
         assert str(refused.value) == reason
@@ -247,7 +248,7 @@ def fake_cuda(monkeypatch):
     import onnxruntime
 
     events: list = []
-    monkeypatch.setattr(engines, "torch_stream", lambda device: FakeStream(77, events))
+    monkeypatch.setattr(ort_engine, "torch_stream", lambda device: FakeStream(77, events))
 
     def install(registered: list[str], honours: bool = True) -> list:
         sessions = []
@@ -287,7 +288,7 @@ def test_a_provider_other_than_the_one_asked_for_stops_the_run(fake_cuda, tmp_pa
         _build_on_fake_cuda(engine, _cached_onnx(tmp_path, engine))
     assert f"--engine {engine}: ONNX Runtime would run on {registered[0]}, not {requested} (" in str(refused.value)
     assert "\n" not in str(refused.value)
-    assert engines._provider_name(sessions[0].asked[0]) == requested
+    assert ort_engine._provider_name(sessions[0].asked[0]) == requested
 
 
 def test_onnxruntime_on_cuda_shares_torchs_stream_or_synchronises(fake_cuda, tmp_path):
