@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from cnnbench.core import results, telemetry
+from cnnbench.core import store, telemetry
 from record import Recorder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def _hardware(r: dict) -> str:
 
 def _train_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
     def rows(out: Path, log: str) -> list[tuple[str, str]]:
-        r = results.read_records(out / name)[-1]
+        r = store.read_records(out / name)[-1]
         compiled = f", compile {r['compile_seconds']:.0f} s" if r.get("compile_seconds") else ""
         return [(f"{name}", f"{r['images_per_sec']:,.0f} img/s ±{r['images_per_sec_stderr']:.0f}, {_hardware(r)}{compiled}; "
                             f"{_memory(r)}; status {r['status']}")]
@@ -85,7 +85,7 @@ def _train_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
 
 def _infer_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
     def rows(out: Path, log: str) -> list[tuple[str, str]]:
-        r = results.read_records(out / name)[-1]
+        r = store.read_records(out / name)[-1]
         guard = "guard ok" if r.get("guard_ok") else f"guard {r.get('guard_ok')} (rel. error {r.get('guard_relative_error')})"
         build = f", build {r['engine_build_seconds']:.0f} s" if r.get("engine_build_seconds") else ""
         return [(name, f"{r['images_per_sec']:,.0f} img/s, p99 {r['latency_ms_p99']:.2f} ms, {guard}{build}; {_hardware(r)}; "
@@ -102,7 +102,7 @@ def _loadgen_rows(name: str) -> Callable[[Path, str], list[tuple[str, str]]]:
     def rows(out: Path, log: str) -> list[tuple[str, str]]:
         if not (out / name / "runs.jsonl").exists():  # e.g. no mlcommons-loadgen on the machine: its one line
             return [(name, (log.strip().splitlines() or ["no output"])[-1])]
-        r = results.read_records(out / name)[-1]
+        r = store.read_records(out / name)[-1]
         rate = r["loadgen_samples_per_sec"] or 0
         return [(name, f"LoadGen Offline {rate:,.0f} samples/s ({r['loadgen_result']}, not MLPerf-compliant: shortened), "
                        f"{rate / MLPERF_H200_OFFLINE:.0%} of MLPerf v5.0's ~{MLPERF_H200_OFFLINE:,} (H200, TensorRT int8); "

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from cnnbench.tools import loadgen
 from cnnbench.core.config import InferConfig, LoadGenConfig, MeasureConfig, PlacementConfig, to_argv
-from cnnbench.core.results import read_records
+from cnnbench.core.store import read_records
 from record import Recorder, add_save_option
 
 # Offline's built-in figure and LoadGen's should agree within this fraction (issue 14).

@@ -13,7 +13,7 @@ import tempfile
 
 from cnnbench.tools import maxbatch
 
-from cnnbench.core import results
+from cnnbench.core import store
 from cnnbench.core.config import MaxBatchConfig
 from record import Recorder, add_save_option
 
@@ -34,7 +34,7 @@ def main() -> None:
                                  memory_limit_gib=args.memory_limit_gib, largest_batch=args.largest_batch,
                                  results_dir=f"{tmp}/results")
             maxbatch.run(cfg)
-            records = results.read_records(f"{tmp}/results")
+            records = store.read_records(f"{tmp}/results")
         for r in records[:-1]:
             rec.row(kind="probe", mode=mode, **{k: r.get(k) for k in maxbatch.probe_fields(maxbatch.Probe(0, "ok"))})
             rec.say(f"{mode} batch {r['batch_size']}: {r['status']}, "

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from cnnbench.core import environment
-from cnnbench.core.results import atomic_write_text
+from cnnbench.core.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from cnnbench.recipes import checkpoints, run_record, weights
 
-from cnnbench.core import errors, memory, results, terminal
+from cnnbench.core import errors, files, memory, store, terminal
 from cnnbench.models.registry import resolve_entry
 from conftest import TINY_SPEC
 from helpers import read_jsonl
@@ -44,7 +44,7 @@ def _record(model="resnet50", batch=16, **extra):
 
 def _written(**fields) -> dict:
     """_record as a results folder keeps it: every record names its schema's version first."""
-    return {"schema_version": results.SCHEMA_VERSION, **_record(**fields)}
+    return {"schema_version": store.SCHEMA_VERSION, **_record(**fields)}
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def warnings_seen(monkeypatch):
     """The warning lines the results module shows (terminal.warn), in order."""
     seen: list[str] = []
     monkeypatch.setattr(terminal, "warn", seen.append)
-    monkeypatch.setattr(results, "_warned_torn", set())  # each test starts with no torn line reported
+    monkeypatch.setattr(store, "_warned_torn", set())  # each test starts with no torn line reported
     return seen
 
 
@@ -72,7 +72,7 @@ def run_as_nobody(body: str, cwd: Path, prelude: str = "") -> subprocess.Complet
     script = (
         "import json, os, sys\n"
         "from pathlib import Path\n"
-        "from cnnbench.core import errors, results\n"
+        "from cnnbench.core import errors, files, store\n"
         + prelude
         + "try:\n"
         f"    os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
@@ -102,7 +102,7 @@ def shared_dir():
 def _append_many(results_dir: str, writer: int, count: int, barrier) -> None:
     barrier.wait()  # every writer starts at once, so the appends really interleave
     for i in range(count):
-        results.append_record(Path(results_dir), _record(writer=writer, index=i))
+        store.append_record(Path(results_dir), _record(writer=writer, index=i))
 
 
 def test_concurrent_appends_keep_every_record(tmp_path):
@@ -122,14 +122,14 @@ def test_concurrent_appends_keep_every_record(tmp_path):
 
 
 def test_a_torn_last_line_is_skipped_and_the_next_record_starts_on_its_own_line(tmp_path, warnings_seen):
-    results.append_record(tmp_path, _record(batch=16))
+    store.append_record(tmp_path, _record(batch=16))
     with open(tmp_path / "runs.jsonl", "a") as handle:
         handle.write('{"kind": "train", "model": "resn')  # a crash mid-write: no newline
-    results.append_record(tmp_path, _record(batch=32))
+    store.append_record(tmp_path, _record(batch=32))
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     assert lines[1] == '{"kind": "train", "model": "resn'
     assert json.loads(lines[2])["batch_size"] == 32
-    assert [r["batch_size"] for r in results.read_records(tmp_path)] == [16, 32]
+    assert [r["batch_size"] for r in store.read_records(tmp_path)] == [16, 32]
     assert warnings_seen == [f"{tmp_path / 'runs.jsonl'}: skipped 1 torn line (not a JSON record): line 2"]
     assert "batch 32" in (tmp_path / "results.csv").read_text()
 
@@ -137,38 +137,38 @@ def test_a_torn_last_line_is_skipped_and_the_next_record_starts_on_its_own_line(
 def test_torn_lines_anywhere_are_counted_and_reported_once(tmp_path, warnings_seen):
     good = json.dumps(_record())
     (tmp_path / "runs.jsonl").write_text(f"{good}\n\x00\x00\x00\n{good}\n[1, 2]\n{{\"model\n")
-    records, torn = results.read_records_counting(tmp_path)
+    records, torn = store.read_records_counting(tmp_path)
     assert len(records) == 2 and torn == [2, 4, 5]
-    results.read_records(tmp_path)
-    results.read_records(tmp_path)  # a sweep reads the folder after every run: one warning, not one per read
+    store.read_records(tmp_path)
+    store.read_records(tmp_path)  # a sweep reads the folder after every run: one warning, not one per read
     assert len(warnings_seen) == 1 and warnings_seen[0].endswith("skipped 3 torn lines (not a JSON record): lines 2, 4, 5")
 
 
 def test_appending_never_parses_what_is_there(tmp_path, warnings_seen):
     (tmp_path / "runs.jsonl").write_text("not json at all\n")
-    results.append_record(tmp_path, _record())
+    store.append_record(tmp_path, _record())
     written = _written()
     assert (tmp_path / "runs.jsonl").read_text().splitlines()[1] == json.dumps(written)
-    assert results.read_records(tmp_path) == [written]
+    assert store.read_records(tmp_path) == [written]
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_results_files_follow_the_umask(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
-        results.append_record(tmp_path / "out", _record())
-        results.atomic_write_text(tmp_path / "out" / "notes.txt", "x")
+        store.append_record(tmp_path / "out", _record())
+        files.atomic_write_text(tmp_path / "out" / "notes.txt", "x")
     finally:
         os.umask(previous)
-    for name in ["runs.jsonl", "runs.csv", "results.csv", results.LOCK_FILE, "notes.txt"]:
+    for name in ["runs.jsonl", "runs.csv", "results.csv", store.LOCK_FILE, "notes.txt"]:
         assert oct((tmp_path / "out" / name).stat().st_mode & 0o777) == oct(mode), name
 
 
 # --- 2. pre-flight: folders a run cannot write ----------------------------------------------------------
 
 def test_preflight_accepts_a_folder_that_does_not_exist_yet_and_creates_nothing(tmp_path):
-    results.ensure_writable(tmp_path / "a" / "b", "--results-dir")
-    results.ensure_writable(tmp_path, "--log-dir")
+    files.ensure_writable(tmp_path / "a" / "b", "--results-dir")
+    files.ensure_writable(tmp_path, "--log-dir")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -176,15 +176,15 @@ def test_preflight_accepts_a_folder_that_does_not_exist_yet_and_creates_nothing(
 def test_preflight_refuses_a_regular_file_in_the_folders_place(tmp_path, option):
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(errors.UsageError) as info:
-        results.ensure_writable(tmp_path / "taken", option)
+        files.ensure_writable(tmp_path / "taken", option)
     message = str(info.value)
     assert message == f"{option} {tmp_path / 'taken'} is a file; remove it or give {option} another folder"
     assert info.value.exit_code == 2
     with pytest.raises(errors.UsageError, match="cannot be created: .* is a file"):
-        results.ensure_writable(tmp_path / "taken" / "sub", option)
+        files.ensure_writable(tmp_path / "taken" / "sub", option)
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(errors.UsageError, match="dangling is not a folder; remove it"):
-        results.ensure_writable(tmp_path / "dangling", option)
+        files.ensure_writable(tmp_path / "dangling", option)
 
 
 def test_preflight_refuses_a_read_only_folder_as_an_unprivileged_user(shared_dir):
@@ -194,7 +194,7 @@ def test_preflight_refuses_a_read_only_folder_as_an_unprivileged_user(shared_dir
     done = run_as_nobody(
         "for target in ['locked', 'locked/new/deeper', '.']:\n"
         "    try:\n"
-        "        results.ensure_writable(Path(target), '--results-dir')\n"
+        "        files.ensure_writable(Path(target), '--results-dir')\n"
         "        print(json.dumps([target, 'ok']))\n"
         "    except errors.UsageError as exc:\n"
         "        print(json.dumps([target, str(exc)]))\n",
@@ -212,21 +212,21 @@ def test_preflight_refuses_a_read_only_folder_as_an_unprivileged_user(shared_dir
 # --- 3. saving the record when the folder fails at the end of a run -------------------------------------
 
 def test_save_record_appends_when_it_can(tmp_path):
-    assert results.save_record(tmp_path / "res", _record()) == tmp_path / "res" / "runs.jsonl"
+    assert store.save_record(tmp_path / "res", _record()) == tmp_path / "res" / "runs.jsonl"
     assert read_jsonl(tmp_path / "res" / "runs.jsonl") == [_written()]
 
 
 def test_a_results_folder_replaced_by_a_file_sends_the_record_to_a_fallback_file(tmp_path):
     res = tmp_path / "res"
-    results.ensure_writable(res, "--results-dir")  # the pre-flight passed ...
+    files.ensure_writable(res, "--results-dir")  # the pre-flight passed ...
     res.write_text("someone put a file here")      # ... then the folder went away
     record = _record(images_per_sec=float("nan"))
     with pytest.raises(errors.RecordNotSaved) as info:
-        results.save_record(res, record)
+        store.save_record(res, record)
     exc = info.value
     assert exc.exit_code == errors.EXIT_RUN_FAILED == 4
     assert exc.fallback.parent == tmp_path and exc.fallback.name.startswith("cnnbench-record-")
-    assert json.loads(exc.fallback.read_text()) == {"schema_version": results.SCHEMA_VERSION, **record, "images_per_sec": None}
+    assert json.loads(exc.fallback.read_text()) == {"schema_version": store.SCHEMA_VERSION, **record, "images_per_sec": None}
     message = str(exc)
     assert _one_line(message)
     assert f"could not add the run's record to {res / 'runs.jsonl'} (FileExistsError:" in message
@@ -237,7 +237,7 @@ def test_a_full_disk_with_the_current_folder_gone_falls_back_to_the_temp_folder(
     def disk_full(path, line):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results, "_append_line", disk_full)
+    monkeypatch.setattr(store, "_append_line", disk_full)
     gone = tmp_path / "gone"
     gone.mkdir()
     monkeypatch.chdir(gone)
@@ -245,22 +245,22 @@ def test_a_full_disk_with_the_current_folder_gone_falls_back_to_the_temp_folder(
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     with pytest.raises(errors.RecordNotSaved, match=r"\(OSError: \[Errno 28\] No space left on device\)") as info:
-        results.save_record(tmp_path / "res", _record())
+        store.save_record(tmp_path / "res", _record())
     assert info.value.fallback.parent == tmp_path / "tmp"
     assert json.loads(info.value.fallback.read_text()) == _written()
 
 
 def test_two_fallbacks_in_the_same_second_get_two_files(tmp_path):
-    first, second = results.write_fallback('{"a": 1}\n'), results.write_fallback('{"a": 2}\n')
+    first, second = files.write_fallback('{"a": 1}\n'), files.write_fallback('{"a": 2}\n')
     assert first != second and first.parent == second.parent == tmp_path
     assert (first.read_text(), second.read_text()) == ('{"a": 1}\n', '{"a": 2}\n')
 
 
 def test_with_no_fallback_either_the_record_itself_is_in_the_message(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "_append_line", lambda path, line: (_ for _ in ()).throw(PermissionError(13, "denied")))
-    monkeypatch.setattr(results, "write_fallback", lambda line: None)
+    monkeypatch.setattr(store, "_append_line", lambda path, line: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    monkeypatch.setattr(files, "write_fallback", lambda line: None)
     with pytest.raises(errors.RecordNotSaved) as info:
-        results.save_record(tmp_path, _record(model="googlenet"))
+        store.save_record(tmp_path, _record(model="googlenet"))
     message = str(info.value)
     assert _one_line(message) and info.value.fallback is None
     assert message.endswith("no fallback file could be written either; the record: " + json.dumps(_written(model="googlenet")))
@@ -268,13 +268,13 @@ def test_with_no_fallback_either_the_record_itself_is_in_the_message(tmp_path, m
 
 def test_save_record_into_a_folder_nobody_may_write(shared_dir):
     res = shared_dir / "res"
-    results.append_record(res, _record(batch=16))  # root's folder and files, 0755 and 0644
+    store.append_record(res, _record(batch=16))  # root's folder and files, 0755 and 0644
     work = shared_dir / "work"
     work.mkdir()
     os.chown(work, NOBODY, NOBODY)
     done = run_as_nobody(
         "try:\n"
-        f"    results.save_record(Path({str(res)!r}), {{'model': 'googlenet', 'batch_size': 32, 'status': 'ok'}})\n"
+        f"    store.save_record(Path({str(res)!r}), {{'model': 'googlenet', 'batch_size': 32, 'status': 'ok'}})\n"
         "except errors.RecordNotSaved as exc:\n"
         "    print(exc.exit_code, exc.fallback, exc, sep='\\n')\n",
         cwd=work,
@@ -291,8 +291,8 @@ def test_tables_that_cannot_be_rebuilt_are_a_warning_once_the_record_is_kept(tmp
     def no_space(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results, "write_tables", no_space)
-    assert results.save_record(tmp_path, _record()) == tmp_path / "runs.jsonl"
+    monkeypatch.setattr(store, "write_tables", no_space)
+    assert store.save_record(tmp_path, _record()) == tmp_path / "runs.jsonl"
     assert read_jsonl(tmp_path / "runs.jsonl") == [_written()]  # kept once, not also in a fallback file
     assert warnings_seen == [f"record kept in {tmp_path / 'runs.jsonl'}, but the tables were not rebuilt "
                              "([Errno 28] No space left on device)"]
@@ -750,7 +750,7 @@ def test_cli_sigterm_to_the_launcher_of_a_distributed_run_records_rank_0_as_term
 
 
 def test_cli_a_torn_line_in_the_results_folder_does_not_stop_a_real_run(cli, tiny_spec, monkeypatch):
-    monkeypatch.setattr(results, "_warned_torn", set())
+    monkeypatch.setattr(store, "_warned_torn", set())
     code, _, err = cli("train", tiny_spec, *TINY16, "--log-dir", "ck1")
     assert code == 0, err
     with open("results_train/runs.jsonl", "a") as handle:
@@ -762,7 +762,7 @@ def test_cli_a_torn_line_in_the_results_folder_does_not_stop_a_real_run(cli, tin
     assert torn == [f"WARNING: {Path('results_train') / 'runs.jsonl'}: skipped 1 torn line (not a JSON record): line 2"]
     lines = Path("results_train/runs.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[2])["config.log_dir"] == "ck2"
-    records, torn_lines = results.read_records_counting(Path("results_train"))
+    records, torn_lines = store.read_records_counting(Path("results_train"))
     assert [r["config.log_dir"] for r in records] == ["ck1", "ck2"] and torn_lines == [2]
     assert all(r["status"] == "ok" for r in records)
     assert len(Path("results_train/runs.csv").read_text().splitlines()) == 3  # header and both intact runs
@@ -864,7 +864,7 @@ def test_cli_a_results_folder_that_turns_read_only_at_the_end_keeps_figures_and_
     assert len(fallbacks) == 1, sorted(p.name for p in work.iterdir())
     fallback = fallbacks[0]
     assert line == (f"cnnbench: error: could not add the run's record to {Path('res') / 'runs.jsonl'} "
-                    f"(PermissionError: [Errno 13] Permission denied: '{Path('res') / results.LOCK_FILE}'); "
+                    f"(PermissionError: [Errno 13] Permission denied: '{Path('res') / store.LOCK_FILE}'); "
                     f"saved it to {fallback} instead; once the folder is writable, append it with "
                     f"`cat {fallback} >> {Path('res') / 'runs.jsonl'}`")
     record = json.loads(fallback.read_text())
@@ -874,4 +874,4 @@ def test_cli_a_results_folder_that_turns_read_only_at_the_end_keeps_figures_and_
     # The advice works: once the folder is writable again, the appended file is one intact record.
     (work / "res").chmod(0o755)
     subprocess.run(f"cat {fallback} >> res/runs.jsonl", shell=True, cwd=work, check=True)
-    assert results.read_records_counting(work / "res") == ([record], [])
+    assert store.read_records_counting(work / "res") == ([record], [])

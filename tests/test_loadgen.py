@@ -15,7 +15,8 @@ import torch
 
 from cnnbench.tools import loadgen
 
-from cnnbench.core import results
+from cnnbench.core import store
+from cnnbench.core.tables import tables_csv
 from cnnbench.tools.batching import DynamicBatcher
 from cnnbench.core.config import InferConfig, LoadGenConfig
 from cnnbench.data.normalization import Normalizer
@@ -57,7 +58,7 @@ def test_each_scenario_runs_through_loadgen_and_records(cli, tiny_spec, scenario
     summary = (logs / loadgen.SUMMARY_LOG).read_text()
     assert f"Scenario : {record['loadgen_scenario']}" in summary and f"Result is : {record['loadgen_result']}" in summary
     assert (logs / loadgen.DETAIL_LOG).exists()
-    schema = json.loads((resources.files("cnnbench.core") / results.SCHEMA_FILE).read_text())
+    schema = json.loads((resources.files("cnnbench.core") / store.SCHEMA_FILE).read_text())
     assert not [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(record)]  # every field documented
     assert f"tinyNet,{record['system_images_per_sec']:.2f}" in (Path("results_infer") / "results.csv").read_text()
     if scenario == "single-stream":  # far within its rules' reach: VALID, and still shown as shortened
@@ -72,7 +73,7 @@ def test_results_tables_keep_loadgen_runs_apart_from_the_built_in_loop_s():
     built_in = {"model": "resnet50", "batch_size": 16, "engine": "onnxruntime", "precision": "int8", "status": "ok",
                 "system_images_per_sec": 70.0, "images_per_sec": 80.0}
     server = {**built_in, "loadgen_scenario": "Server", "images_per_sec": 50.0}
-    tables = results.tables_csv([built_in, server])
+    tables = tables_csv([built_in, server])
     assert "(onnxruntime int8)" in tables and "(onnxruntime int8 LoadGen Server)" in tables
     assert "resnet50,80.00" in tables and "resnet50,50.00" in tables
 

@@ -16,7 +16,7 @@ import pytest
 
 from cnnbench.tools import compare
 
-from cnnbench.core import results
+from cnnbench.core import store
 from cnnbench.cli import main
 from conftest import TINY_SPEC
 from helpers import read_jsonl
@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
         os.chdir(here)
     failed = {"kind": "infer", "model": "tinyNet", "batch_size": 64, "device": "cpu", "engine": "eager", "precision": "fp32",
               "num_accelerators": 1, "status": "oom", "reason": "out of memory at batch 64 (constructed as the sweep records it)"}
-    results.save_record(root / "results_infer", failed)
+    store.save_record(root / "results_infer", failed)
     return root
 
 
@@ -56,7 +56,7 @@ def _record(**fields):
 
 def _write(folder: Path, records: list[dict]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "runs.jsonl").write_text("".join(results.record_line(r) for r in records))
+    (folder / "runs.jsonl").write_text("".join(store.record_line(r) for r in records))
     return folder
 
 
@@ -65,13 +65,13 @@ def _write(folder: Path, records: list[dict]) -> Path:
 def test_every_record_carries_the_schema_version_first(runs):
     for folder in ("results_train", "results_infer"):
         for record in read_jsonl(runs / folder / "runs.jsonl"):
-            assert next(iter(record)) == "schema_version" and record["schema_version"] == results.SCHEMA_VERSION
+            assert next(iter(record)) == "schema_version" and record["schema_version"] == store.SCHEMA_VERSION
 
 
 def test_real_records_validate_against_the_schema_and_every_field_is_documented(runs):
-    schema = json.loads((resources.files("cnnbench.core") / results.SCHEMA_FILE).read_text())
+    schema = json.loads((resources.files("cnnbench.core") / store.SCHEMA_FILE).read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema["x-schema-version"] == results.SCHEMA_VERSION
+    assert schema["x-schema-version"] == store.SCHEMA_VERSION
     validator = jsonschema.Draft202012Validator(schema)
     records = read_jsonl(runs / "results_train" / "runs.jsonl") + read_jsonl(runs / "results_infer" / "runs.jsonl")
     assert len(records) == 5

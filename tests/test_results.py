@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cnnbench.core import results
+from cnnbench.core import files, store
 from cnnbench.cli import main
 from conftest import TINY_SPEC
 from helpers import TINY, read_jsonl
@@ -20,7 +20,7 @@ def _record(model, batch, system, accel, status="ok", **extra):
 def test_results_csv_has_the_original_two_tables(tmp_path):
     for rec in [_record("resnet50", 32, 10.0, 20.0), _record("googlenet", 16, 30.0, 60.0),
                 _record("resnet50", 16, 5.0, 9.0), _record("synNet", 16, None, None, status="oom")]:
-        results.append_record(tmp_path, rec)
+        store.append_record(tmp_path, rec)
     text = (tmp_path / "results.csv").read_text()
     first, second = text.split("\n\n\n\n")
     rows = list(csv.reader(io.StringIO(first)))
@@ -34,8 +34,8 @@ def test_results_csv_has_the_original_two_tables(tmp_path):
 
 
 def test_runs_csv_is_tidy_with_every_field(tmp_path):
-    results.append_record(tmp_path, _record("resnet50", 16, 1.0, 2.0, extra_field="x"))
-    results.append_record(tmp_path, _record("googlenet", 16, float("nan"), 3.0))
+    store.append_record(tmp_path, _record("resnet50", 16, 1.0, 2.0, extra_field="x"))
+    store.append_record(tmp_path, _record("googlenet", 16, float("nan"), 3.0))
     rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
     assert [r["model"] for r in rows] == ["resnet50", "googlenet"]
     assert rows[0]["extra_field"] == "x" and rows[1]["extra_field"] == ""
@@ -47,11 +47,11 @@ def test_rotation_moves_old_results_aside(tmp_path):
     old = tmp_path / "results_train"
     old.mkdir()
     (old / "marker").write_text("old")
-    moved = results.rotate(old)
+    moved = store.rotate(old)
     assert not old.exists() and (moved / "marker").read_text() == "old"
     assert moved.name.startswith("results_train_")
     old.mkdir()
-    assert results.rotate(old) != moved  # a second rotation in the same second never overwrites
+    assert store.rotate(old) != moved  # a second rotation in the same second never overwrites
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -63,7 +63,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
-        results.atomic_write_text(target, "new")
+        files.atomic_write_text(target, "new")
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
 
@@ -120,7 +120,7 @@ def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(train_all):
 def test_tables_are_rebuilt_from_every_json_line(tmp_path):
     # Lines written by another process (or by hand, from a fallback file) join the tables at the next append.
     (tmp_path / "runs.jsonl").write_text(json.dumps(_record("googlenet", 16, 30.0, 60.0)) + "\n")
-    results.append_record(tmp_path, _record("resnet50", 32, 10.0, 20.0))
+    store.append_record(tmp_path, _record("resnet50", 32, 10.0, 20.0))
     rows = list(csv.reader(io.StringIO((tmp_path / "results.csv").read_text().split("\n\n\n\n")[0])))
     assert rows[3:] == [["googlenet", "30.00", ""], ["resnet50", "", "10.00"]]
     assert [r["model"] for r in csv.DictReader(open(tmp_path / "runs.csv"))] == ["googlenet", "resnet50"]

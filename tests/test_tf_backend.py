@@ -208,13 +208,13 @@ def test_scripts_take_framework_from_the_environment(tmp_path):
 
 def test_compare_sets_the_frameworks_side_by_side(cli, tmp_path):
     from cnnbench.tools import compare
-    from cnnbench.core import results
+    from cnnbench.core import store
 
     base = {"kind": "infer", "model": "resnet50", "batch_size": 16, "image_size": 224, "engine": "eager",
             "precision": "fp32", "scenario": "offline", "device": "cpu", "status": "ok", "images_per_sec": 10.0,
             "images_per_sec_stderr": 0.1, "framework": "pytorch", "framework_version": "2.14.1"}
-    results.save_record(tmp_path / "pt", base)
-    results.save_record(tmp_path / "tf", {**base, "images_per_sec": 13.0, "framework": "tensorflow",
+    store.save_record(tmp_path / "pt", base)
+    store.save_record(tmp_path / "tf", {**base, "images_per_sec": 13.0, "framework": "tensorflow",
                                           "framework_version": "2.21.0"})
     code, out, err = cli("compare", tmp_path / "pt", tmp_path / "tf")
     assert code == 0, err

@@ -227,10 +227,10 @@ def cmd_synth_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from cnnbench.core import results
+    from cnnbench.core import store
 
     for folder in config.build(config.ResultsConfig, given_options(args)).dirs:
-        written = results.rebuild(folder)
+        written = store.rebuild(folder)
         print(f"{folder}: rebuilt {', '.join(p.name for p in written)}")
     return 0
 

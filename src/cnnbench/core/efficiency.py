@@ -122,7 +122,7 @@ def _read_cache(path: Path) -> dict:
 
 def remember(device: torch.device, precision: str, tflops: float, method: str) -> None:
     """Add a measured peak to the cache (cache_path()), beside what other processes may have added since."""
-    from cnnbench.core.results import atomic_write_text
+    from cnnbench.core.files import atomic_write_text
 
     path = cache_path()
     entry = {"tflops": tflops, "method": method, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

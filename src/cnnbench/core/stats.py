@@ -56,3 +56,39 @@ def latency_ms(step_seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(step_seconds, dtype=np.float64) * 1000.0
     values = [ms.min(), ms.mean(), *np.percentile(ms, LATENCY_PERCENTILES), ms.max()]
     return {f"latency_ms_{k}": float(v) for k, v in zip(keys, values)}
+
+
+def figures(images_per_step: int, times, wall_seconds: float) -> dict:
+    """The measured figures of a run, from its per-step times and its whole-command wall time.
+
+    System performance counts every image the command pushed through, warm-up included, over the
+    wall time from process start to the end of the run (the original timed the whole script).
+    """
+    tp = throughput(images_per_step, times.steady_seconds)
+    images = images_per_step * (len(times.warmup_seconds) + len(times.steady_seconds))
+    return {
+        "images_per_sec": tp.mean,
+        "images_per_sec_stderr": tp.stderr,
+        "images_per_sec_jitter": tp.jitter,
+        "images_per_sec_from_mean_time": tp.from_mean_time,
+        **latency_ms(times.steady_seconds),
+        "system_images_per_sec": images / wall_seconds if wall_seconds > 0 else math.nan,
+        "images_processed": images,
+        "wall_seconds": wall_seconds,
+        "warmup_steps": len(times.warmup_seconds),
+        "steady_steps": len(times.steady_seconds),
+        "warmup_seconds": list(times.warmup_seconds),
+        "steady_seconds": list(times.steady_seconds),
+    }
+
+
+def real_data_fields(source, times) -> dict:
+    """A real-data run's input fields: its waits (data_wait), the corrupt images met and the epoch's size."""
+    return {**data_wait(source.data_wait_seconds, times), "corrupt_images": source.corrupt_images,
+            "images_per_epoch": source.images_per_epoch}
+
+
+def data_wait(wait_seconds: float, times) -> dict:
+    """How much of the run's step time (warm-up included) went to waiting for real input."""
+    busy = sum(times.warmup_seconds) + sum(times.steady_seconds)
+    return {"data_wait_seconds": wait_seconds, "data_wait_share": wait_seconds / busy if busy else None}

@@ -17,7 +17,7 @@ import torch
 
 from cnnbench.recipes import checkpoints, run_record
 
-from cnnbench.core import environment, results, telemetry, terminal
+from cnnbench.core import environment, files, stats, telemetry, terminal
 from cnnbench.recipes import weights as weights_module
 from cnnbench.core.config import InferConfig
 from cnnbench.data.sources import open_source
@@ -66,9 +66,9 @@ def preflight(cfg: InferConfig) -> Resolved:
     log_dir = Path(cfg.log_dir) if cfg.log_dir else checkpoints.default_log_dir(entry.name, cfg.measure.batch_size)
     if not (cfg.weights or cfg.pretrained or cfg.random_weights or checkpoints.checkpoint_path(log_dir).exists()):
         raise weights_module.missing(entry, log_dir)
-    results.ensure_writable(Path(cfg.results_dir), "--results-dir")
+    files.ensure_writable(Path(cfg.results_dir), "--results-dir")
     if cfg.cache_path:
-        results.ensure_writable(Path(cfg.cache_path), "--cache-path")
+        files.ensure_writable(Path(cfg.cache_path), "--cache-path")
     # single-stream (MLPerf): one image per query, each issued when the previous one has finished.
     batch = cfg.engine_batch
     return Resolved(entry, image_size, placement, batch, log_dir, cfg.compile_mode or default_compile_mode(placement.device))
@@ -265,11 +265,11 @@ def measured_figures(cfg: InferConfig, r, step, source, accuracy, synchronize, l
                         duration=None if steps_total else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
                         after_step=telemetry.marking(display, sampler, warmup))
     top1, top5, evaluated = accuracy.result()
-    figures = {**results.figures(r.batch, times, time.time() - started_at), **run_record.ending(times), "top1": top1,
+    figures = {**stats.figures(r.batch, times, time.time() - started_at), **run_record.ending(times), "top1": top1,
                "top5": top5, "images_evaluated": evaluated, "corrupt_images": source.corrupt_images - corrupt_before
                if real else None, **sampler.fields(r.batch * len(times.steady_seconds))}
     if real:
-        figures.update(results.data_wait(source.data_wait_seconds, times))
+        figures.update(stats.data_wait(source.data_wait_seconds, times))
     return figures
 
 

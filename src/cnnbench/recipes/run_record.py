@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from cnnbench.core import efficiency, environment, errors, memory, results, telemetry, terminal
+from cnnbench.core import efficiency, environment, errors, memory, store, telemetry, terminal
 from cnnbench.core.config import flatten
 from cnnbench.core.placement import Placement
 
@@ -52,7 +52,7 @@ def out_of_memory_recorded(record: dict, results_dir: str, entry, placement: Pla
         record.update(status="oom", reason=str(oom))
         if save:
             try:
-                results.save_record(Path(results_dir), record)
+                store.save_record(Path(results_dir), record)
             except errors.RecordNotSaved as lost:  # the out-of-memory stays the error to report
                 terminal.warn(str(lost))
         raise oom from None
@@ -86,7 +86,7 @@ def memory_fields(device) -> dict:
 
 def save(record: dict, results_dir: str) -> None:
     """After the figures are printed: into the results folder, or a fallback file (RecordNotSaved)."""
-    path = results.save_record(Path(results_dir), record)
+    path = store.save_record(Path(results_dir), record)
     terminal.say(f"Record: {path}")
 
 

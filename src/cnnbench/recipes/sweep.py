@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cnnbench.core import config, environment, errors, results, terminal
+from cnnbench.core import config, environment, errors, store, tables, terminal
 
 from cnnbench.recipes import estimate
 from cnnbench.core.config import InferConfig, RunConfig, SweepConfig, TrainConfig
@@ -31,7 +31,7 @@ from cnnbench.models.registry import resolve_entry
 from cnnbench.core.placement import resolve_device
 from cnnbench.core.timing import Terminated
 
-DEFAULT_MODELS = results.ORIGINAL_MODEL_ORDER
+DEFAULT_MODELS = tables.ORIGINAL_MODEL_ORDER
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
     terminal.say(f"{len(configurations)} configurations ({describe_axes(configurations)}) on {device}; "
                   f"estimated {terminal.clock(total)} ({rates.describe()})")
     results_dir = Path(base.results_dir)
-    moved = results.rotate(results_dir)
+    moved = store.rotate(results_dir)
     if moved:
         terminal.say(f"Previous results moved to {moved}")
     results_dir.mkdir(parents=True)
@@ -360,7 +360,7 @@ def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path,
     if code not in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
         code = 0
         terminal.say(f"Sweep finished in {terminal.clock(time.time() - start)} (estimated {terminal.clock(estimated)}); "
-                      f"tables in {results_dir / results.TABLES_CSV}")
+                      f"tables in {results_dir / store.TABLES_CSV}")
     summary(kind, results_dir)
     return code
 
@@ -372,14 +372,14 @@ def run_each(kind: str, configurations: list[Configuration], results_dir: Path, 
         left = sum(c.estimated_seconds for c in configurations[k - 1:])
         terminal.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.base_record['model']} batch "
                                f"{cfg.base_record['batch_size']}  elapsed {terminal.clock(time.time() - start)}  left ~{terminal.clock(left)}")
-        before = len(results.read_records(results_dir))
+        before = len(store.read_records(results_dir))
         code = run_child(cfg, results_dir / cfg.log_name)
         bar.advance(time_left=sum(c.estimated_seconds for c in configurations[k:]))
-        if len(results.read_records(results_dir)) == before:  # the child died before it could write its record
+        if len(store.read_records(results_dir)) == before:  # the child died before it could write its record
             record = {**cfg.base_record, "status": "failed", "reason": failure_reason(code, results_dir / cfg.log_name),
                       **environment.collect()}
             try:
-                results.save_record(results_dir, record)
+                store.save_record(results_dir, record)
             except errors.RecordNotSaved as lost:  # the sweep goes on; the record is in the fallback file
                 terminal.warn(str(lost))
         if code in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
@@ -424,7 +424,7 @@ def failure_reason(code: int, log_path: Path) -> str:
 
 
 def summary(kind: str, results_dir: Path) -> None:
-    records = results.with_scaling_efficiency(results.read_records(results_dir))
+    records = tables.with_scaling_efficiency(store.read_records(results_dir))
     columns = [("model", "model"), ("batch", "batch_size")]
     if kind == "infer":
         columns += [("engine", "engine"), ("precision", "precision"), ("p90 ms", "latency_ms_p90"), ("guard rel. err", "guard_relative_error")]

@@ -21,7 +21,7 @@ from cnnbench.recipes import checkpoints, run_record
 
 from cnnbench.backends.pytorch import distributed
 
-from cnnbench.core import environment, errors, results, telemetry, terminal
+from cnnbench.core import environment, errors, files, stats, telemetry, terminal
 from cnnbench.core.config import TrainConfig
 from cnnbench.data.sources import open_source
 from cnnbench.recipes.evaluation import evaluate
@@ -54,8 +54,8 @@ def preflight(cfg: TrainConfig, world: distributed.World) -> Resolved:
                                   local_rank=world.local_rank if world.distributed else None)
     distributed.check_world(cfg.num_accelerators, world, placement.device)
     log_dir = Path(cfg.log_dir) if cfg.log_dir else checkpoints.default_log_dir(entry.name, cfg.measure.batch_size)
-    results.ensure_writable(Path(cfg.results_dir), "--results-dir")
-    results.ensure_writable(log_dir, "--log-dir")
+    files.ensure_writable(Path(cfg.results_dir), "--results-dir")
+    files.ensure_writable(log_dir, "--log-dir")
     return Resolved(entry, image_size, placement, log_dir)
 
 
@@ -98,14 +98,14 @@ def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dic
         per_rank = rank_reports(world, r.placement.device, times)
         ended, unsaved = finish(cfg, r, world, trainer, times, display)
         record.update(ended)
-    record.update(results.figures(world.size * batch, distributed.slowest_steps(per_rank), time.time() - started_at))
+    record.update(stats.figures(world.size * batch, distributed.slowest_steps(per_rank), time.time() - started_at))
     record.update(distributed.record_fields(world, per_rank, batch))
     record.update(sampler.fields(batch * len(times.steady_seconds)))  # this process's device and images
     record.update(run_record.efficiency_fields(record, r.entry, "train", r.placement.device, world.size))
     if annotate is not None:
         record.update(annotate(record))
     if cfg.data.data_dir:
-        record.update(results.real_data_fields(trainer.source, times))
+        record.update(stats.real_data_fields(trainer.source, times))
         trainer.source.close()
     report(cfg, record, world, batch)
     if world.is_main:

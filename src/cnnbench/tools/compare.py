@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from cnnbench.core import errors, results
+from cnnbench.core import errors, store
 from cnnbench.tools.charts import number
 from cnnbench.core.config import CompareConfig
 
@@ -66,7 +66,7 @@ def label(key: tuple) -> str:
 
 def load(path: str) -> list[dict]:
     """The run records (train and infer) under a results folder or in a record file, in file order."""
-    records = [r for f in results.record_files(path) for r in results.read_file(f) if r.get("kind") in RUN_KINDS]
+    records = [r for f in store.record_files(path) for r in store.read_file(f) if r.get("kind") in RUN_KINDS]
     if not records:
         raise errors.UsageError(f"{path}: no train or infer records found (runs.jsonl); give a results folder or its runs.jsonl")
     return records

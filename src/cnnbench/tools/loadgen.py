@@ -39,7 +39,7 @@ import torch
 
 from cnnbench.recipes import run_record
 
-from cnnbench.core import results, telemetry, terminal
+from cnnbench.core import files, telemetry, terminal
 from cnnbench.tools.batching import DynamicBatcher
 from cnnbench.core.config import InferConfig
 from cnnbench.data.normalization import Normalizer
@@ -478,7 +478,7 @@ class LoadGenHarness(Harness):
 
     def preflight(self, cfg: InferConfig, r: Resolved) -> None:
         self.lg = require()
-        results.ensure_writable(r.log_dir, "--log-dir")
+        files.ensure_writable(r.log_dir, "--log-dir")
 
     def measure(self, cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
         lg = self.lg

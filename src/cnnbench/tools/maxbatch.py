@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cnnbench.core import config, environment, errors, results, terminal
+from cnnbench.core import config, environment, errors, files, store, terminal
 from cnnbench.core.config import InferConfig, MaxBatchConfig, MeasureConfig, PlacementConfig, TrainConfig
 
 POLL_SECONDS = 0.05  # resident memory grows at a few GB/s at most: 50 ms lets a probe pass its limit by little
@@ -181,7 +181,7 @@ def run_probe(cfg: MaxBatchConfig, batch: int, limit_bytes: int, scratch: Path) 
 
 
 def _child_record(results_dir: Path) -> dict:
-    records = results.read_records(results_dir) if results_dir.exists() else []
+    records = store.read_records(results_dir) if results_dir.exists() else []
     return records[-1] if records else {}
 
 
@@ -210,7 +210,7 @@ def preflight(cfg: MaxBatchConfig, scratch: Path) -> tuple[str, str]:
 def run(cfg: MaxBatchConfig) -> int:
     """The search, its table and its records; exit 0 when some batch ran."""
     limit_gib = cfg.memory_limit_gib or default_memory_limit_gib()
-    results.ensure_writable(Path(cfg.results_dir), "--results-dir")
+    files.ensure_writable(Path(cfg.results_dir), "--results-dir")
     with tempfile.TemporaryDirectory(prefix="cnnbench-max-batch-") as scratch:
         name, device = preflight(cfg, Path(scratch))
         base = {"model": name, "mode": cfg.mode, "engine": cfg.engine, "precision": cfg.precision, "device": device,
@@ -221,12 +221,12 @@ def run(cfg: MaxBatchConfig) -> int:
         def probe(batch: int) -> Probe:
             done = run_probe(cfg, batch, int(limit_gib * GIB), Path(scratch))
             terminal.say(describe_probe(done))
-            results.save_record(Path(cfg.results_dir), {"kind": "max_batch_probe", **base, **probe_fields(done)})
+            store.save_record(Path(cfg.results_dir), {"kind": "max_batch_probe", **base, **probe_fields(done)})
             return done
 
         found, probes = search(probe, cfg.first_batch, cfg.largest_batch)
     summary = summary_fields(found, probes)
-    results.save_record(Path(cfg.results_dir), {"kind": "max_batch", **base, "batch_size": None, **summary})
+    store.save_record(Path(cfg.results_dir), {"kind": "max_batch", **base, "batch_size": None, **summary})
     report(name, found, probes, summary, cfg)
     if found is None:
         if any(p.status == "oom" for p in probes):
@@ -270,4 +270,4 @@ def report(name: str, found: int | None, probes: list[Probe], summary: dict, cfg
             if summary["best_batch_size"] else "")
     limit = " (--largest-batch)" if found >= cfg.largest_batch else ""
     terminal.say(f"Largest batch that runs: {found}{limit}, {summary['images_per_sec_at_max'] or float('nan'):.1f} img/s"
-                  f"{best}; {len(probes)} probes; records in {Path(cfg.results_dir) / results.RECORDS}")
+                  f"{best}; {len(probes)} probes; records in {Path(cfg.results_dir) / store.RECORDS}")

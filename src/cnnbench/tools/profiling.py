@@ -713,7 +713,7 @@ def run(cfg) -> int:
     work (a mistake in the last argument costs nothing), then each profiled, written and shown."""
     from cnnbench.models.registry import check_image_size, resolve_any
     from cnnbench.core.placement import resolve_placement
-    from cnnbench.core.results import ensure_writable
+    from cnnbench.core.files import ensure_writable
 
     cfg.validate()
     targets = []  # (argument, registry entry or None, saved profile or None)
@@ -752,7 +752,7 @@ def output_path(cfg, model_name: str) -> Path:
 
 
 def write_profile(profile: dict, path: Path) -> None:
-    from cnnbench.core.results import atomic_write_text
+    from cnnbench.core.files import atomic_write_text
 
     try:
         atomic_write_text(Path(path), json.dumps(profile, indent=1) + "\n")

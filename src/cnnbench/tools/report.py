@@ -29,7 +29,7 @@ from pathlib import Path
 
 from cnnbench.tools import charts
 
-from cnnbench.core import errors, results
+from cnnbench.core import errors, files, store, tables
 from cnnbench.tools.charts import Bars, Line
 from cnnbench.core.config import ReportConfig
 
@@ -60,14 +60,14 @@ def run(cfg: ReportConfig) -> int:
     records = collect(paths)
     page = render(records, cfg.title, paths)
     out = Path(cfg.out)
-    results.atomic_write_text(out, page)
+    files.atomic_write_text(out, page)
     print(f"Report: {out.resolve()} ({len(page.encode()) / 1024:.0f} KiB, {len(records)} records from {', '.join(paths)})")
     return 0
 
 
 def collect(paths: list[str]) -> list[dict]:
     """Every record under the paths, each tagged with its file (SOURCE)."""
-    records = [{**r, SOURCE: str(f)} for p in paths for f in results.record_files(p) for r in results.read_file(f)]
+    records = [{**r, SOURCE: str(f)} for p in paths for f in store.record_files(p) for r in store.read_file(f)]
     if not records:
         raise errors.UsageError(f"no records (runs.jsonl, validation.jsonl) under {', '.join(paths)}")
     return records
@@ -264,7 +264,7 @@ def steps_section(records: list[dict]) -> str:
 
 
 def scaling_section(records: list[dict]) -> str:
-    rated = [r for r in results.with_scaling_efficiency(runs_of(records, "train")) if "scaling_efficiency" in r]
+    rated = [r for r in tables.with_scaling_efficiency(runs_of(records, "train")) if "scaling_efficiency" in r]
     if not rated:
         return ""
     groups = list(dict.fromkeys(f"{r['model']} b{r['batch_size']} {r.get('precision')}" for r in rated))

@@ -607,7 +607,7 @@ def run(cfg) -> int:
     from cnnbench.models.registry import resolve_any
     from cnnbench.models.synnet import dump_spec
     from cnnbench.tools.profiling import profile_model
-    from cnnbench.core.results import atomic_write_text, ensure_writable
+    from cnnbench.core.files import atomic_write_text, ensure_writable
 
     cfg.validate()
     out = Path(cfg.out)

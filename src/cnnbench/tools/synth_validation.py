@@ -30,14 +30,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnbench.core import environment, errors, results, terminal
+from cnnbench.core import environment, errors, files, store, tables, terminal
 
 from cnnbench.tools import synth
 from cnnbench.core.config import InferConfig, MeasureConfig, PlacementConfig, SynthValidateConfig, TrainConfig
 from cnnbench.core.errors import UsageError
 
 RECORD_VERSION = 1
-VALIDATION_RECORDS, VALIDATION_CSV = results.VALIDATION_RECORDS, results.VALIDATION_CSV
+VALIDATION_RECORDS, VALIDATION_CSV = store.VALIDATION_RECORDS, store.VALIDATION_CSV
 DEFAULT_SETTINGS = {
     "cpu": ("train-fp32", "eager-fp32", "compile-fp32", "onnxruntime-fp32", "onnxruntime-int8"),
     "cuda": ("train-fp32", "train-bf16", "eager-fp32", "eager-tf32", "eager-bf16", "eager-fp16", "compile-bf16"),
@@ -135,7 +135,7 @@ def run_all(runs: list[Run], runs_dir: Path, reuse: bool) -> int:
     an interrupted run (the validation stops there, keeping what finished)."""
     from cnnbench.recipes import sweep
 
-    earlier = results.read_records(runs_dir) if reuse else []
+    earlier = store.read_records(runs_dir) if reuse else []
     for k, run in enumerate(runs, 1):
         found = [r for r in earlier if _matches(r, run)]
         if found:
@@ -143,13 +143,13 @@ def run_all(runs: list[Run], runs_dir: Path, reuse: bool) -> int:
             terminal.say(f"[{k}/{len(runs)}] {run.name} {run.setting.name} batch {run.batch}: reused")
             continue
         terminal.console.rule(f"synth validate {k}/{len(runs)}: {run.name} {run.setting.name} batch {run.batch}")
-        before = len(results.read_records(runs_dir))
+        before = len(store.read_records(runs_dir))
         kind = run.setting.kind
         base = {"kind": kind, "model": run.name, "batch_size": run.batch}
         log = runs_dir / f"result_{run.name}_{run.batch}_{run.setting.name}.txt"
         code = sweep.run_child(sweep.Configuration(run.config, log.name, base), log)
         shutil.rmtree(run.config.log_dir, ignore_errors=True)  # a checkpoint no validation reads
-        after = results.read_records(runs_dir)
+        after = store.read_records(runs_dir)
         if len(after) > before and after[-1].get("status") == "ok":
             run.record = after[-1]
         else:
@@ -279,11 +279,11 @@ def _field(what: str) -> str:
 def save(results_dir: Path, records: list[dict]) -> Path:
     """Appended to validation.jsonl, validation.csv rebuilt from it; the folder's lock held throughout."""
     path = results_dir / VALIDATION_RECORDS
-    with results.locked(results_dir):
+    with store.locked(results_dir):
         earlier = path.read_text() if path.exists() else ""
-        results.atomic_write_text(path, earlier + "".join(results.record_line(r) for r in records))
+        files.atomic_write_text(path, earlier + "".join(store.record_line(r) for r in records))
         every = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        results.atomic_write_text(results_dir / VALIDATION_CSV, results.tidy_csv(every))
+        files.atomic_write_text(results_dir / VALIDATION_CSV, tables.tidy_csv(every))
     return path
 
 
@@ -304,7 +304,7 @@ def run(cfg: SynthValidateConfig) -> int:
     models = runnable(cfg.target, cfg.spec)
     image_size = cfg.image_size or resolve_entry(cfg.spec).input_size
     results_dir = Path(cfg.results_dir)
-    results.ensure_writable(results_dir, "--results-dir")
+    files.ensure_writable(results_dir, "--results-dir")
     runs_dir = results_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(cfg, models, settings, batches, image_size, runs_dir)
@@ -320,5 +320,5 @@ def run(cfg: SynthValidateConfig) -> int:
               "targets": ",".join(f"{n}:{w:.4g}" for _, n, w in models[1:]), "image_size": image_size,
               "device": str(device), "validation_seconds": time.time() - started, **environment.collect()}
     path = save(results_dir, [{**common, **r} for r in rows + [summary, synnet]])
-    terminal.say(f"Validation records: {path}; each run's record: {runs_dir / results.RECORDS}")
+    terminal.say(f"Validation records: {path}; each run's record: {runs_dir / store.RECORDS}")
     return code

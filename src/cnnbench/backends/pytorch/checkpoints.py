@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from cnnbench.core.errors import CheckpointNotSaved, UsageError, one_line
-from cnnbench.core.results import create_beside
+from cnnbench.core.files import create_beside
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

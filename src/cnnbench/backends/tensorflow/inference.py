@@ -27,7 +27,7 @@ import numpy as np
 
 from cnnbench.recipes import checkpoints, run_record
 
-from cnnbench.core import environment, results, terminal
+from cnnbench.core import environment, files, terminal
 from cnnbench.recipes import inference as pytorch_inference
 from cnnbench.core.config import DataConfig, InferConfig
 from cnnbench.engines import ArtifactCache
@@ -70,9 +70,9 @@ def preflight(cfg: InferConfig) -> Resolved:
     if manifest is None and not cfg.random_weights:
         raise UsageError(f"no TensorFlow checkpoint in {log_dir / CHECKPOINT_DIR}: train first (cnnbench train "
                          f"{cfg.model} --framework tensorflow --log-dir {log_dir}) or give --random-weights")
-    results.ensure_writable(Path(cfg.results_dir), "--results-dir")
+    files.ensure_writable(Path(cfg.results_dir), "--results-dir")
     if cfg.cache_path:
-        results.ensure_writable(Path(cfg.cache_path), "--cache-path")
+        files.ensure_writable(Path(cfg.cache_path), "--cache-path")
     require()  # last: a mistake above is one line, before TensorFlow's start-up lines
     return Resolved(entry, image_size, placement, cfg.engine_batch, log_dir, manifest)
 

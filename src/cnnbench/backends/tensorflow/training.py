@@ -25,7 +25,7 @@ import numpy as np
 
 from cnnbench.recipes import checkpoints, run_record
 
-from cnnbench.core import environment, errors, results, telemetry, terminal
+from cnnbench.core import environment, errors, files, stats, telemetry, terminal
 from cnnbench.recipes import training as pytorch_training
 from cnnbench.core.config import TrainConfig
 from cnnbench.recipes.evaluation import Accuracy
@@ -56,8 +56,8 @@ def preflight(cfg: TrainConfig) -> Resolved:
     models.check_buildable(entry, image_size)
     placement = resolve_placement(cfg.placement.device, cfg.placement.precision, "nhwc")
     log_dir = Path(cfg.log_dir) if cfg.log_dir else checkpoints.default_log_dir(entry.name, cfg.measure.batch_size)
-    results.ensure_writable(Path(cfg.results_dir), "--results-dir")
-    results.ensure_writable(log_dir, "--log-dir")
+    files.ensure_writable(Path(cfg.results_dir), "--results-dir")
+    files.ensure_writable(log_dir, "--log-dir")
     require()  # last: a mistake above is one line, before TensorFlow's start-up lines
     return Resolved(entry, image_size, placement, log_dir, cfg.num_accelerators)
 
@@ -87,13 +87,13 @@ def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dic
         times, display, sampler = train(cfg, trainer, r)
         ended, unsaved = finish(cfg, r, trainer, times, display)
         record.update(ended)
-    record.update(results.figures(r.replicas * batch, times, time.time() - started_at))
+    record.update(stats.figures(r.replicas * batch, times, time.time() - started_at))
     record.update(sampler.fields(batch * len(times.steady_seconds)))
     record.update(run_record.efficiency_fields(record, r.entry, "train", r.placement.device, r.replicas))
     if annotate is not None:
         record.update(annotate(record))
     if cfg.data.data_dir:
-        record.update(results.real_data_fields(trainer.source, times))
+        record.update(stats.real_data_fields(trainer.source, times))
         trainer.source.close()
     # One process: the replicas' figures are the job's (training.report's per-rank line is PyTorch's processes').
     pytorch_training.report(cfg, record, _OneProcess(), r.replicas * batch)
@@ -269,7 +269,7 @@ def save_checkpoint(log_dir: Path, checkpoint, model_name: str, step: int) -> Pa
     folder = log_dir / CHECKPOINT_DIR
     try:
         prefix = Path(checkpoint.write(str(folder / f"step-{step}"))).name
-        results.atomic_write_text(folder / MANIFEST, json.dumps({"model": model_name, "step": step, "prefix": prefix,
+        files.atomic_write_text(folder / MANIFEST, json.dumps({"model": model_name, "step": step, "prefix": prefix,
                                                                  "framework": "tensorflow"}) + "\n")
     except (OSError, ValueError) as exc:
         raise errors.CheckpointNotSaved(f"TensorFlow checkpoint not saved in {folder}: {errors.one_line(exc)}") from exc
