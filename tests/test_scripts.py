@@ -30,11 +30,12 @@ def test_train_all_sh_runs_the_installed_cnnbench_train_all(tmp_path, tiny_spec)
     # that command line builds the tables end to end in tests/test_results.py (the same `train-all --plan auto
     # --num-accelerators 1`, in-process, sharing the suite's calibration). Here the real cnnbench behind the
     # script takes those options and plans the sweep, stopping at an unknown model before it calibrates or runs.
-    done = run_process([str(REPO / "train-all.sh"), "--models", f"{tiny_spec},vgg16", "--batch-sizes", "2",
+    done = run_process([str(REPO / "train-all.sh"), "--models", f"{tiny_spec},vgg16x", "--batch-sizes", "2",
                         "--image-size", "16", "--num-batches", "1", "--warmup", "0"], cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert done.stderr.strip().splitlines() == ["cnnbench: error: unknown model 'vgg16'; known models: densenet121, "
-                                                "googlenet, resnet152, resnet50, synNet (or a path to a JSON spec file)"]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("cnnbench: error: unknown model 'vgg16x' (did you mean vgg16?); accepted: the registered "
+                           "models (densenet121, googlenet, resnet152, resnet50, synNet), any torchvision")
     assert not (tmp_path / "results_train").exists()
 
 
@@ -270,8 +271,8 @@ def test_test_sh_sets_up_a_fresh_clone_once_then_runs_pytest(tmp_path):
     (tmp_path / "setup.sh").chmod(0o755)
     first = run_process([str(tmp_path / "test.sh"), "-k", "median"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest, xdist, jsonschema, mlperf_loadgen, "
-                                         "tensorflow yet; "
+    assert first.stdout.splitlines() == ["test.sh: .venv cannot import cnnbench, pytest, xdist, jsonschema, scipy, mlperf_loadgen, "
+                                         "tensorflow, openvino, timm, onnxruntime yet; "
                                          "running ./setup.sh --test first",
                                          "stand-in setup", "pytest -q -n 2 --dist loadscope -m not gpu and not timing -k median",
                                          "pytest -q -m timing -k median"]  # two workers, then the timing tests alone

@@ -47,8 +47,12 @@ DIGIT_NET = {
 
 def _digits(image_size: int, seed: int, max_per_class: int | None) -> dict[str, list[tuple[torch.Tensor, int, int]]]:
     """{"train": [...], "val": [...]} of (uint8 3xSxS image, label, index in load_digits)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise UsageError("cnnbench data sample digits needs scikit-learn, whose bundled digits are the images: "
+                         "pip install -e '.[sample]' (./setup.sh --test installs it too)") from None
 
     digits = load_digits()
     indices = list(range(len(digits.target)))
@@ -94,8 +98,8 @@ def write_sample_dataset(
         raise UsageError(f"unknown image format {image_format!r}; use png or jpeg")
     if image_size < 8:
         raise UsageError(f"--image-size must be at least 8 (the digits are 8x8), got {image_size}")
+    splits = _digits(image_size, seed, max_per_class)  # first: a missing scikit-learn leaves no empty folder behind
     dst = _empty_destination(dst)
-    splits = _digits(image_size, seed, max_per_class)
     counts = {}
     for split, items in splits.items():
         if tfrecord:
