@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from cnnbench.tools import profiling
+from cnnbench.tools.profile import layers, profile_file
 from cnnbench.core.errors import UsageError
 from cnnbench.models.registry import ModelEntry, forward_flops, resolve_any, resolve_entry
 
@@ -20,7 +20,7 @@ PUBLISHED = {"resnet50": (4.09, 25.56), "densenet121": (2.83, 7.98), "googlenet"
 
 
 def _profile(name: str, size: int = 64, batch: int = 1, precision: str = "fp32") -> dict:
-    return profiling.profile_model(resolve_any(name), size, batch, precision)
+    return profile_file.profile_model(resolve_any(name), size, batch, precision)
 
 
 def _layers(profile: dict, kind: str) -> list[dict]:
@@ -50,11 +50,11 @@ def test_resnet50_layers_shares_and_distributions():
     # 1 stem conv + 16 bottlenecks x 3 + 4 projections; a ReLU after the stem and 3 per bottleneck.
     assert counts == {"conv": 53, "batchnorm": 53, "activation": 49, "add": 16, "maxpool": 1, "global_pool": 1,
                       "linear": 1}
-    assert list(profile["op_types"]) == list(profiling.OP_TYPES)
+    assert list(profile["op_types"]) == list(layers.OP_TYPES)
     assert sum(f["flop_share"] for f in profile["op_types"].values()) == pytest.approx(1.0, abs=1e-9)
     assert profile["op_types"]["conv"]["flop_share"] > 0.99
     assert profile["totals"]["flops"] == 2 * forward_flops(resolve_entry("resnet50"), 64)
-    for name in profiling.DISTRIBUTIONS:
+    for name in layers.DISTRIBUTIONS:
         histogram = profile["distributions"][name]
         assert len(histogram["labels"]) == len(histogram["weights"])
         assert sum(histogram["weights"]) == pytest.approx(1.0, abs=1e-9)
@@ -107,13 +107,13 @@ def test_a_builder_that_cannot_run_on_the_meta_device():
 
 
 def test_one_convolution_counted_by_hand():
-    profile = profiling.profile_model(_one_conv(), 16, 2, "fp32")
+    profile = profile_file.profile_model(_one_conv(), 16, 2, "fp32")
     read, written, flops = 4 * (2 * 3 * 16 * 16 + 8 * 3 * 3 * 3), 4 * (2 * 8 * 16 * 16), 2 * (2 * 8 * 16 * 16) * 27
     assert profile["layers"] == [{
         "index": 0, "name": "0", "type": "conv", "function": "conv2d", "in_channels": 3, "out_channels": 8,
         "kernel": [3, 3], "stride": [1, 1], "groups": 1, "input_hw": [16, 16], "output_hw": [16, 16], "flops": flops,
         "parameters": 216, "bytes_read": read, "bytes_written": written, "arithmetic_intensity": flops / (read + written)}]
-    half = profiling.profile_model(_one_conv(), 16, 2, "bf16")["totals"]
+    half = profile_file.profile_model(_one_conv(), 16, 2, "bf16")["totals"]
     assert (half["bytes_read"], half["bytes_written"], half["flops_per_image"]) == (read // 2, written // 2, flops // 2)
 
 
@@ -123,8 +123,8 @@ def test_the_file_round_trips_through_load_profile(cli, tiny_spec, tmp_path):
     assert code == 0, err
     written = json.loads(path.read_text())
     assert path.read_text().startswith('{\n "format": "cnnbench-profile",\n "version": 1,')
-    assert profiling.load_profile(path) == written
-    again = profiling.profile_model(resolve_any(str(tiny_spec)), 16, 2)
+    assert profile_file.load_profile(path) == written
+    again = profile_file.profile_model(resolve_any(str(tiny_spec)), 16, 2)
     assert json.loads(json.dumps(again)) == {**written, "created": again["created"]}
     assert written["source"] == "spec" and written["measured"] is None
     code, out, _ = cli("profile", path)  # a profile made elsewhere is shown again, and nothing is written
@@ -159,7 +159,7 @@ def _corrupt(text: str, how: str) -> str:
 ])
 def test_a_corrupted_profile_is_one_line_and_exit_2(cli, tmp_path, how, message):
     good = tmp_path / "good.json"
-    profiling.write_profile(profiling.profile_model(_one_conv(), 16, 1), good)
+    profile_file.write_profile(profile_file.profile_model(_one_conv(), 16, 1), good)
     bad = tmp_path / "bad.json"
     bad.write_text(_corrupt(good.read_text(), how))
     code, out, err = cli("profile", bad)
@@ -170,7 +170,7 @@ def test_a_corrupted_profile_is_one_line_and_exit_2(cli, tmp_path, how, message)
 
 def test_an_unreadable_profile_is_one_line():
     with pytest.raises(UsageError, match="cannot read the profile missing.json"):
-        profiling.load_profile("missing.json")
+        profile_file.load_profile("missing.json")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -210,7 +210,7 @@ def test_measure_gives_time_shares_forward_and_backward(cli, tmp_path):
     code, out, err = cli("profile", "resnet18", "--image-size", "32", "--batch-size", "2", "--measure", "--warmup", "1",
                          "--steps", "1", "--device", "cpu", "--out", path)
     assert code == 0, err
-    measured = profiling.load_profile(path)["measured"]
+    measured = profile_file.load_profile(path)["measured"]
     assert (measured["device"], measured["steps"], measured["warmup_steps"]) == ("cpu", 1, 1)
     for direction in ("forward", "backward"):
         figures = measured[direction]

@@ -30,7 +30,7 @@ def _synth(cli, tmp_path, target: str, *extra: str, name: str = "proxy.json") ->
 
 def _goal_rows(spec_path: Path, target: str, size: int, gflops: float | None = None) -> list[dict]:
     from cnnbench.models.registry import resolve_any
-    from cnnbench.tools.profiling import profile_model
+    from cnnbench.tools.profile.profile_file import profile_model
 
     mix = synth.mix_of(synth.load_targets(target, size, 16, "fp32"), size)
     profile = profile_model(resolve_any(str(spec_path)), size, 16, "fp32")

@@ -209,9 +209,9 @@ def _peak_lines() -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from cnnbench.tools import profiling
+    from cnnbench.tools.profile import command
 
-    return profiling.run(config.build(config.ProfileConfig, given_options(args)))
+    return command.run(config.build(config.ProfileConfig, given_options(args)))
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ PLANS = ("auto", "original", "cpu", "quick")
 FRAMEWORKS = ("pytorch", "tensorflow")
 TENSORFLOW_ENGINES = ("eager", "compile", "tflite")
 INT8_ACTIVATIONS = ("auto", "u8", "s8")
-# What `cnnbench profile` counts bytes at (profiling.BYTES_PER_ELEMENT); --measure runs all but int8.
+# What `cnnbench profile` counts bytes at (tools/profile/layers.py, BYTES_PER_ELEMENT); --measure runs all but int8.
 PROFILE_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 
 
@@ -353,7 +353,7 @@ class InferSweepConfig(SweepConfig):
 
 @dataclass
 class ProfileConfig:
-    """`cnnbench profile MODEL...`: each model's per-layer workload (profiling.py), written as a profile file."""
+    """`cnnbench profile MODEL...`: each model's per-layer workload (tools/profile/), written as a profile file."""
 
     models: tuple[str, ...] = option((), "registered names (any case), torchvision classification models (resnet18, "
                                          "mobilenet_v3_large, ...), JSON spec files, or saved profiles (shown again)",

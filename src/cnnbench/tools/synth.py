@@ -3,7 +3,7 @@
 AI Matrix's synthetic-benchmark framework (Wei et al., "AI Matrix: Synthetic Benchmarks for DNN",
 arXiv:1812.00886) profiles a set of applications and generates a network whose workload matches their
 weighted mix, so one short benchmark stands for many long ones. Here the targets are profiled
-(profiling.py, or profile files made elsewhere) and a spec file in synNet's format is written.
+(tools/profile/, or profile files made elsewhere) and a spec file in synNet's format is written.
 
 The mix
 -------
@@ -154,7 +154,7 @@ def load_targets(text: str | None, image_size: int, batch_size: int, precision: 
     """Every target resolved (a registered or torchvision model, a spec file, or a profile file) and profiled
     at image_size; every name is checked before any is profiled, so a typo in the last costs nothing."""
     from cnnbench.models.registry import check_image_size, resolve_any
-    from cnnbench.tools.profiling import load_profile, looks_like_profile, profile_model
+    from cnnbench.tools.profile.profile_file import load_profile, looks_like_profile, profile_model
 
     pairs = parse_targets(text)
     total = sum(w for _, w in pairs)
@@ -606,7 +606,7 @@ def run(cfg) -> int:
     """`cnnbench synth --target ... --out x.json`: profile the targets, generate, write, check against the mix."""
     from cnnbench.models.registry import resolve_any
     from cnnbench.models.synnet import dump_spec
-    from cnnbench.tools.profiling import profile_model
+    from cnnbench.tools.profile.profile_file import profile_model
     from cnnbench.core.files import atomic_write_text, ensure_writable
 
     cfg.validate()

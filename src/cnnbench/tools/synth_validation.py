@@ -88,7 +88,7 @@ def runnable(text: str | None, spec: str) -> list[tuple[str, str, float]]:
     """(argument, model name, weight) of every target and the proxy first (weight 0): all must be models
     `cnnbench train` and `infer` run (registered names or spec files), not profile files."""
     from cnnbench.models.registry import resolve_entry
-    from cnnbench.tools.profiling import looks_like_profile
+    from cnnbench.tools.profile.profile_file import looks_like_profile
 
     pairs = synth.parse_targets(text)
     total = sum(w for _, w in pairs)
@@ -260,7 +260,7 @@ def synnet_check(image_size: int) -> dict:
     """AI Matrix's synNet.json against the equal mix of the four real models at image_size (synNet's smallest
     if larger), printed; the rows' figures returned for the record."""
     from cnnbench.models.registry import resolve_entry
-    from cnnbench.tools.profiling import profile_model
+    from cnnbench.tools.profile.profile_file import profile_model
 
     entry = resolve_entry("synNet")
     image_size = max(image_size, entry.min_input_size)  # six 2x2 pools: 64 px at least
