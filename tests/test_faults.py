@@ -29,7 +29,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench.recipes import checkpoints, run_record, weights
+from cnnbench.backends.pytorch import checkpoints, weights
+from cnnbench.recipes import run_record
 
 from cnnbench.core import errors, files, memory, store, terminal
 from cnnbench.models.registry import resolve_entry
@@ -772,7 +773,8 @@ def test_cli_a_torn_line_in_the_results_folder_does_not_stop_a_real_run(cli, tin
 CLI_IMPORTS = ("import resource, torch, torchvision, rich\n"
                "from cnnbench import cli, engines\n"
                "from cnnbench.core import terminal\n"
-               "from cnnbench.recipes import checkpoints, inference, run_record, training, weights\n"
+               "from cnnbench.backends.pytorch import checkpoints, weights\n"
+               "from cnnbench.recipes import inference, run_record, training\n"
                "from cnnbench.data import sources, synthetic\n")
 
 
@@ -875,3 +877,53 @@ def test_cli_a_results_folder_that_turns_read_only_at_the_end_keeps_figures_and_
     (work / "res").chmod(0o755)
     subprocess.run(f"cat {fallback} >> res/runs.jsonl", shell=True, cwd=work, check=True)
     assert store.read_records_counting(work / "res") == ([record], [])
+
+
+# --- issue 23, round three: unwritable places, gates that compared nothing ----------------------------------
+
+# The command line loaded before the switch to nobody: argparse translates its messages lazily (gettext, locale).
+CLI_PARSER = "import gettext, locale\nfrom cnnbench import cli\ncli.build_parser().format_help()\n"
+
+def test_report_out_into_a_read_only_folder_is_one_line_before_any_work(shared_dir):
+    locked = shared_dir / "locked"
+    locked.mkdir(mode=0o555)
+    locked.chmod(0o555)
+    store.append_record(shared_dir / "res", _record())
+    done = run_as_nobody("sys.exit(cli.main(['report', 'res', '--out', 'locked/report.html']))\n", cwd=shared_dir,
+                         prelude=CLI_PARSER + "from cnnbench.tools import report\n")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"cnnbench: error: --out locked: cannot write in {locked} (Permission "
+                                                "denied); give --out a folder you can write to"]
+    assert list(locked.iterdir()) == []
+
+
+def test_results_on_a_read_only_folder_is_one_line_and_touches_nothing(shared_dir):
+    store.append_record(shared_dir / "res", _record())
+    (shared_dir / "res" / store.LOCK_FILE).unlink()  # the folder as another user left it: records only
+    (shared_dir / "res").chmod(0o555)
+    before = sorted(p.name for p in (shared_dir / "res").iterdir())
+    done = run_as_nobody("sys.exit(cli.main(['results', 'res']))\n", cwd=shared_dir, prelude=CLI_PARSER)
+    assert done.returncode == 2, done.stderr
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith("cnnbench: error: cnnbench results res: cannot write in ") and "Permission denied" in line
+    assert sorted(p.name for p in (shared_dir / "res").iterdir()) == before
+
+
+def test_results_over_records_that_are_all_garbage_is_an_error_not_empty_tables(cli, tmp_path):
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "runs.jsonl").write_text("not json\n{\"torn\": \n")
+    code, out, err = cli("results", tmp_path / "res")
+    assert code == 2
+    assert err.strip().splitlines() == [f"cnnbench: error: {tmp_path / 'res' / 'runs.jsonl'}: no records (every line is "
+                                        "torn or not a record); nothing to tabulate"]
+    assert not (tmp_path / "res" / "results.csv").exists()
+
+
+def test_compare_gate_over_folders_with_nothing_in_common_does_not_pass(cli, tmp_path):
+    store.append_record(tmp_path / "a", _written(model="resnet50"))
+    store.append_record(tmp_path / "b", _written(model="googlenet"))
+    code, out, err = cli("compare", tmp_path / "a", tmp_path / "b", "--fail-below", "0.95")
+    assert code == 2
+    assert err.strip().splitlines() == [f"cnnbench: error: --fail-below: {tmp_path / 'a'} and {tmp_path / 'b'} share no "
+                                        "configuration, so nothing was compared; give two results folders of the same sweep"]
+    assert cli("compare", tmp_path / "a", tmp_path / "b")[0] == 0  # without a gate, a report of nothing in common is fine

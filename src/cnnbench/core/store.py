@@ -198,10 +198,16 @@ def rebuild(results_dir: Path | str) -> list[Path]:
     if not runs.is_file() and not validation.is_file():
         raise UsageError(f"{results_dir}: no {RECORDS} or {VALIDATION_RECORDS} there; give a results folder "
                          "(results_train, results_infer, a sweep's --results-dir)")
+    # The tables are written beside the records: a folder this user cannot write is one line, before the lock
+    # file (which would be created there) or any table is touched.
+    files.ensure_writable(results_dir, "cnnbench results")
     written = []
     with locked(results_dir):
         if runs.is_file():
-            write_tables(results_dir, read_records(results_dir))
+            records = read_records(results_dir)
+            if not records and not validation.is_file():
+                raise UsageError(f"{runs}: no records (every line is torn or not a record); nothing to tabulate")
+            write_tables(results_dir, records)
             written += [results_dir / TABLES_CSV, results_dir / TIDY_CSV]
         if validation.is_file():
             files.atomic_write_text(results_dir / VALIDATION_CSV, tables.tidy_csv(read_file(validation)))

@@ -137,6 +137,10 @@ def run(cfg: CompareConfig) -> int:
     cfg.validate()
     comparison = compare(cfg)
     print({"markdown": markdown, "csv": csv_text, "json": json_text}[cfg.format](comparison, cfg), end="")
+    if cfg.fail_below is not None and not comparison.rows:
+        # A gate that compared nothing must not pass: folders of different sweeps, or a mistyped folder.
+        raise errors.UsageError(f"--fail-below: {cfg.base} and {cfg.new} share no configuration, so nothing was "
+                                "compared; give two results folders of the same sweep")
     if cfg.fail_below is not None and comparison.regressions(cfg.fail_below):
         return errors.EXIT_REGRESSION
     return 0

@@ -57,9 +57,10 @@ def run(cfg: ReportConfig) -> int:
     if not paths:
         raise errors.UsageError("no results folder given, and neither results_train nor results_infer is here; "
                                 "give the folders: cnnbench report DIR...")
+    out = Path(cfg.out)
+    files.ensure_writable(out.parent, "--out")  # before reading anything: a report that cannot be saved is not made
     records = collect(paths)
     page = render(records, cfg.title, paths)
-    out = Path(cfg.out)
     files.atomic_write_text(out, page)
     print(f"Report: {out.resolve()} ({len(page.encode()) / 1024:.0f} KiB, {len(records)} records from {', '.join(paths)})")
     return 0
