@@ -52,18 +52,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def fastest_engine(device_type: str, providers: list[str]) -> tuple[str, str]:
-    """The engine --use_trt runs, and why (cnnbench.engines.optimized_engine, shared with `infer-all --engines optimized`)."""
-    from cnnbench.engines import optimized_engine
+def optimized_engine(framework: str, device_type: str, providers: list[str]) -> tuple[str, str]:
+    """The engine --use_trt runs, and why: the engine table's optimized engine of the device (engines/table.py,
+    shared with `infer-all --engines optimized`); `providers`: ONNX Runtime's, as this machine offers them."""
+    from cnnbench.engines import table
 
-    return optimized_engine(device_type, providers)
-
-
-def tensorflow_engine(device_type: str) -> tuple[str, str]:
-    """--use_trt with --framework tensorflow: the sweeps' rule (sweep.tensorflow_pairs' optimized)."""
-    if device_type == "cuda":
-        return "compile", "XLA, TensorFlow's compiler (this TensorFlow has no TensorRT)"
-    return "tflite", "TensorFlow Lite, TensorFlow's CPU inference engine (fp32, full-integer int8)"
+    return table.optimized(framework, device_type, providers)
 
 
 def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[list[str], str | None]:
@@ -84,8 +78,7 @@ def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[
         if a.num_gpus > 1:
             note = f"--num_gpus {a.num_gpus}: inference runs on one accelerator, as in the original"
         if a.use_trt:
-            engine, why = (fastest_engine(device_type, providers) if a.framework == "pytorch"
-                           else tensorflow_engine(device_type))
+            engine, why = optimized_engine(a.framework, device_type, providers)
             note = f"--use_trt: running engine {engine} ({why})"
             out += ["--engine", engine, "--precision", a.trt_precision, "--calib-batches", str(a.calib_num_batches)]
         elif a.trt_precision != "fp32":
@@ -106,13 +99,9 @@ def main() -> int:
 
     from cnnbench.cli import main as cnnbench_main
 
-    try:
-        import onnxruntime
+    from cnnbench.engines import installed_providers
 
-        providers = onnxruntime.get_available_providers()
-    except ImportError:
-        providers = []
-    argv, note = translate(sys.argv[1:], "cuda" if torch.cuda.is_available() else "cpu", providers)
+    argv, note = translate(sys.argv[1:], "cuda" if torch.cuda.is_available() else "cpu", installed_providers())
     if note:
         print(f"nvcnn.py: {note}")
     print("nvcnn.py: running cnnbench " + " ".join(argv))

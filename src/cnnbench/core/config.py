@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from cnnbench.core.errors import UsageError
+from cnnbench.engines import table as engine_table
 
 # Largest integer an option may take: torch and numpy hold sizes and seeds in 64-bit integers, and a
 # batch of 2**31 images is already far beyond any device; bigger values are a typo, not a request.
@@ -34,7 +35,6 @@ DATA_FORMATS = ("tfrecord", "folder")
 PLANS = ("auto", "original", "cpu", "quick")
 # Issue 15: the original's framework as a second backend (tfbackend/); PyTorch's engines and TensorFlow's.
 FRAMEWORKS = ("pytorch", "tensorflow")
-TENSORFLOW_ENGINES = ("eager", "compile", "tflite")
 INT8_ACTIVATIONS = ("auto", "u8", "s8")
 # What `cnnbench profile` counts bytes at (tools/profile/layers.py, BYTES_PER_ELEMENT); --measure runs all but int8.
 PROFILE_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
@@ -80,8 +80,8 @@ class MeasureConfig:
 @dataclass
 class PlacementConfig:
     device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    precision: str = option("fp32", "fp32 | tf32 | fp16 | bf16 (| int8 for inference); fp16/bf16: autocast mixed "
-                                    "precision; tf32: CUDA only")
+    precision: str = option("fp32", f"fp32 | tf32 | fp16 | bf16 (| int8 for inference: {engine_table.int8_help()}); "
+                                    "fp16/bf16: autocast mixed precision; tf32: CUDA only")
     memory_format: str = option("auto", "activation and weight layout; auto: channels-last (nhwc) where it is faster "
                                         "(CPUs, CUDA GPUs with tensor cores), nchw for the ONNX engines",
                                 choices=MEMORY_FORMATS, alias=("--channels-last", "nhwc"))
@@ -255,8 +255,7 @@ class LoadGenConfig:
 class InferConfig(RunConfig):
     log_dir: str | None = option(None, "where the training checkpoint is read from; default log_<model>_<batch>")
     results_dir: str = option("results_infer", "where the JSON-lines record and CSV tables go")
-    engine: str = option("eager", "eager | compile | onnxruntime | tensorrt; with --framework tensorflow: eager "
-                                  "(a tf.function) | compile (XLA) | tflite (fp32, or full-integer int8)")
+    engine: str = option("eager", engine_table.engine_help())
     compile_mode: str | None = option(None, "torch.compile mode; default max-autotune on CUDA, max-autotune-no-cudagraphs "
                                             "on CPU", choices=COMPILE_MODES)
     scenario: str = option("offline", "offline (back-to-back batches) | single-stream (batch 1, one query at a time; "
@@ -299,13 +298,9 @@ class InferConfig(RunConfig):
 
     def validate_framework(self) -> None:
         """Engines belong to a framework; TensorFlow's runs start from random weights or its own checkpoint."""
+        engine_table.find(self.framework, self.engine)  # an engine of another framework, or none: one line
         if self.framework == "pytorch":
-            if self.engine == "tflite":
-                raise UsageError("--engine tflite is TensorFlow's; add --framework tensorflow")
             return
-        if self.engine not in TENSORFLOW_ENGINES:
-            raise UsageError(f"--engine {self.engine} runs PyTorch models; with --framework tensorflow use "
-                             f"{', '.join(TENSORFLOW_ENGINES)}")
         if self.compile_mode is not None:
             raise UsageError("--compile-mode is torch.compile's; TensorFlow's compile engine is XLA, with no modes")
         for given, flag in ((self.weights, "--weights"), (self.pretrained, "--pretrained"), (self.loadgen.enabled, "--loadgen")):
@@ -344,9 +339,10 @@ class TrainSweepConfig(SweepConfig):
 @dataclass
 class InferSweepConfig(SweepConfig):
     engines: str | None = option(None, "comma-separated engines; optimized: the device's optimized engine as the "
-                                       "original's --use_trt chose it (tensorrt where installed, else the fastest there); "
-                                       "default: eager fp32 and the device's fastest engines at fp32 and reduced precision "
-                                       "(CPU: onnxruntime fp32, int8; CUDA: compile bf16, fp16, and tensorrt when installed)")
+                                       "original's --use_trt chose it, the first installed of "
+                                       f"({engine_table.optimized_help()}); default: eager fp32 and the device's fastest "
+                                       f"engines at fp32 and reduced precision ({engine_table.default_pairs_help()}; "
+                                       "those not installed left out)")
     precisions: str | None = option(None, "comma-separated precisions, crossed with --engines (impossible pairs are "
                                           "skipped); default: see --engines")
 
@@ -464,8 +460,9 @@ class MaxBatchConfig:
 
     model: str = option("", "registered name (any case) or path to a JSON spec file", positional=True)
     mode: str = option("train", "train: training steps; infer: inference batches", choices=MAX_BATCH_MODES)
-    engine: str = option("eager", "eager | compile (train: torch.compile) | onnxruntime | tensorrt (infer)")
-    precision: str = option("fp32", "fp32 | tf32 | fp16 | bf16 (| int8 for inference)")
+    engine: str = option("eager", f"{' | '.join(engine_table.names('pytorch'))} (infer); train: eager or compile "
+                                  "(torch.compile)")
+    precision: str = option("fp32", f"fp32 | tf32 | fp16 | bf16 (| int8 for inference: {engine_table.int8_help()})")
     device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     memory_format: str = option("auto", "activation and weight layout, as for train and infer", choices=MEMORY_FORMATS)
     image_size: int | None = option(None, "input height and width; default: the model's (224)")

@@ -201,3 +201,35 @@ def optimized(framework: str, device_type: str, offered: list[str] | None = None
                 missed = f"{first.label} is not installed; "
             return spec.name, f"{missed}{spec.label} is the fastest engine available on {device_type}"
     raise UsageError(f"no optimized engine of --framework {framework} runs on {device_type} here")
+
+
+# Help text (core/config.py builds the command line from these, so that `--help` lists what the table holds).
+
+def engine_help() -> str:
+    """--engine: PyTorch's engines, then each other framework's, with what runs them."""
+    other = [f"with --framework {framework}: " + " | ".join(f"{spec.name} ({spec.label})" for spec in specs(framework))
+             for framework in FRAMEWORK_TITLES if framework != DEFAULT_FRAMEWORK and specs(framework)]
+    return "; ".join([" | ".join(names(DEFAULT_FRAMEWORK)), *other])
+
+
+def int8_help() -> str:
+    """The engines that run int8, for --precision's help."""
+    return ", ".join(f"{spec.name}" + ("" if spec.framework == DEFAULT_FRAMEWORK else f" ({spec.framework})")
+                     for spec in ENGINES if any("int8" in p for p in spec.precisions.values()))
+
+
+def _devices(framework: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(device for spec in specs(framework) for device in spec.precisions))
+
+
+def optimized_help(framework: str = DEFAULT_FRAMEWORK) -> str:
+    """--engines optimized: per device, the engines in order of preference."""
+    return "; ".join(f"{device}: " + ", else ".join(spec.name for spec in specs(framework) if device in spec.optimized_on)
+                     for device in _devices(framework))
+
+
+def default_pairs_help(framework: str = DEFAULT_FRAMEWORK) -> str:
+    """The default infer-all pairs per device."""
+    return "; ".join(f"{device}: " + ", ".join(f"{spec.name} {'/'.join(spec.sweep[device])}" for spec in specs(framework)
+                                                if device in spec.sweep)
+                     for device in _devices(framework))

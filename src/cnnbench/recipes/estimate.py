@@ -24,20 +24,36 @@ import torch
 
 from cnnbench.core.config import InferConfig, RunConfig, TrainConfig
 from cnnbench.core.errors import CnnbenchError
+from cnnbench.engines import table
 from cnnbench.models.registry import forward_flops, resolve_entry
 
 # Process start-up (interpreter, torch import, model build, environment): measured 4-6 s on this project's
 # 2-core CPUs; CUDA adds its context creation.
 STARTUP_SECONDS = {"cpu": 6.0, "cuda": 15.0}
-# Engine speed against eager fp32 in the same run, a conservative reading of the README's engines table
-# (ResNet-50 batch 16: onnxruntime fp32 1.5x-1.7x, int8 3.0x on AVX2 and 4.9x on AVX-512 VNNI, compile 1.2x-1.3x).
-SPEEDUP = {("compile", "fp32"): 1.2, ("onnxruntime", "fp32"): 1.5, ("onnxruntime", "int8"): 3.0,
-           ("tensorrt", "fp32"): 1.5, ("tensorrt", "fp16"): 3.0, ("tensorrt", "int8"): 4.0}
+
+
+@dataclass(frozen=True)
+class EngineEstimate:
+    """What an engine's record (engines/table.py, its `estimate`) costs a configuration: build seconds, and
+    its speed against eager fp32 in the same run by precision (absent: 1.0, or CUDA_REDUCED_SPEEDUP)."""
+
+    build_seconds: float
+    speedup: dict[str, float]
+
+
+# By the kind a record names. Speed-ups: a conservative reading of the README's engines table (ResNet-50
+# batch 16: onnxruntime fp32 1.5x-1.7x, int8 3.0x on AVX2 and 4.9x on AVX-512 VNNI, compile 1.2x-1.3x).
+# Build seconds (export, compile, TensorRT's engine build), measured on the 2-core development CPUs for
+# ResNet-50; larger graphs take longer, roughly with their FLOPs, so the figure scales by FLOPs^0.5.
+ESTIMATES = {
+    "eager": EngineEstimate(0.0, {}),                                          # the module itself, nothing built
+    "compile": EngineEstimate(60.0, {"fp32": 1.2}),                            # a compiler (torch.compile, XLA)
+    "export": EngineEstimate(15.0, {"fp32": 1.5, "int8": 3.0}),                # exported to a runtime (ONNX Runtime)
+    "tensorrt": EngineEstimate(120.0, {"fp32": 1.5, "fp16": 3.0, "int8": 4.0}),  # exported, then TensorRT's build
+    "convert": EngineEstimate(0.0, {}),                                        # a converted graph (TensorFlow Lite)
+}
 # Reduced precision on a GPU's tensor cores against fp32 (conservative: H100-class GPUs reach more).
 CUDA_REDUCED_SPEEDUP = 2.0
-# Building an engine (export, quantise, compile), seconds, measured on the 2-core development CPUs for
-# ResNet-50; larger graphs take longer, roughly with their FLOPs, so the figure scales by FLOPs^0.5.
-BUILD_SECONDS = {"compile": 60.0, "onnxruntime": 15.0, "tensorrt": 120.0}
 INT8_QUANTISE_SECONDS = 10.0
 REFERENCE_GFLOPS = 8.2  # ResNet-50's forward GFLOPs per image at 224 px (`cnnbench models`), the unit of BUILD_SECONDS' scaling
 TRAIN_PASSES = 3.0  # a training step is about 3 forward passes (forward, backward for activations and weights)
@@ -126,7 +142,7 @@ def configuration_seconds(run: RunConfig, kind: str, rates: Rates) -> float:
     batch = run.measure.batch_size
     if kind in ("train", "soak"):  # a soak is a training run
         step = gflops * TRAIN_PASSES * batch / rates.train_gflops
-        extra = BUILD_SECONDS["compile"] if isinstance(run, TrainConfig) and run.compile else 0.0
+        extra = ESTIMATES["compile"].build_seconds if isinstance(run, TrainConfig) and run.compile else 0.0
         extra *= (gflops / REFERENCE_GFLOPS) ** 0.5
     else:
         reference_step = gflops * batch / rates.infer_gflops
@@ -139,10 +155,15 @@ def configuration_seconds(run: RunConfig, kind: str, rates: Rates) -> float:
     return STARTUP_SECONDS[rates.device_type] + extra + m.warmup * step + steady
 
 
+def engine_estimate(run: InferConfig) -> EngineEstimate:
+    return ESTIMATES[table.find(run.framework, run.engine).estimate]
+
+
 def _speedup(run: InferConfig, device_type: str) -> float:
     precision = run.placement.precision
-    if (run.engine, precision) in SPEEDUP:
-        return SPEEDUP[run.engine, precision]
+    speedup = engine_estimate(run).speedup
+    if precision in speedup:
+        return speedup[precision]
     if device_type == "cuda" and precision in ("fp16", "bf16", "tf32"):
         return CUDA_REDUCED_SPEEDUP
     return 1.0
@@ -152,7 +173,7 @@ def _inference_extra(run: InferConfig, gflops: float, reference_step: float, ste
     """Engine build, the guard's eager fp32 references and engine passes, int8 calibration."""
     checked = (run.engine, run.placement.precision) != ("eager", "fp32")
     extra = run.guard_batches * (reference_step + step) if checked else 0.0
-    build = BUILD_SECONDS.get(run.engine, 0.0)
+    build = engine_estimate(run).build_seconds
     if run.placement.precision == "int8":
         build += INT8_QUANTISE_SECONDS
         extra += run.calib_batches * reference_step

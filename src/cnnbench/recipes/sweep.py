@@ -30,6 +30,7 @@ from cnnbench.core.config import InferConfig, RunConfig, SweepConfig, TrainConfi
 from cnnbench.models.registry import resolve_entry
 from cnnbench.core.placement import resolve_device
 from cnnbench.core.timing import Terminated
+from cnnbench.engines import table as engine_table
 
 DEFAULT_MODELS = tables.ORIGINAL_MODEL_ORDER
 
@@ -219,83 +220,49 @@ def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explici
 
 
 def engine_pairs(settings, device: torch.device, framework: str = "pytorch") -> list[tuple[str, str]]:
-    """--engines x --precisions, impossible pairs skipped with a line; by default eager fp32 and the
-    device's fastest engines (engines.default_pairs)."""
-    from cnnbench.engines import ENGINES, REFUSED, SUPPORTED, supported_pairs
-
-    if framework == "tensorflow":
-        return tensorflow_pairs(settings, device)
+    """--engines x --precisions, impossible pairs skipped with a line; by default the device's default pairs
+    (default_pairs). Every engine fact is read from the engine table (engines/table.py)."""
     if settings.engines is None and settings.precisions is None:
-        return default_pairs(device.type)
+        return default_pairs(device.type, framework)
     engines = parse_list("eager" if settings.engines is None else settings.engines, "--engines")
     precisions = parse_list("fp32" if settings.precisions is None else settings.precisions, "--precisions")
-    if "optimized" in engines:  # the original's --use_trt: TensorRT where installed, else the fastest engine there
-        from cnnbench.engines import installed_providers, optimized_engine
-
-        chosen, why = optimized_engine(device.type, installed_providers())
+    if "optimized" in engines:  # the original's --use_trt: the device's optimized engine (table.optimized)
+        chosen, why = engine_table.optimized(framework, device.type)
         terminal.say(f"--engines optimized: running engine {chosen} ({why})")
-        engines = list(dict.fromkeys(chosen if e == "optimized" else e for e in engines))
-    for engine in engines:
-        if engine not in ENGINES:
-            raise errors.UsageError(f"--engines: unknown engine {engine!r}; use some of: {', '.join(ENGINES)}")
-    pairs = [(e, p) for e in engines for p in precisions if p in SUPPORTED[e].get(device.type, ())]
-    skipped = [f"{e}/{p}" + (f" ({REFUSED[e, p, device.type]})" if (e, p, device.type) in REFUSED else "")
-               for e in engines for p in precisions if (e, p) not in pairs]
+        engines = [chosen if e == "optimized" else e for e in engines]
+    specs = [_sweep_engine(framework, name) for name in dict.fromkeys(engines)]
+    pairs = [(spec.name, p) for spec in specs for p in precisions if spec.runs(p, device.type)]
+    skipped = [f"{spec.name}/{p}" + (f" ({spec.refused[p, device.type]})" if (p, device.type) in spec.refused else "")
+               for spec in specs for p in precisions if (spec.name, p) not in pairs]
     if not pairs:
         raise errors.UsageError(f"no engine/precision pair of --engines and --precisions works on {device.type}; "
-                                f"pairs that do: {supported_pairs(device.type)}")
+                                f"pairs that do: {engine_table.supported_pairs(framework, device.type)}")
     if skipped:
         terminal.say(f"Skipping pairs that cannot run on {device.type}: {', '.join(skipped)}")
     return pairs
 
 
-# The framework baseline and the machine's best, at fp32 and at reduced precision: on a CPU ONNX Runtime
-# beats eager and compile at fp32 (2.07x eager on the dev EPYC, 1.7x on AVX2; README engines table) and
-# its int8 is the fastest (6.7x, 3.0x); on CUDA compile at bf16 and fp16, TensorRT where installed.
-DEFAULT_PAIRS = {
-    "cpu": [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")],
-    "cuda": [("eager", "fp32"), ("compile", "bf16"), ("compile", "fp16"), ("tensorrt", "fp16"), ("tensorrt", "int8")],
-}
+def _sweep_engine(framework: str, name: str) -> engine_table.EngineSpec:
+    try:
+        return engine_table.find(framework, name)
+    except errors.UsageError:
+        raise errors.UsageError(f"--engines: {name!r} is not a {engine_table.FRAMEWORK_TITLES[framework]} engine; use "
+                                f"some of: {', '.join(engine_table.names(framework))}") from None
 
 
-# TensorFlow's: its graph (eager), XLA (compile) and, on a CPU, TensorFlow Lite's full-integer int8.
-TENSORFLOW_DEFAULT_PAIRS = {
-    "cpu": [("eager", "fp32"), ("compile", "fp32"), ("tflite", "int8")],
-    "cuda": [("eager", "fp32"), ("compile", "bf16"), ("compile", "fp16")],
-}
-
-
-def tensorflow_pairs(settings, device: torch.device) -> list[tuple[str, str]]:
-    """--engines x --precisions for --framework tensorflow (optimized: XLA on CUDA, TensorFlow Lite on a CPU)."""
-    from cnnbench.backends.tensorflow.inference import ENGINE_PRECISIONS
-
-    if settings.engines is None and settings.precisions is None:
-        return TENSORFLOW_DEFAULT_PAIRS[device.type]
-    engines = parse_list("eager" if settings.engines is None else settings.engines, "--engines")
-    engines = [("compile" if device.type == "cuda" else "tflite") if e == "optimized" else e for e in engines]
-    precisions = parse_list("fp32" if settings.precisions is None else settings.precisions, "--precisions")
-    for engine in engines:
-        if engine not in ENGINE_PRECISIONS:
-            raise errors.UsageError(f"--engines: {engine!r} is not a TensorFlow engine; use some of: "
-                                    f"{', '.join(ENGINE_PRECISIONS)}")
-    pairs = [(e, p) for e in dict.fromkeys(engines) for p in precisions if p in ENGINE_PRECISIONS[e]
-             and (e != "tflite" or device.type == "cpu")]
-    if not pairs:
-        raise errors.UsageError(f"no TensorFlow engine/precision pair of --engines and --precisions runs on {device.type}")
-    return pairs
-
-
-def default_pairs(device_type: str) -> list[tuple[str, str]]:
-    """DEFAULT_PAIRS of the device, those whose engine is not installed left out with a line saying why."""
-    from cnnbench.engines import check_engine
-
-    pairs = []
-    for engine, precision in DEFAULT_PAIRS[device_type]:
+def default_pairs(device_type: str, framework: str = "pytorch") -> list[tuple[str, str]]:
+    """The table's default pairs of the device (each record's `sweep`), those that cannot run here left out
+    with a line saying why; if none can, the first reason is the error."""
+    pairs, reasons = [], []
+    for engine, precision in engine_table.default_pairs(framework, device_type):
         try:
-            check_engine(engine, precision, device_type)
+            engine_table.check(framework, engine, precision, device_type)
             pairs.append((engine, precision))
         except errors.UsageError as exc:
             terminal.say(f"Default {engine}/{precision} left out: {exc}")
+            reasons.append(exc)
+    if not pairs and reasons:
+        raise reasons[0]
     return pairs
 
 
