@@ -189,17 +189,17 @@ def optimized(framework: str, device_type: str, offered: list[str] | None = None
     candidates = [spec for spec in specs(framework) if spec.optimized_on]
     if not candidates:
         raise UsageError(f"--framework {framework} has no optimized engine")
-    first = candidates[0]
-    for spec in candidates:
-        if device_type in spec.optimized_on and unavailable(spec, device_type, offered) is None:
-            if spec is first:
+    top, here = candidates[0], [spec for spec in candidates if device_type in spec.optimized_on]
+    for spec in here:
+        if unavailable(spec, device_type, offered) is None:
+            if spec is top:
                 return spec.name, f"{spec.label} is installed"
-            missed = ""
-            if device_type not in first.precisions:
-                missed = f"{first.label} is not available on {DEVICE_TITLES.get(device_type, device_type)}; "
-            elif device_type in first.optimized_on:  # the first choice for the device, but it cannot run here
-                missed = f"{first.label} is not installed; "
-            return spec.name, f"{missed}{spec.label} is the fastest engine available on {device_type}"
+            missed = []
+            if device_type not in top.precisions:  # the framework's first choice does not run on this device
+                missed.append(f"{top.label} is not available on {DEVICE_TITLES.get(device_type, device_type)}")
+            if spec is not here[0]:  # the device's first choice cannot run here
+                missed.append(f"{here[0].label} is not installed")
+            return spec.name, "; ".join([*missed, f"{spec.label} is the fastest engine available on {device_type}"])
     raise UsageError(f"no optimized engine of --framework {framework} runs on {device_type} here")
 
 
