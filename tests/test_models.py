@@ -39,7 +39,8 @@ def test_names_match_case_insensitively():
 
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(UsageError) as err:
-        resolve_entry("alexnet")
+        resolve_entry("alexnett")
+    assert "(did you mean alexnet?)" in str(err.value)
     for name in model_names():
         assert name in str(err.value)
 

@@ -133,7 +133,9 @@ class DataConfig:
 class RunConfig:
     """What every benchmark run has: a model, an input, a device, a way to measure, a place for results."""
 
-    model: str = option("", "registered name (any case) or path to a JSON spec file", positional=True)
+    model: str = option("", "registered name (any case), torchvision classifier (resnet18, ...), timm:NAME, keras:NAME "
+                            "(--framework tensorflow), path/to/file.py:FUNCTION, package.module:FUNCTION or a JSON "
+                            "spec file", positional=True)
     framework: str = option("pytorch", "pytorch | tensorflow (pip install 'cnnbench[tensorflow]'): the same workloads, "
                                        "measured loop, statistics and tables on TensorFlow", choices=FRAMEWORKS)
     image_size: int | None = option(None, "input height and width; default: the model's (224)")
@@ -458,7 +460,9 @@ MAX_BATCH_MODES = ("train", "infer")
 class MaxBatchConfig:
     """`cnnbench max-batch MODEL`: the largest batch that runs, each probe in its own process (maxbatch.py)."""
 
-    model: str = option("", "registered name (any case) or path to a JSON spec file", positional=True)
+    model: str = option("", "registered name (any case), torchvision classifier (resnet18, ...), timm:NAME, keras:NAME "
+                            "(--framework tensorflow), path/to/file.py:FUNCTION, package.module:FUNCTION or a JSON "
+                            "spec file", positional=True)
     mode: str = option("train", "train: training steps; infer: inference batches", choices=MAX_BATCH_MODES)
     engine: str = option("eager", f"{' | '.join(engine_table.names('pytorch'))} (infer); train: eager or compile "
                                   "(torch.compile)")

@@ -1,49 +1,31 @@
-"""Name -> builder, default input size, expected preprocessing and training hyper-parameters.
+"""The one model resolver of every command: a name or reference -> a ModelEntry (entry.py).
 
-Names match case-insensitively. A path to a JSON spec file (the synNet format) is also accepted,
-so generated networks run through the same commands as the built-in ones.
+Accepted, in this order (names match case-insensitively where they are names):
+  the registered five (the original's four networks and synNet)      source "registry"
+  a JSON spec file (synNet's format)                                  source "spec"
+  `timm:NAME` (the .[timm] extra, timm_models.py)                     source "timm"
+  `keras:NAME`, keras.applications for --framework tensorflow         source "keras"
+  `path/to/file.py:FUNCTION`, `package.module:FUNCTION` (user_models) source "file" / "module"
+  any torchvision classification model (torchvision_models.py)        source "torchvision"
+An unknown name fails in one line with the closest known names (registry, torchvision and timm's).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import re
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
-from cnnbench.core.errors import UsageError, one_line
-from cnnbench.models import synnet, torchvision_models
+from cnnbench.core.errors import UsageError
+from cnnbench.models import entry as entry_module
+from cnnbench.models import synnet, timm_models, torchvision_models, user_models
+from cnnbench.models.entry import ModelEntry, constant as _constant
 
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    build: Callable[[int], nn.Module]  # image size -> a randomly initialised model with `num_classes` logits
-    input_size: int
-    # Smallest input the network accepts (densenet121 29, googlenet 15, measured); the ResNets take
-    # anything, but below 32 px their last stage sees less than one pixel, so 32 is the floor.
-    min_input_size: int
-    # Which normalisation the model's weights expect; the data module maps this name to a transform.
-    preprocessing: str
-    # Learning rate as a function of the batch size (the original's per-model rule).
-    learning_rate: Callable[[int], float]
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_decay_power: float = 2.0
-    num_classes: int = 1000  # logits of the head; synthetic labels are drawn below it
-    # Training augmentation the weights' data wants (a spec file's `training` section); None: torchvision's
-    # ImageNet recipe (RandomResizedCrop scale 0.08, flip 0.5). Command-line flags still win.
-    min_crop_scale: float | None = None
-    flip: float | None = None
-    spec_path: Path | None = None
-    torchvision_name: str | None = None
-    notes: dict = field(default_factory=dict)
-
-
-def _constant(value: float) -> Callable[[int], float]:
-    return lambda batch_size: value
+__all__ = ["ModelEntry", "resolve_entry", "resolve_any", "resolve_with_size", "check_image_size", "forward_flops",
+           "count_parameters", "get_model", "model_names", "model_list", "is_reference"]
 
 
 def _linear_scaling(batch_size: int) -> float:
@@ -77,7 +59,7 @@ _REGISTRY: dict[str, ModelEntry] = {
 }
 
 
-def _spec_entry(path: Path) -> ModelEntry:
+def _spec_entry(path: Path, source: str = "spec") -> ModelEntry:
     spec = synnet.load_spec(path)
     training = spec.get("training") or {}
     lr = float(training.get("learning_rate", 0.001))
@@ -95,6 +77,7 @@ def _spec_entry(path: Path) -> ModelEntry:
         min_crop_scale=_optional_float(training, "min_crop_scale"),
         flip=_optional_float(training, "flip"),
         spec_path=path,
+        source=source,
     )
 
 
@@ -109,116 +92,140 @@ def _parse_momentum(optimizer: object, default: float) -> float:
 
 
 def model_names() -> list[str]:
+    """The registered five (what `cnnbench models` and the sweeps' defaults list)."""
     return sorted([*_REGISTRY, "synNet"], key=str.lower)
 
 
-def resolve_entry(name_or_path: str) -> ModelEntry:
-    """Look a model up by name (any case) or load a spec file; an unknown name lists the known ones."""
-    key = name_or_path.lower()
+KERAS_PREFIX = "keras:"
+KERAS_REFERENCE = re.compile(r"^keras:[A-Za-z]\w*$")
+TIMM_REFERENCE = re.compile(r"^timm:[\w.\-]+$")
+
+
+def resolve_entry(name: str) -> ModelEntry:
+    """The one resolver: a registered name (any case), a spec file, timm:NAME, keras:NAME, a user's
+    file.py:FUNCTION or package.module:FUNCTION, or a torchvision classifier; else one line with the closest
+    names."""
+    key = name.lower()
     if key in _REGISTRY:
         return _REGISTRY[key]
     if key == "synnet":
         with resources.as_file(resources.files("cnnbench.models") / "specs" / BUILTIN_SPEC) as path:
-            return _spec_entry(Path(path))
-    path = Path(name_or_path)
+            return _spec_entry(Path(path), source="registry")
+    if key.startswith(timm_models.PREFIX):
+        return timm_models.entry(name[len(timm_models.PREFIX):])
+    if key.startswith(KERAS_PREFIX):
+        return _keras_entry(name[len(KERAS_PREFIX):])
+    reference = user_models.parse(name)
+    if reference:
+        kind, where, function = reference
+        return user_models.file_entry(where, function) if kind == "file" else user_models.module_entry(where, function)
+    path = Path(name)
+    if path.suffix.lower() == ".py":
+        raise UsageError(f"model {name}: name the function that builds the network, as {name}:FUNCTION")
     if path.suffix.lower() == ".json" or path.exists():
         if not path.is_file():
-            raise UsageError(f"model spec file {name_or_path} does not exist; give a JSON spec file or one of: {', '.join(model_names())}")
+            raise UsageError(f"model spec file {name} does not exist; give a JSON spec file or one of: {', '.join(model_names())}")
         return _spec_entry(path)
-    raise UsageError(f"unknown model {name_or_path!r}; known models: {', '.join(model_names())} (or a path to a JSON spec file)")
+    if key in torchvision_models.names():
+        return torchvision_models.entry(key)
+    raise _unknown(name)
 
 
-# Builder options that differ from torchvision's defaults for a random-weights model: inception_v3 warns
-# (FutureWarning, torchvision/models/inception.py) unless its initialisation is chosen explicitly.
-_TORCHVISION_OPTIONS = {"inception_v3": {"init_weights": True}}
+# The name profiling and synth used for the resolver when the benchmark commands kept to the registry.
+resolve_any = resolve_entry
 
 
-def torchvision_names() -> list[str]:
-    """torchvision's image classification models. `list_models(module=torchvision.models)` keeps the builders
-    of the package itself; detection, segmentation, video, optical flow and the quantized models live in
-    its submodules and are left out (torchvision.models._api.list_models, torchvision 0.14 and later)."""
-    import torchvision
-
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def resolve_any(name_or_path: str) -> ModelEntry:
-    """`resolve_entry`, and beyond the registry any torchvision classification model by name (resnet18,
-    mobilenet_v3_large, efficientnet_b0, convnext_tiny, ...) with random weights. What `cnnbench profile`
-    accepts; the benchmark commands keep to the registry. An unknown name fails in one line that lists
-    every accepted name (and the closest one, for a typo)."""
-    key = name_or_path.lower()
-    path = Path(name_or_path)
-    if key in _REGISTRY or key == "synnet" or path.suffix.lower() == ".json" or path.exists():
-        return resolve_entry(name_or_path)
-    classifiers = torchvision_names()
-    if key in classifiers:
-        return _torchvision_entry(key)
-    import difflib
-
-    accepted = [*model_names(), *classifiers]
-    close = difflib.get_close_matches(key, [name.lower() for name in accepted], n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise UsageError(f"unknown model {name_or_path!r}{hint}; accepted: the registered models ({', '.join(model_names())}), "
-                     f"torchvision's classification models ({', '.join(classifiers)}) or a path to a JSON spec file")
+def _unknown(name: str) -> UsageError:
+    """The closest known names (registry, torchvision, and timm's written timm:NAME when timm is installed,
+    compared without the prefix so that a typo of a timm architecture finds it)."""
+    known = {n.lower(): timm_models.PREFIX + n for n in timm_models.names()}
+    known.update({n: n for n in torchvision_models.names()})
+    known.update({n.lower(): n for n in model_names()})
+    hint = entry_module.did_you_mean(name.lower().removeprefix(timm_models.PREFIX), known)
+    return UsageError(f"unknown model {name!r}{hint}; accepted: the registered models ({', '.join(model_names())}), "
+                      "any torchvision classification model (torchvision.models.list_models()), timm:NAME (timm.list_models(), "
+                      f"{timm_models.INSTALL}), keras:NAME with --framework tensorflow, path/to/file.py:FUNCTION, "
+                      "package.module:FUNCTION or a path to a JSON spec file")
 
 
-def _torchvision_entry(name: str) -> ModelEntry:
-    """A torchvision classifier with random weights at the input size of its published weights: the crop of
-    their transforms (224 for most, inception_v3 299, efficientnet_b7 600) and their `min_size`."""
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    crop = getattr(weights.transforms(), "crop_size", [224])[0]
-    min_size = max(weights.meta.get("min_size", (1, 1)))
-    options = _TORCHVISION_OPTIONS.get(name, {})
+def _keras_entry(name: str) -> ModelEntry:
+    """keras:NAME is a keras.applications model (ResNet50, MobileNetV3Large, ...): the syntax is resolved here,
+    the build is the TensorFlow backend's (backends/tensorflow/models.py); PyTorch has none."""
+    if not KERAS_REFERENCE.match(KERAS_PREFIX + name):
+        raise UsageError(f"keras:{name}: name a keras.applications model, e.g. keras:ResNet50")
 
     def build(image_size: int) -> nn.Module:
-        try:
-            return torchvision.models.get_model(name, weights=None, num_classes=1000, **options,
-                                                **_size_options(name, image_size))
-        except (ValueError, AssertionError) as exc:  # MaxViT's partitions, ViT's patches: sizes they cannot take
-            raise UsageError(f"--image-size {image_size} does not suit {name} ({one_line(exc)}); its published "
-                             f"size is {crop}") from None
+        raise UsageError(_keras_refusal(KERAS_PREFIX + name))
 
-    return ModelEntry(name, build, int(crop), int(min_size), "imagenet", _constant(0.001), torchvision_name=name,
-                      notes={"source": "torchvision"})
+    # 224 and 32: keras.applications' default input and its smallest (imagenet_utils.obtain_input_shape).
+    return ModelEntry(KERAS_PREFIX + name, build, 224, 32, "imagenet", entry_module.default_learning_rate,
+                      source="keras", notes={"source": "keras"})
 
 
-def _size_options(name: str, image_size: int) -> dict:
-    """Vision transformers and MaxViT fix their input size when built (torchvision/models/vision_transformer.py
-    `image_size`, maxvit.py `input_size`; 224 without weights, while vit_h_14's published weights take 518).
-    The other classifiers pool globally and take any size."""
-    if name.startswith("vit_"):
-        return {"image_size": image_size}
-    if name.startswith("maxvit_"):
-        return {"input_size": (image_size, image_size)}
-    return {}
+def _keras_refusal(name: str) -> str:
+    return (f"{name} is a keras.applications model: it runs with --framework tensorflow only; with PyTorch name a "
+            f"torchvision model (e.g. {name[len(KERAS_PREFIX):].lower()}) or timm:NAME")
 
 
-def get_model(name_or_path: str, image_size: int | None = None) -> nn.Module:
-    entry = resolve_entry(name_or_path)
+def is_reference(text: str) -> bool:
+    """Whether text is one model reference that contains ':' (timm:NAME, keras:NAME, file.py:FUNCTION,
+    package.module:FUNCTION), so that lists which also use ':' as a separator (the original's --models, synth's
+    MODEL:WEIGHT targets) keep it whole."""
+    return bool(TIMM_REFERENCE.match(text) or KERAS_REFERENCE.match(text) or user_models.looks_like_reference(text))
+
+
+def model_list(text: str, what: str = "--models") -> list[str]:
+    """A comma-separated model list. The original's scripts also separate with ; : - and spaces, and so does
+    this, except inside a spec file's path (a '/' or .json) and a reference with ':' (is_reference)."""
+    items: list[str] = []
+    for piece in re.split(r"[,;\s]+", text):
+        if "/" in piece or piece.endswith(".json") or is_reference(piece):
+            items.append(piece)
+        else:
+            items += re.split(r"[:\-]", piece)
+    items = [t for t in items if t]
+    if not items:
+        raise UsageError(f"{what} is empty; give a comma-separated list")
+    return items
+
+
+def get_model(name: str, image_size: int | None = None) -> nn.Module:
+    entry = resolve_entry(name)
     size = image_size or entry.input_size
     check_image_size(entry, size)
     return entry.build(size)
 
 
-def resolve_with_size(model: str, image_size: int | None) -> tuple[ModelEntry, int]:
-    """The model's entry and the image size a run uses (the option's, else the model's own), checked."""
+def resolve_with_size(model: str, image_size: int | None, framework: str = "pytorch") -> tuple[ModelEntry, int]:
+    """The model's entry and the image size a run uses (the option's, else the model's own), checked. A model
+    whose classes only a forward pass tells (the user's) gets them at this size. keras:NAME only with
+    framework tensorflow, whose backend checks what it can build."""
     entry = resolve_entry(model)
     size = image_size or entry.input_size
+    if entry.source == "keras":
+        if framework != "tensorflow":
+            raise UsageError(_keras_refusal(entry.name))
+        return entry, size
     check_image_size(entry, size)
+    if entry.source in ("file", "module"):
+        entry = dataclasses.replace(entry, num_classes=user_models.probe_classes(entry.name, entry.build, size))
     return entry, size
 
 
 def check_image_size(entry: ModelEntry, image_size: int) -> None:
     """Large enough for the network, and small enough that its tensors can be described at all (a
-    spec's fully connected layer grows with the image's area; built on the meta device: shapes only)."""
+    spec's fully connected layer grows with the image's area; built on the meta device: shapes only).
+    timm's and the user's models run one forward pass there: nothing tables their constraints."""
     if image_size < entry.min_input_size:
         raise UsageError(
             f"--image-size {image_size} is too small for {entry.name}: it needs at least {entry.min_input_size} px "
             f"(its default is {entry.input_size})"
         )
+    if entry.source == "keras":
+        return  # no PyTorch build; the TensorFlow backend checks its own
+    if entry.probe:
+        user_models.probe_classes(entry.name, entry.build, image_size)
+        return
     import torch
 
     try:
@@ -242,17 +249,24 @@ def count_parameters(model: nn.Module) -> int:
 def forward_flops(entry: ModelEntry, image_size: int | None = None) -> int:
     """Forward FLOPs for one image, a multiply-add counted as 2 FLOPs (torch.utils.flop_counter's convention).
 
-    Counted on the meta device: shapes only, no memory and no arithmetic.
+    Counted on the meta device: shapes only, no memory and no arithmetic. A model that computes with tensor
+    values while built or run (torchvision's RegNets round their widths with .tolist(); a user's network
+    may branch on a value) cannot run there: it is counted on the CPU at batch 1, the same count.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     size = image_size or entry.input_size
-    with torch.device("meta"):
-        model = entry.build(size).eval()
-        x = torch.empty(1, 3, size, size)
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
+    try:
+        with torch.device("meta"):
+            model = entry.build(size).eval()
+            x = torch.empty(1, 3, size, size)
+            with counter, torch.no_grad():
+                model(x)
+    except (NotImplementedError, RuntimeError):  # a value asked of a meta tensor (.item(), .tolist())
+        counter = FlopCounterMode(display=False)
+        model, x = entry.build(size).eval(), torch.zeros(1, 3, size, size)
+        with counter, torch.no_grad():
+            model(x)
     return int(counter.get_total_flops())
-

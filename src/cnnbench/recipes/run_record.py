@@ -21,7 +21,7 @@ def begin(kind: str, cfg, entry, placement: Placement, batch: int, image_size: i
     env = environment.collect()
     terminal.header(f"{kind} {entry.name}", cfg, env, extra=extra)
     return {
-        "kind": kind, "model": entry.name, "batch_size": batch, "image_size": image_size,
+        "kind": kind, "model": entry.name, "model_source": entry.source, "batch_size": batch, "image_size": image_size,
         "device": str(placement.device), "precision": placement.precision,
         "memory_format": placement.memory_format_name, "channels_last": placement.channels_last,
         **framework_fields(cfg), **fields, "status": "ok", "reason": None, **flatten(cfg), **env,

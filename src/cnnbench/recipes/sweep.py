@@ -27,7 +27,7 @@ from cnnbench.core import config, environment, errors, store, tables, terminal
 
 from cnnbench.recipes import estimate
 from cnnbench.core.config import InferConfig, RunConfig, SweepConfig, TrainConfig
-from cnnbench.models.registry import resolve_entry
+from cnnbench.models.registry import model_list, resolve_entry
 from cnnbench.core.placement import resolve_device
 from cnnbench.core.timing import Terminated
 from cnnbench.engines import table as engine_table
@@ -138,7 +138,7 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
     settings.validate()
     device = resolve_device(base.placement.device)  # a bad device fails before anything runs
     plan = choose_plan(kind, settings, explicit, device)
-    models = parse_list(settings.models, "--models") if settings.models is not None else list(DEFAULT_MODELS)
+    models = model_list(settings.models, "--models") if settings.models is not None else list(DEFAULT_MODELS)
     batches = batch_sizes(plan, settings, explicit)
     configurations = plan_configurations(kind, settings, base, explicit, plan, models, batches, device)
     # Measured in a child process: this one runs no model, so it holds no CUDA context or cached memory
@@ -196,7 +196,8 @@ def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explici
     tag = "" if base.framework == "pytorch" else f"_{base.framework}"
     out = []
     for model in models:
-        name = resolve_entry(model).name  # an unknown model fails here
+        entry = resolve_entry(model)  # an unknown model fails here
+        name = entry.name
         for batch in batches:
             for variant in variants:
                 log_dir = base.log_dir or f"log{'_pressure' if kind == 'soak' else ''}_{name}_{batch}"
@@ -212,7 +213,7 @@ def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explici
                     run = dataclasses.replace(run, num_accelerators=variant)
                     backends.preflight(kind, run, variant)
                     suffix = f"_x{variant}" if variant > 1 else ""
-                base_record = {"kind": kind, "model": name, "framework": run.framework, "batch_size": batch, "device": str(device),
+                base_record = {"kind": kind, "model": name, "model_source": entry.source, "framework": run.framework, "batch_size": batch, "device": str(device),
                                "engine": getattr(run, "engine", None), "precision": run.placement.precision,
                                "num_accelerators": getattr(run, "num_accelerators", 1), **config.flatten(run)}
                 out.append(Configuration(run, f"result_{name}_{batch}{tag}{suffix}.txt", base_record))

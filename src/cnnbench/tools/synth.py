@@ -128,13 +128,16 @@ class Mix:
 
 def parse_targets(text: str | None) -> list[tuple[str, float]]:
     """'resnet50:0.4,densenet121:0.3,googlenet:0.3' -> [(name, weight)]; no weights at all: equal shares."""
+    from cnnbench.models.registry import is_reference
+
     if not text or not text.strip():
         raise UsageError("no --target given; name models or profile files with weights, e.g. "
                          "--target resnet50:0.4,densenet121:0.3,googlenet:0.3")
     out = []
     for item in text.split(","):
         item = item.strip()
-        name, _, weight_text = item.rpartition(":") if ":" in item else (item, "", "")
+        # timm:NAME, file.py:FUNCTION and package.module:FUNCTION keep their ':' (registry.is_reference)
+        name, _, weight_text = item.rpartition(":") if ":" in item and not is_reference(item) else (item, "", "")
         if not name:
             raise UsageError(f"--target: {item!r} names no model; write MODEL[:WEIGHT], e.g. resnet50:0.4")
         try:

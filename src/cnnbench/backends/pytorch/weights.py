@@ -1,7 +1,7 @@
 """Which weights an inference run uses, in order of precedence, and loading them safely.
 
 1. --weights FILE: a state_dict (torchvision's published files load as they are) or a cnnbench checkpoint;
-2. --pretrained: torchvision's ImageNet weights through its weights API (cached under TORCH_HOME);
+2. --pretrained: torchvision's ImageNet weights through its weights API (cached under TORCH_HOME), timm's own for timm:NAME;
 3. the training checkpoint in --log-dir (default: where `cnnbench train` saved it);
 4. --random-weights: a pure speed run.
 """
@@ -48,7 +48,7 @@ def resolve(entry: ModelEntry, *, weights_file: str | None, pretrained: bool, ra
         check_state_dict(state, path)
         return Weights("file", f"file {path}", state)
     if pretrained:
-        return Weights("pretrained", *_torchvision_pretrained(entry))
+        return Weights("pretrained", *(entry.pretrained() if entry.pretrained else _torchvision_pretrained(entry)))
     ckpt = checkpoints.checkpoint_path(log_dir)
     if ckpt.exists():
         state = checkpoints.load(ckpt)
