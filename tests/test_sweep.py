@@ -19,7 +19,7 @@ from cnnbench import cli
 from cnnbench.core import config, errors
 
 from cnnbench.recipes import estimate, sweep
-from cnnbench.engines import REFUSED
+from cnnbench.engines import table
 from helpers import REPO, read_jsonl
 
 QUICK = ["--image-size", "16", "--display-every", "1"]
@@ -153,10 +153,10 @@ def test_infer_all_by_default_runs_eager_and_the_cpu_s_fastest_engines(capsys):
     crossed = config.build(config.InferSweepConfig, {"engines": "eager,onnxruntime", "precisions": "fp32,int8"})
     assert sweep.engine_pairs(crossed, torch.device("cpu")) == [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
     assert "Skipping pairs that cannot run on cpu: eager/int8" in capsys.readouterr().out
-    # a pair refused for a reason says it (engines.REFUSED): ONNX Runtime's CUDA provider has no int8 convolutions
+    # a pair refused for a reason says it (its record's refused, engines/table.py): ONNX Runtime's CUDA provider has no int8 convolutions
     on_cuda = config.build(config.InferSweepConfig, {"engines": "onnxruntime", "precisions": "fp16,int8"})
     assert sweep.engine_pairs(on_cuda, torch.device("cuda")) == [("onnxruntime", "fp16")]
-    assert f"Skipping pairs that cannot run on cuda: onnxruntime/int8 ({REFUSED['onnxruntime', 'int8', 'cuda']})" in capsys.readouterr().out
+    assert f"Skipping pairs that cannot run on cuda: onnxruntime/int8 ({table.find('pytorch', 'onnxruntime').refused['int8', 'cuda']})" in capsys.readouterr().out
 
 
 @pytest.mark.usefixtures("cpu_calibration")
