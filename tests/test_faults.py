@@ -238,7 +238,7 @@ def test_a_full_disk_with_the_current_folder_gone_falls_back_to_the_temp_folder(
     def disk_full(path, line):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store, "_append_line", disk_full)
+    monkeypatch.setattr(store, "append_line", disk_full)
     gone = tmp_path / "gone"
     gone.mkdir()
     monkeypatch.chdir(gone)
@@ -258,7 +258,7 @@ def test_two_fallbacks_in_the_same_second_get_two_files(tmp_path):
 
 
 def test_with_no_fallback_either_the_record_itself_is_in_the_message(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "_append_line", lambda path, line: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    monkeypatch.setattr(store, "append_line", lambda path, line: (_ for _ in ()).throw(PermissionError(13, "denied")))
     monkeypatch.setattr(files, "write_fallback", lambda line: None)
     with pytest.raises(errors.RecordNotSaved) as info:
         store.save_record(tmp_path, _record(model="googlenet"))
@@ -927,3 +927,31 @@ def test_compare_gate_over_folders_with_nothing_in_common_does_not_pass(cli, tmp
     assert err.strip().splitlines() == [f"cnnbench: error: --fail-below: {tmp_path / 'a'} and {tmp_path / 'b'} share no "
                                         "configuration, so nothing was compared; give two results folders of the same sweep"]
     assert cli("compare", tmp_path / "a", tmp_path / "b")[0] == 0  # without a gate, a report of nothing in common is fine
+
+
+def test_a_torn_line_in_validation_jsonl_does_not_lose_a_finished_validation(tmp_path, warnings_seen):
+    from cnnbench.tools import synth_validation
+
+    results = tmp_path / "res"
+    results.mkdir()
+    (results / "validation.jsonl").write_text(store.record_line(_written(kind="validation")) + '{"kind": "valid')
+    path = synth_validation.save(results, [_written(kind="validation", model="proxy")])
+    records, torn = store.read_file_counting(path)
+    assert [r["model"] for r in records] == ["resnet50", "proxy"] and torn == [2]  # the new record on its own line
+    assert "validation.csv" in {p.name for p in results.iterdir()}
+    assert any("skipped 1 torn line" in w for w in warnings_seen)
+
+
+@pytest.mark.parametrize("command", ["report", "results", "compare"])
+def test_a_record_of_a_newer_schema_is_refused_not_read_as_this_version(cli, tmp_path, command):
+    store.append_record(tmp_path / "res", _written())
+    # as a newer cnnbench appends it (this one's append_record would refuse to rebuild the tables over it)
+    store.append_line(tmp_path / "res" / "runs.jsonl", store.record_line({**_written(model="googlenet"), "schema_version": 99}))
+    args = {"report": ("report", tmp_path / "res", "--out", tmp_path / "r.html"), "results": ("results", tmp_path / "res"),
+            "compare": ("compare", tmp_path / "res", tmp_path / "res")}[command]
+    code, out, err = cli(*args)
+    assert code == 2
+    assert err.strip().splitlines() == [f"cnnbench: error: {tmp_path / 'res' / 'runs.jsonl'}: line 2 was written by a newer "
+                                        f"cnnbench (record schema_version 99; this one reads up to {store.SCHEMA_VERSION}); "
+                                        "update cnnbench to read it"]
+    assert not (tmp_path / "r.html").exists()

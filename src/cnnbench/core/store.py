@@ -105,10 +105,20 @@ def read_file_counting(path: Path) -> tuple[list[dict], list[int]]:
         except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
             record = None
         if isinstance(record, dict):
+            _refuse_newer(record, path, number)
             records.append(record)
         else:
             torn.append(number)
     return records, torn
+
+
+def _refuse_newer(record: dict, path: Path, number: int) -> None:
+    """A record of a newer schema may have renamed or redefined fields: read as this version's, it would be
+    wrong without a word. Profile files are refused the same way (tools/profile)."""
+    version = record.get("schema_version", 1)
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise UsageError(f"{path}: line {number} was written by a newer cnnbench (record schema_version {version}; "
+                         f"this one reads up to {SCHEMA_VERSION}); update cnnbench to read it")
 
 
 def read_records(results_dir: Path) -> list[dict]:
@@ -130,7 +140,7 @@ def read_file(path: Path) -> list[dict]:
     return records
 
 
-def _append_line(path: Path, line: str) -> None:
+def append_line(path: Path, line: str) -> None:
     """Append one line without reading the file: O_APPEND puts it at the end, and a last line left
     without its newline (a torn write) is closed first so the new record never glues onto it."""
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, files.FILE_MODE)
@@ -154,7 +164,7 @@ def append_record(results_dir: Path, record: dict) -> None:
     """
     results_dir = Path(results_dir)
     with locked(results_dir):
-        _append_line(results_dir / RECORDS, record_line(record))
+        append_line(results_dir / RECORDS, record_line(record))
         try:
             write_tables(results_dir, read_records(results_dir))
         except OSError as exc:

@@ -23,7 +23,6 @@ summary, each with the environment (RECORD_VERSION 1; fields as written by `rows
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -280,9 +279,9 @@ def save(results_dir: Path, records: list[dict]) -> Path:
     """Appended to validation.jsonl, validation.csv rebuilt from it; the folder's lock held throughout."""
     path = results_dir / VALIDATION_RECORDS
     with store.locked(results_dir):
-        earlier = path.read_text() if path.exists() else ""
-        files.atomic_write_text(path, earlier + "".join(store.record_line(r) for r in records))
-        every = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for record in records:  # appended, never re-parsed: a torn line already there cannot lose these
+            store.append_line(path, store.record_line(record))
+        every = store.read_file(path)  # the one JSON-lines reader: torn lines skipped with a warning
         files.atomic_write_text(results_dir / VALIDATION_CSV, tables.tidy_csv(every))
     return path
 
