@@ -395,7 +395,7 @@ def test_compile_wraps_the_ddp_module_so_its_graph_splits_at_the_buckets(one_ran
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
-    from cnnbench.recipes.training import wrap_for_training
+    from cnnbench.backends.pytorch.training import wrap_for_training
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module, **options: compiled.append(module) or ("compiled", module))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnbench.recipes.evaluation import Accuracy, padded
+from cnnbench.data.evaluation import Accuracy, padded
 from cnnbench.recipes.inference import GUARD_BOUNDS
 from cnnbench.core.placement import Placement
 from helpers import read_jsonl

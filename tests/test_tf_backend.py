@@ -64,20 +64,27 @@ def test_inference_starts_from_the_training_checkpoint_with_its_weights(tiny_spe
 
     from cnnbench.core.config import InferConfig
     from cnnbench.models.registry import resolve_entry
-    from cnnbench.backends.tensorflow import inference, models
+    from cnnbench.backends.tensorflow import models
     from cnnbench.backends.tensorflow.training import save_checkpoint
+    from cnnbench.recipes import inference
+
+    def load_model(cfg):  # as inference.run loads it: the weights the backend picks, the seed set first
+        r = inference.preflight(cfg)
+        weights = r.backend.inference_weights(cfg, r.entry, r.log_dir)
+        r.backend.seed(cfg.seed)
+        return inference.load_model(r, weights)
 
     entry = resolve_entry(str(tiny_spec))
     keras.utils.set_random_seed(7)
     trained = models.build(entry, 16)
     save_checkpoint(tmp_path / "log", tf.train.Checkpoint(model=trained), entry.name, 5)
     cfg = InferConfig(model=str(tiny_spec), framework="tensorflow", log_dir=str(tmp_path / "log"))
-    loaded, digest = inference.load_model(cfg, inference.preflight(cfg))
+    loaded, digest = load_model(cfg)
     for a, b in zip(trained.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     other = InferConfig(model=str(tiny_spec), framework="tensorflow", random_weights=True, log_dir=str(tmp_path / "none"),
                         seed=1)
-    fresh, fresh_digest = inference.load_model(other, inference.preflight(other))
+    fresh, fresh_digest = load_model(other)
     assert fresh_digest != digest
 
 
@@ -161,7 +168,7 @@ def test_a_sweep_of_both_frameworks_writes_a_pair_of_tables_each(cli, tiny_spec,
     (("infer", "--engine", "eager", "--precision", "int8"), "TensorFlow's int8 runs in --engine tflite"),
     (("infer", "--engine", "tflite", "--precision", "bf16"), "--engine tflite with --framework tensorflow runs fp32, int8"),
     (("infer", "--compile-mode", "default"), "--compile-mode is torch.compile's"),
-    (("infer", "--loadgen"), "--loadgen runs with --framework pytorch only"),
+    (("infer", "--pretrained"), "--pretrained runs with --framework pytorch only"),
     (("infer",), "no TensorFlow checkpoint in"),
     (("train", "--memory-format", "nchw"), "runs channels-last (NHWC)"),
     (("train", "densenet121", "--image-size", "30"), "--image-size 30 is too small for densenet121 with --framework tensorflow"),

@@ -67,7 +67,7 @@ def test_checkpoint_of_another_model_is_refused(cli, tiny_spec):
 
 
 def test_out_of_memory_is_recorded_with_its_own_exit_code(cli, monkeypatch):
-    import cnnbench.recipes.training as training
+    import cnnbench.backends.pytorch.training as training
 
     def exploding_step(*args, **kwargs):
         def step():
@@ -82,7 +82,7 @@ def test_out_of_memory_is_recorded_with_its_own_exit_code(cli, monkeypatch):
 
 
 def test_ctrl_c_prints_statistics_of_completed_steps_and_exits_130(cli, monkeypatch):
-    import cnnbench.recipes.training as training
+    import cnnbench.backends.pytorch.training as training
 
     real = training.make_train_step
 
@@ -145,8 +145,7 @@ def test_memory_format_flag_and_its_channels_last_alias(cli, tiny_spec):
 
 
 def test_spec_training_section_sets_the_augmentation_and_flags_win(tiny_spec, tmp_path):
-    from cnnbench.backends.pytorch import distributed
-    from cnnbench.recipes import training
+    from cnnbench.backends.pytorch import distributed, training
     from cnnbench.core.config import DataConfig, TrainConfig
     from cnnbench.models.registry import resolve_entry
 
@@ -169,7 +168,7 @@ def test_sigterm_stops_after_the_current_step_and_records_what_completed(cli, ti
     In this process: the real signal, sent to it from inside the fifth step (a warm-up step, then steady
     ones), reaches the handler cnnbench.cli.main sets. A process's exit status 143 on SIGTERM is checked
     end to end in tests/test_faults.py (inference; the launcher of a 2-rank training job)."""
-    import cnnbench.recipes.training as training
+    import cnnbench.backends.pytorch.training as training
 
     real = training.make_train_step
 

@@ -250,10 +250,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One process trains; under torchrun this process is one rank of a job; with --num-accelerators N
     (N > 1) this process launches the job's N workers, each running this same command."""
-    from cnnbench import backends
+    from cnnbench.recipes import training
 
     cfg = config.build(config.TrainConfig, given_options(args))
-    return _run_training(cfg, backends.train_recipe(cfg))
+    return _run_training(cfg, training.run)
 
 
 def _run_training(cfg, run) -> int:
@@ -282,10 +282,11 @@ def _run_training(cfg, run) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from cnnbench import backends
+    from cnnbench.recipes import inference
+    from cnnbench.tools import loadgen
 
     cfg = config.build(config.InferConfig, given_options(args))
-    return exit_code(backends.infer_recipe(cfg)(cfg))
+    return exit_code((loadgen.run if cfg.loadgen.enabled else inference.run)(cfg))
 
 
 def exit_code(record: dict) -> int:

@@ -1,55 +1,34 @@
-"""Which framework's recipe runs a train or infer configuration (--framework): PyTorch's (training.py,
-inference.py, loadgen.py) or TensorFlow's (tfbackend/). Every caller (the CLI, soak, the sweeps' child
-processes, nvcnn.py) goes through here, so a TensorFlow configuration never runs on PyTorch by omission.
+"""The frameworks a run can use (--framework), each behind the one Backend interface of base.py:
+
+  pytorch/      the default: torch models, torchrun's data-parallel processes, cnnbench.engines' engines
+  tensorflow/   Keras builds of the same models, tf.data, MirroredStrategy, TensorFlow's engines
+
+`get(name)` is the one way from a configuration's framework to its backend; the recipes
+(recipes/training.py, recipes/inference.py) and the tools built on them call nothing else of a framework.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from cnnbench.backends.base import Backend
+from cnnbench.core.errors import UsageError
+
+FRAMEWORKS = ("pytorch", "tensorflow")
 
 
-def train_recipe(cfg) -> Callable[..., dict]:
-    """run(cfg, started_at=None, annotate=None) -> the record, of the configuration's framework."""
-    if cfg.framework == "tensorflow":
-        from cnnbench.backends.tensorflow import training as recipe
-    else:
-        from cnnbench.recipes import training as recipe
-    return recipe.run
+def get(framework: str) -> Backend:
+    """A fresh backend for `framework` (a run keeps its own: TensorFlow's holds its distribution strategy).
+    Each package is imported only when asked for, so PyTorch's runs never import TensorFlow."""
+    if framework == "pytorch":
+        from cnnbench.backends.pytorch.backend import PyTorchBackend
 
+        return PyTorchBackend()
+    if framework == "tensorflow":
+        from cnnbench.backends.tensorflow.backend import TensorFlowBackend
 
-def infer_recipe(cfg) -> Callable[..., dict]:
-    """run(cfg) -> the record: TensorFlow's, LoadGen's (--loadgen) or PyTorch's built-in loop."""
-    if cfg.framework == "tensorflow":
-        from cnnbench.backends.tensorflow import inference as recipe
-    elif cfg.loadgen.enabled:
-        from cnnbench.tools import loadgen as recipe
-    else:
-        from cnnbench.recipes import inference as recipe
-    return recipe.run
+        return TensorFlowBackend()
+    raise UsageError(f"unknown --framework {framework!r}; use one of: {', '.join(FRAMEWORKS)}")
 
 
 def launches_processes(cfg) -> bool:
     """Data parallelism by processes (torchrun) is PyTorch's; TensorFlow's MirroredStrategy is one process."""
     return cfg.framework == "pytorch" and cfg.num_accelerators > 1
-
-
-def preflight(kind: str, cfg, accelerators: int = 1) -> None:
-    """Validate a sweep's configuration with its framework's own preflight, before anything runs."""
-    if cfg.framework == "tensorflow":
-        if kind == "infer":
-            from cnnbench.backends.tensorflow import inference as tf_inference
-
-            tf_inference.preflight(cfg)
-        else:
-            from cnnbench.backends.tensorflow import training as tf_training
-
-            tf_training.preflight(cfg)
-    elif kind == "infer":
-        from cnnbench.recipes import inference
-
-        inference.preflight(cfg)
-    else:
-        from cnnbench.backends.pytorch import distributed
-        from cnnbench.recipes import training
-
-        training.preflight(cfg, distributed.planned(accelerators))

@@ -305,7 +305,7 @@ class InferConfig(RunConfig):
             return
         if self.compile_mode is not None:
             raise UsageError("--compile-mode is torch.compile's; TensorFlow's compile engine is XLA, with no modes")
-        for given, flag in ((self.weights, "--weights"), (self.pretrained, "--pretrained"), (self.loadgen.enabled, "--loadgen")):
+        for given, flag in ((self.weights, "--weights"), (self.pretrained, "--pretrained")):
             if given:
                 raise UsageError(f"{flag} runs with --framework pytorch only; TensorFlow starts from its own training "
                                  "checkpoint in --log-dir or --random-weights")

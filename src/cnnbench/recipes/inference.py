@@ -1,9 +1,10 @@
-"""`cnnbench infer`: the inference benchmark, read top to bottom.
+"""`cnnbench infer`: the inference benchmark, read top to bottom, for every framework.
 
 `run` is the recipe: preflight (validate and resolve), load the weights into the model, take the
-guard and calibration inputs, compute eager fp32 references, build the engine (export / quantise /
+guard and calibration inputs, compute fp32 references, build the engine (export / quantise /
 compile, timed apart), check it against the references (the fp32 guard), measure, count accuracy
-exactly, record.
+exactly, record. The model, its weights, the engines and the device are the framework's, asked of its
+backend (cnnbench.backends.get(--framework), backends/base.py); the rest is written here once.
 """
 
 from __future__ import annotations
@@ -15,23 +16,21 @@ from pathlib import Path
 
 import torch
 
-from cnnbench.recipes import checkpoints, run_record
-
+from cnnbench import backends
+from cnnbench.backends.base import Backend
 from cnnbench.core import environment, files, stats, telemetry, terminal
-from cnnbench.recipes import weights as weights_module
 from cnnbench.core.config import InferConfig
-from cnnbench.data.sources import open_source
-from cnnbench.data.synthetic import SyntheticSource
-from cnnbench.engines import ArtifactCache, EagerEngine, build_engine, check_engine
-from cnnbench.recipes.evaluation import Accuracy, padded, real_batches
-from cnnbench.models.registry import ModelEntry, resolve_with_size
-from cnnbench.core.placement import PRECISIONS, Placement, resolve_placement
+from cnnbench.core.placement import Placement
 from cnnbench.core.stats import throughput
 from cnnbench.core.timing import measure
+from cnnbench.data.evaluation import Accuracy
+from cnnbench.engines import ArtifactCache
+from cnnbench.models.registry import ModelEntry, resolve_with_size
+from cnnbench.recipes import run_record
 
 # Largest relative error ||out - ref|| / ||ref|| of the logits, against eager fp32 on the same inputs,
 # under which an engine's figures are trusted. Measured by benchmarks/guard_bounds.py (saved under
-# benchmarks/results/guard_bounds-20261129T001708Z.txt; README "The fp32 guard"), bounds at 3x or more:
+# benchmarks/results/guard_bounds-20261129T001708Z.txt; docs "The fp32 guard"), bounds at 3x or more:
 #   fp32 engines (onnxruntime, compile): 1.2e-7 .. 9.8e-7, summation order only   -> bound 1e-4
 #   fp16 autocast (10-bit mantissa): 3.2e-4 .. 8.8e-4                                -> bound 1e-2
 #   bf16 autocast (8-bit mantissa): 3.5e-3 .. 6.4e-3                                 -> bound 5e-2
@@ -52,53 +51,53 @@ class Resolved:
     placement: Placement
     batch: int
     log_dir: Path
-    compile_mode: str
+    compile_mode: str | None
+    backend: Backend
 
 
 def preflight(cfg: InferConfig) -> Resolved:
     """Validate and resolve everything a run needs before any work: model and size, placement (the memory
     format for this engine), the engine/precision pair, that weights exist, and the folders it writes."""
     cfg.validate()
-    entry, image_size = resolve_with_size(cfg.model, cfg.image_size)
-    placement = resolve_placement(cfg.placement.device, cfg.placement.precision, cfg.placement.memory_format,
-                                  PRECISIONS, engine=cfg.engine)
-    check_engine(cfg.engine, placement.precision, placement.device.type)
-    log_dir = Path(cfg.log_dir) if cfg.log_dir else checkpoints.default_log_dir(entry.name, cfg.measure.batch_size)
-    if not (cfg.weights or cfg.pretrained or cfg.random_weights or checkpoints.checkpoint_path(log_dir).exists()):
-        raise weights_module.missing(entry, log_dir)
+    backend = backends.get(cfg.framework)
+    backend.check_installed()
+    entry, image_size = resolve_with_size(cfg.model, cfg.image_size, cfg.framework)
+    backend.check_model(entry, image_size)
+    placement = backend.resolve_placement(cfg.placement, engine=cfg.engine)
+    backend.check_engine(cfg.engine, placement.precision, placement.device.type)
+    log_dir = run_record.log_dir(cfg, entry)
+    backend.check_weights(cfg, entry, log_dir)
     files.ensure_writable(Path(cfg.results_dir), "--results-dir")
     if cfg.cache_path:
         files.ensure_writable(Path(cfg.cache_path), "--cache-path")
+    backend.ready()  # last: a mistake above is one line, before a framework's start-up lines
     # single-stream (MLPerf): one image per query, each issued when the previous one has finished.
-    batch = cfg.engine_batch
-    return Resolved(entry, image_size, placement, batch, log_dir, cfg.compile_mode or default_compile_mode(placement.device))
+    compile_mode = cfg.compile_mode or default_compile_mode(placement.device) if backend.compile_modes else None
+    return Resolved(entry, image_size, placement, cfg.engine_batch, log_dir, compile_mode, backend)
 
 
 def run(cfg: InferConfig, started_at: float | None = None, harness: Harness | None = None) -> dict:
     """The recipe. `harness` measures the built engine and reports: the built-in loop unless given
-    (loadgen.py passes LoadGen's)."""
+    (tools/loadgen.py passes LoadGen's)."""
     started_at = started_at or environment.process_start_time()
     harness = harness or BuiltInLoop()
     r = preflight(cfg)
+    backend = r.backend
     harness.preflight(cfg, r)
-    r.placement.apply_global_settings()
-    weights = weights_module.resolve(r.entry, weights_file=cfg.weights, pretrained=cfg.pretrained,
-                                     random_weights=cfg.random_weights, log_dir=r.log_dir)
-    if cfg.random_weights and weights.source != "random":
-        terminal.warn(f"--random-weights: {weights.description} takes precedence (README: weights); it is what runs")
+    backend.apply(r.placement, training=False)
+    weights = backend.inference_weights(cfg, r.entry, r.log_dir)
     record = run_record.begin("infer", cfg, r.entry, r.placement, r.batch, r.image_size, header_lines(cfg, r, weights),
-                             engine=cfg.engine, scenario=cfg.scenario, weights_source=weights.source,
-                             weights=weights.description)
-    torch.manual_seed(cfg.seed)
+                              engine=cfg.engine, scenario=cfg.scenario, weights_source=weights.source,
+                              weights=weights.description)
+    backend.seed(cfg.seed)
     with run_record.out_of_memory_recorded(record, cfg.results_dir, r.entry, r.placement, training=False):
         model, digest = load_model(r, weights)
-        source = open_source(cfg.data, r.entry, r.batch, r.image_size, r.placement.device, r.placement.memory_format,
-                             cfg.seed, train=False)
+        source = backend.open_source(cfg.data, r.entry, r.batch, r.image_size, r.placement, cfg.seed, train=False)
         terminal.say(f"data = {source.describe()}")
         inputs = Inputs(cfg, r, source)
         checked = (cfg.engine, r.placement.precision) != ("eager", "fp32")
         guard_inputs = inputs.take(cfg.guard_batches, 1000) if checked else []
-        references = fp32_references(model, r.placement, guard_inputs)
+        references = backend.references(model, r.placement, guard_inputs)
         engine, cache_notes = build(cfg, r, model, digest, inputs, guard_inputs)
         checks = fp32_guard(cfg, r, engine, guard_inputs, references) if checked else guard_fields(None)
         figures = harness.measure(cfg, r, engine, source, started_at)
@@ -110,6 +109,7 @@ def run(cfg: InferConfig, started_at: float | None = None, harness: Harness | No
         source.close()
     harness.report(cfg, record)
     run_record.save(record, cfg.results_dir)
+    backend.reset()
     return record
 
 
@@ -131,34 +131,33 @@ class BuiltInLoop(Harness):
 
     def measure(self, cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
         if cfg.data.data_dir is not None:
-            stream = padded(real_batches(source, cfg.data.num_epochs), r.batch, r.placement.memory_format)
+            stream = r.backend.real_batches(source, r.batch, r.placement, cfg.data.num_epochs)
 
             def step():
                 images, labels, n = next(stream)
                 return engine(images), labels, n
         else:
+            images = next(source.batches())[0]
+
             def step():
-                return engine(source.images), None, r.batch
-        return measured_figures(cfg, r, step, source, Accuracy(), r.placement.synchronize,
-                                f"infer {r.entry.name} {cfg.engine} {r.placement.precision}", started_at)
+                return engine(images), None, r.batch
+        return measured_figures(cfg, r, step, source, r.backend.accuracy(), lambda: r.backend.synchronize(r.placement),
+                                f"infer {r.entry.name}{r.backend.tag} {cfg.engine} {r.placement.precision}", started_at)
 
     def report(self, cfg: InferConfig, record: dict) -> None:
         report(cfg, record)
 
 
 def header_lines(cfg: InferConfig, r: Resolved, weights) -> list[str]:
-    return [f"resolved: engine {cfg.engine}, {r.placement.describe()}, scenario {cfg.scenario}, batch {r.batch}, "
-            f"image {r.image_size}px" + (f", compile mode {r.compile_mode}" if cfg.engine == "compile" else ""),
+    return [f"resolved: {r.backend.describe()}engine {cfg.engine}, {r.placement.describe()}, scenario {cfg.scenario}, "
+            f"batch {r.batch}, image {r.image_size}px" + (f", compile mode {r.compile_mode}"
+                                                          if cfg.engine == "compile" and r.compile_mode else ""),
             f"weights = {weights.description}"]
 
 
-def load_model(r: Resolved, weights) -> tuple[torch.nn.Module, str]:
-    """The eval-mode model with its weights, placed; and the weights' digest (part of the cache key)."""
-    model = r.entry.build(r.image_size)
-    weights_module.load_into(model, r.entry, weights)
-    model.eval()
-    digest = weights_module.digest(model)
-    return model.to(r.placement.device, memory_format=r.placement.memory_format), digest
+def load_model(r: Resolved, weights):
+    """The eval-mode fp32 model with its weights, placed; and the weights' digest (part of the cache key)."""
+    return r.backend.load_model(r.entry, r.image_size, r.placement, weights)
 
 
 class Inputs:
@@ -167,52 +166,49 @@ class Inputs:
     def __init__(self, cfg: InferConfig, r: Resolved, source):
         self.cfg, self.r, self.source = cfg, r, source
 
-    def take(self, count: int, seed_offset: int) -> list[torch.Tensor]:
+    def take(self, count: int, seed_offset: int) -> list:
         r = self.r
         if self.cfg.data.data_dir is not None:
-            batches = padded(self.source.epoch_batches(), r.batch, r.placement.memory_format)
+            batches = r.backend.real_batches(self.source, r.batch, r.placement)
             return [images for images, _, _ in itertools.islice(batches, count)]
-        return [SyntheticSource(r.batch, r.image_size, r.entry.preprocessing, r.placement.device, r.placement.memory_format,
-                                seed=self.cfg.seed + seed_offset + i).images for i in range(count)]
+        return [r.backend.synthetic_batch(r.entry, r.batch, r.image_size, r.placement, self.cfg.seed + seed_offset + i)
+                for i in range(count)]
 
-    def calibration(self) -> list[torch.Tensor]:
+    def calibration(self) -> list:
         if self.cfg.data.data_dir is None:
             terminal.warn("int8 calibrated on synthetic images: accuracy figures of this engine are meaningless; "
                            "give --data-dir for a real calibration")
         return self.take(self.cfg.calib_batches, 2000)
 
 
-def build(cfg: InferConfig, r: Resolved, model, digest: str, inputs: Inputs, guard_inputs: list[torch.Tensor]):
+def build(cfg: InferConfig, r: Resolved, model, digest: str, inputs: Inputs, guard_inputs: list):
     """The engine, from the artefact cache when it holds an intact one; (engine, the cache's notes)."""
     p = r.placement
     key = {"model": r.entry.name, "weights": digest, "engine": cfg.engine, "precision": p.precision,
-           "batch_size": r.batch, "image_size": r.image_size, "device": _device_name(p.device),
-           "channels_last": p.channels_last, "compile_mode": r.compile_mode if cfg.engine == "compile" else None,
+           "batch_size": r.batch, "image_size": r.image_size,
            "calibration": (cfg.data.data_dir, cfg.calib_batches) if p.precision == "int8" else None,
-           "versions": _library_versions()}
+           **r.backend.cache_identity(cfg.engine, p, r.compile_mode)}
     cache = ArtifactCache(cfg.cache_path, key)
     # Engines that build (export, compile) trace one batch; eager builds nothing and needs none.
     example = guard_inputs[0] if guard_inputs else None if cfg.engine == "eager" else inputs.take(1, 3000)[0]
     try:
-        engine = build_engine(cfg.engine, model, p, example, cache, inputs.calibration, r.compile_mode,
-                              int8_activations=cfg.int8_activations)
+        engine = r.backend.build_engine(cfg, r.entry, r.image_size, p, r.batch, model, example, cache,
+                                        inputs.calibration, r.compile_mode)
     finally:
         cache.close()
     for note in cache.notes:
         terminal.warn(note)
     info = engine.info
     state = "nothing to build" if cfg.engine == "eager" else "hit" if info["cache_hit"] else "miss" if cfg.cache_path else "off"
-    terminal.say(f"engine = {cfg.engine}: build {info['engine_build_seconds']:.2f} s, load {info['engine_load_seconds']:.2f} s, "
-                  f"cache {state}" + "".join(f", {k} {info[k]}" for k in ("exporter", "execution_provider") if k in info))
+    terminal.say(f"engine = {cfg.engine}{r.backend.tag}: build {info['engine_build_seconds']:.2f} s, load "
+                  f"{info['engine_load_seconds']:.2f} s, cache {state}"
+                  + "".join(f", {k} {info[k]}" for k in ("exporter", "execution_provider") if k in info))
     return engine, cache.notes
 
 
-def fp32_references(model: torch.nn.Module, placement: Placement, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Eager fp32 outputs on `inputs`, the guard's reference: true fp32, with TF32 off even in a tf32 run,
-    whose global switch is already on (Placement.true_fp32)."""
-    reference = EagerEngine(model, Placement(placement.device, "fp32", placement.channels_last))
-    with Placement.true_fp32():
-        return [reference(x) for x in inputs]
+def fp32_references(model, placement: Placement, inputs: list, backend: Backend | None = None) -> list:
+    """True-fp32 outputs of the model on `inputs`, the guard's reference (the backend's references)."""
+    return (backend or backends.get("pytorch")).references(model, placement, inputs)
 
 
 def guard_fields(bound: float | None, inputs: int = 0, agreement: float | None = None, relative: float | None = None) -> dict:
@@ -221,18 +217,18 @@ def guard_fields(bound: float | None, inputs: int = 0, agreement: float | None =
             "guard_bound": bound, "guard_ok": ok}
 
 
-def fp32_guard(cfg: InferConfig, r: Resolved, engine, inputs: list[torch.Tensor], references: list[torch.Tensor]) -> dict:
-    """Top-1 agreement and relative error of the engine's logits against eager fp32's on the same inputs."""
+def fp32_guard(cfg: InferConfig, r: Resolved, engine, inputs: list, references: list) -> dict:
+    """Top-1 agreement and relative error of the engine's logits against fp32's on the same inputs."""
     if not inputs:
         return guard_fields(GUARD_BOUNDS[r.placement.precision])
-    outputs = torch.cat([engine(x).float().cpu() for x in inputs])
-    reference = torch.cat([x.float().cpu() for x in references])
-    return judge_guard(cfg.engine, r.placement.precision, outputs, reference, len(inputs))
+    outputs = torch.cat([r.backend.to_host(engine(x)) for x in inputs])
+    reference = torch.cat([r.backend.to_host(x) for x in references])
+    return judge_guard(cfg.engine, r.placement.precision, outputs, reference, len(inputs), r.backend.reference_name)
 
 
 def judge_guard(engine: str, precision: str, outputs: torch.Tensor, reference: torch.Tensor, batches: int,
                 reference_name: str = "eager fp32") -> dict:
-    """The guard's verdict on an engine's logits against the reference's (both frameworks' runs use it)."""
+    """The guard's verdict on an engine's logits against the reference's."""
     bound = GUARD_BOUNDS[precision]
     agreement = 100.0 * (outputs.argmax(1) == reference.argmax(1)).float().mean().item()
     relative = (torch.linalg.vector_norm(outputs - reference) / torch.linalg.vector_norm(reference)).item()
@@ -246,9 +242,9 @@ def judge_guard(engine: str, precision: str, outputs: torch.Tensor, reference: t
 
 def measured_figures(cfg: InferConfig, r, step, source, accuracy, synchronize, label: str, started_at: float) -> dict:
     """The measured loop (timing.measure) over `step` -> (logits, labels or None, images counted), the telemetry
-    sampler beside it, and the record's figures; both frameworks' built-in loops run it. Real data: the
-    steps of --num-epochs passes (every image counted for accuracy by `accuracy`, warm-up too), the waits
-    and the corrupt images of the measured passes; synthetic: --num-batches or --duration."""
+    sampler beside it, and the record's figures. Real data: the steps of --num-epochs passes (every image
+    counted for accuracy by `accuracy`, warm-up too), the waits and the corrupt images of the measured
+    passes; synthetic: --num-batches or --duration."""
     real = cfg.data.data_dir is not None
     steps_total = cfg.data.num_epochs * -(-source.images_per_epoch // r.batch) if real and cfg.data.num_epochs else None
     warmup = min(cfg.measure.warmup, steps_total - 1) if steps_total else cfg.measure.warmup
@@ -307,21 +303,3 @@ def report(cfg: InferConfig, record: dict) -> None:
         terminal.input_wait_line(record)
     if record["status"] != "ok":
         terminal.say(f"Stopped: {record['reason']}; the figures cover the {record['steady_steps']} completed steady batches")
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu:{environment.collect()['env.cpu_model']}"
-
-
-def _library_versions() -> dict:
-    import importlib.metadata as md
-
-    versions = {"torch": torch.__version__}
-    for name in ("torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions

@@ -190,7 +190,7 @@ def frameworks(settings: SweepConfig, base: RunConfig) -> list[str]:
 def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan, measure: dict,
                       models: list[str], batches: list[int], device: torch.device) -> list[Configuration]:
     """One framework's configurations: models x batch sizes x (engine pairs | accelerator counts)."""
-    from cnnbench import backends
+    from cnnbench.recipes import inference, training
 
     variants = engine_pairs(settings, device, base.framework) if kind == "infer" else accelerator_counts(settings, device)
     tag = "" if base.framework == "pytorch" else f"_{base.framework}"
@@ -207,11 +207,11 @@ def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explici
                 if kind == "infer":
                     engine, precision = variant
                     run = dataclasses.replace(run, engine=engine, placement=dataclasses.replace(run.placement, precision=precision))
-                    backends.preflight(kind, run)
+                    inference.preflight(run)
                     suffix = "" if variant == ("eager", "fp32") else f"_{engine}_{precision}"
                 else:
                     run = dataclasses.replace(run, num_accelerators=variant)
-                    backends.preflight(kind, run, variant)
+                    training.preflight(run)  # the job of --num-accelerators `variant`, as it would be launched
                     suffix = f"_x{variant}" if variant > 1 else ""
                 base_record = {"kind": kind, "model": name, "model_source": entry.source, "framework": run.framework, "batch_size": batch, "device": str(device),
                                "engine": getattr(run, "engine", None), "precision": run.placement.precision,

@@ -2,12 +2,15 @@
 
 LoadGen (the mlcommons-loadgen package: MLPerf Inference's own load generator, C++ with Python
 bindings) issues the queries, times them and judges the run VALID or INVALID; cnnbench only answers
-them, as a system under test (SUT) wrapping any engine and precision `cnnbench infer` builds. The
-recipe is inference.run's (weights, engine, fp32 guard, record); this module is its measuring stage:
+them, as a system under test (SUT) wrapping any engine and precision `cnnbench infer` builds, of either
+framework. The recipe is inference.run's (weights, engine, fp32 guard, record); this module is its
+measuring stage, and reaches the framework through its backend only (engine_input, engine_output,
+synchronize: backends/base.py):
 
   sample library   LoadGen's query sample library: uint8 images on the host (synthetic, or the first
                    images of --data-dir's split with their labels); the set LoadGen loads before a run
-                   is normalised onto the device then, untimed, as MLPerf allows
+                   is normalised onto the device then, untimed, as MLPerf allows (a TensorFlow engine
+                   is handed each batch as its NHWC view, the same memory)
   warm-up          --warmup batches, then a few timed ones: the expected throughput/latency LoadGen
                    sizes Offline's single query and the streams' pre-generated queries with
   SUT              single- and multi-stream answer each query inline (one query is one batch);
@@ -44,7 +47,7 @@ from cnnbench.tools.batching import DynamicBatcher
 from cnnbench.core.config import InferConfig
 from cnnbench.data.normalization import Normalizer
 from cnnbench.core.errors import UsageError
-from cnnbench.recipes.evaluation import Accuracy, top5_classes
+from cnnbench.data.evaluation import Accuracy, top5_classes
 from cnnbench.recipes.inference import Harness, Resolved
 from cnnbench.recipes.inference import run as run_inference
 from cnnbench.core.timing import measure
@@ -117,7 +120,8 @@ class SampleLibrary:
 
 def open_library(cfg: InferConfig, r: Resolved, source, mlperf_samples: int) -> SampleLibrary:
     """Synthetic: --loadgen-samples (default MLPerf's performance sample count) seeded random images.
-    --data-dir: the split's first --loadgen-samples images (default all) with their labels."""
+    --data-dir: the split's first --loadgen-samples images (default all) with their labels, normalised as
+    the source normalises them."""
     p = r.placement
     if cfg.data.data_dir is None:
         count = cfg.loadgen.samples or mlperf_samples
@@ -126,13 +130,15 @@ def open_library(cfg: InferConfig, r: Resolved, source, mlperf_samples: int) -> 
         return SampleLibrary(pixels, None, Normalizer(r.entry.preprocessing, p.device), p.memory_format, mlperf_samples)
     wanted = min(cfg.loadgen.samples or source.images_per_epoch, source.images_per_epoch)
     images, labels, held = [], [], 0
-    for batch_images, batch_labels in source.host_batches():
+    for host_images, host_labels in source.host_batches():
+        batch_images, batch_labels = r.backend.library_pixels(host_images, host_labels)
         images.append(batch_images[: wanted - held])
         labels.append(batch_labels[: wanted - held])
         held += len(images[-1])
         if held >= wanted:
             break
-    return SampleLibrary(torch.cat(images), torch.cat(labels), source.normalizer, p.memory_format, mlperf_samples)
+    normalizer = Normalizer(source.preprocess.normalization, p.device)
+    return SampleLibrary(torch.cat(images), torch.cat(labels), normalizer, p.memory_format, mlperf_samples)
 
 
 class SystemUnderTest:
@@ -176,6 +182,12 @@ class SystemUnderTest:
             self.answered += len(samples)
 
 
+def backend_engine(r: Resolved, engine) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The engine as the SUT calls it: a library batch in, logits LoadGen can rank out, whatever the framework."""
+    backend = r.backend
+    return lambda images: backend.engine_output(engine(backend.engine_input(images)))
+
+
 def warm_up(cfg: InferConfig, r: Resolved, engine, library: SampleLibrary) -> float:
     """--warmup batches (MLPerf allows warming the SUT up before the run), then --min-steady-steps timed
     ones; returns the fastest one's seconds, from which LoadGen sizes its run. The fastest, not the
@@ -184,7 +196,7 @@ def warm_up(cfg: InferConfig, r: Resolved, engine, library: SampleLibrary) -> fl
     first = list(range(min(r.batch, library.total)))
     library.load(first)
     images = library.batch(first, r.batch)
-    times = measure(lambda: engine(images), r.placement.synchronize, warmup=cfg.measure.warmup,
+    times = measure(lambda: engine(images), lambda: r.backend.synchronize(r.placement), warmup=cfg.measure.warmup,
                     max_steps=cfg.measure.min_steady_steps)
     library.unload(first)
     if times.interrupted:
@@ -484,6 +496,7 @@ class LoadGenHarness(Harness):
         lg = self.lg
         library = open_library(cfg, r, source, mlperf_settings(lg, cfg.scenario).performance_sample_count_override)
         terminal.say(f"LoadGen sample library: {library.total} images, {library.performance_count} loaded per run")
+        engine = backend_engine(r, engine)
         batch_seconds = warm_up(cfg, r, engine, library)
         accuracy = cfg.loadgen.mode == "accuracy"
         sut = SystemUnderTest(lg, engine, library, r.batch, accuracy)

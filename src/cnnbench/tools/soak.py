@@ -2,7 +2,7 @@
 original's pressure test (train-all-pressure.sh: every model at batch 64 for 2,000 batches, into
 results_train_pressure/), and a verdict on whether performance held (issue 12).
 
-A soak is a training run (training.run, or TensorFlow's with --framework tensorflow, same loop, same record) whose record gains the verdict: the first
+A soak is a training run (recipes/training.run, of either framework: same loop, same record) whose record gains the verdict: the first
 and the last 10% of the steady steps compared, throughput (images/s over those steps) and p99 step time,
 with the clocks and temperature of the first and last 10% of the telemetry series beside them, the
 throttle reasons seen and the run's errors. Throughput that falls by more than --drop-threshold percent
@@ -28,12 +28,12 @@ MIN_STEPS = 20  # 10% of fewer steps is one step: a verdict on single steps woul
 
 def run(cfg: SoakConfig) -> dict:
     """The soak: a training run with the pressure test's defaults and the verdict in its record."""
-    from cnnbench import backends
+    from cnnbench.recipes import training
 
     cfg = cfg.resolved()
     if cfg.log_dir is None:  # its own checkpoints: a soak neither resumes from nor replaces `cnnbench train`'s
         cfg = dataclasses.replace(cfg, log_dir=f"log_pressure_{resolve_entry(cfg.model).name}_{cfg.measure.batch_size}")
-    return backends.train_recipe(cfg)(cfg, annotate=lambda record: verdict(record, cfg.drop_threshold))
+    return training.run(cfg, annotate=lambda record: verdict(record, cfg.drop_threshold))
 
 
 def _mean(values) -> float | None:

@@ -18,11 +18,6 @@ from cnnbench.core.files import create_beside
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def default_log_dir(model_name: str, batch_size: int) -> Path:
-    # The original's scripts keep each configuration's checkpoint in ./log_<model>_<batch>.
-    return Path(f"log_{model_name}_{batch_size}")
-
-
 def checkpoint_path(log_dir: Path) -> Path:
     return Path(log_dir) / CHECKPOINT_FILE
 

@@ -25,13 +25,14 @@ import re
 import signal
 import socket
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from cnnbench.backends.base import World  # noqa: F401 (distributed.World: this process's place in the job)
 from cnnbench.core import environment, errors, terminal
 from cnnbench.core.stats import throughput
 from cnnbench.core.timing import StepTimes
@@ -55,22 +56,6 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # itself hang (the same header). A user's 0 or 2 (no tear-down) is kept: a hung rank then hangs the job.
 NCCL_ERROR_HANDLING_NAMES = ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING")
 NCCL_TEAR_DOWN = "3"
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place in the job. A plain single-device run is rank 0 of 1, not distributed."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    local_size: int = 1  # processes on this node
-    distributed: bool = False  # under torchrun: DDP and collectives, with one process too
-    backend: str | None = None  # set by join
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def under_torchrun() -> bool:

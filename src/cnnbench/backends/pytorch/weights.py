@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnbench.recipes import checkpoints
+from cnnbench.backends.pytorch import checkpoints
 from cnnbench.core.errors import UsageError
 from cnnbench.models.registry import ModelEntry
 

@@ -1,13 +1,16 @@
-"""TensorFlow as a second backend (`--framework tensorflow`): the same workloads, measured loop,
-statistics, records and tables as PyTorch's, on the original's framework.
+"""TensorFlow as a second backend (`--framework tensorflow`): the same recipes (recipes/training.py,
+recipes/inference.py), measured loop, statistics, records and tables as PyTorch's, on the original's
+framework, behind the Backend interface (backends/base.py).
 
+  backend.py    TensorFlowBackend: the Backend methods, one process with N MirroredStrategy replicas
   models.py     Keras builds of the registry's models: keras.applications' ResNets and DenseNet,
                 GoogLeNet after torchvision's layer structure, any spec file (synNet format)
   data.py       synthetic batches, and tf.data reading the TFRecord shards and image folders with
                 the preprocessing presets of data/preprocess.py
-  training.py   `cnnbench train --framework tensorflow`
-  inference.py  `cnnbench infer --framework tensorflow`: eager (tf.function), compile (XLA) and
-                tflite (full-integer int8), each checked against TensorFlow fp32
+  runtime.py    the placement applied to TensorFlow: Keras policy, TF32, devices, the strategy, sync
+  training.py   the train step, the optimizer under the strategy, TensorFlow's checkpoint format
+  engines.py    FunctionEngine (eager: tf.function; compile: XLA) and TFLiteEngine (fp32, full-integer
+                int8), each checked against TensorFlow fp32 by the inference recipe's guard
 
 TensorFlow is optional (the `tensorflow` extra); `require()` is the one way in, and says how to
 install it when it is missing.
