@@ -32,7 +32,6 @@ from rich.table import Table
 from cnnbench import engines
 
 from cnnbench.recipes import inference
-from cnnbench.recipes import weights as weights_module
 from cnnbench.core.config import DataConfig, InferConfig, MeasureConfig, PlacementConfig
 from cnnbench.data.sample import DIGIT_NET
 from cnnbench.data.sources import open_source
@@ -85,8 +84,7 @@ def measure_pair(net: Network, engine: str, precision: str, activations: str | N
                       measure=MeasureConfig(batch_size=net.batch), data=DataConfig(data_dir=net.data_dir, workers=0),
                       placement=PlacementConfig(device="cpu", precision=precision), int8_activations=activations or "auto")
     r = inference.preflight(cfg)
-    weights = weights_module.resolve(r.entry, weights_file=None, pretrained=False, random_weights=cfg.random_weights,
-                                     log_dir=r.log_dir)
+    weights = r.backend.inference_weights(cfg, r.entry, r.log_dir)
     torch.manual_seed(cfg.seed)  # as inference.run: the same random weights for every pair
     model, digest = inference.load_model(r, weights)
     source = open_source(cfg.data, r.entry, r.batch, r.image_size, r.placement.device, r.placement.memory_format,
