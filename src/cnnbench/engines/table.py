@@ -91,6 +91,14 @@ ENGINES: tuple[EngineSpec, ...] = (
         precisions={"cpu": ("fp32", "fp16", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
         layout="any", optimized_on=("cpu", "cuda"), sweep={"cuda": ("bf16", "fp16")}, estimate="compile",
         install=None, requires=(), refused={}, engine_class="cnnbench.engines.eager:CompiledEngine"),
+    # OpenVINO, Intel's CPU runtime: bf16 where the CPU has it natively (the class refuses it elsewhere). Not
+    # optimized nor in the default sweep until measured against ONNX Runtime across CPUs (issue 26).
+    EngineSpec(
+        name="openvino", framework="pytorch", title="OpenVINO",
+        precisions={"cpu": ("fp32", "int8", "bf16")},
+        layout="NCHW", optimized_on=(), sweep={}, estimate="export",
+        install="pip install 'cnnbench[openvino]' (or .venv/bin/pip install -e '.[openvino]')",
+        requires=("openvino", "nncf"), refused={}, engine_class="cnnbench.engines.openvino:OpenVINOEngine"),
     # TensorFlow's: its graph (eager: a tf.function), XLA (compile) and, on a CPU, TensorFlow Lite's
     # full-integer int8. Optimized: XLA on CUDA (this TensorFlow has no TensorRT), TensorFlow Lite on a CPU.
     EngineSpec(
