@@ -60,6 +60,22 @@ def _accelerators(record: dict) -> int:
 
 def _cell(record: dict | None, field: str) -> str:
     if record is None:
+def model_source(record: dict) -> str:
+    """Where the record's model came from (models/entry.py SOURCES). Records from before issue 22 have no
+    model_source; the registry and spec files were the only sources then, a spec named by its .json path."""
+    given = str(record.get("config.model") or "")
+    return record.get("model_source") or ("spec" if given.lower().endswith(".json") else "registry")
+
+
+def row_names(records: list[dict]):
+    """record -> its model's row name: the name, with the source added (`synNet (spec)`) where records of one
+    name come from two sources (a copy of synNet.json beside the registered synNet), kept apart so."""
+    sources: dict[str, set[str]] = {}
+    for r in records:
+        sources.setdefault(r["model"], set()).add(model_source(r))
+    return lambda r: r["model"] if len(sources[r["model"]]) == 1 else f"{r['model']} ({model_source(r)})"
+
+
         return ""
     if record.get("status") != "ok":
         return str(record.get("status", "failed")).upper() if record.get("status") == "oom" else str(record.get("status"))
@@ -76,15 +92,16 @@ def tables_csv(records: list[dict]) -> str:
     records = [r for r in records if r.get("batch_size") is not None]
     variants: list[str] = []
     for r in records:
+    name = row_names(records)
         if _variant(r) not in variants:
             variants.append(_variant(r))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     for v_index, variant in enumerate(variants):
         chosen = [r for r in records if _variant(r) == variant]
-        models = _ordered_models([r["model"] for r in chosen])
+        models = _ordered_models([name(r) for r in chosen])
         batches = sorted({int(r["batch_size"]) for r in chosen})
-        latest = {(r["model"], int(r["batch_size"])): r for r in chosen}
+        latest = {(name(r), int(r["batch_size"])): r for r in chosen}
         suffix = f" ({variant})" if variant and len(variants) > 1 else ""
         for t_index, (title, text, field) in enumerate(
             [(SYSTEM_TITLE, SYSTEM_TEXT, "system_images_per_sec"), (ACCEL_TITLE, ACCEL_TEXT, "images_per_sec")]
@@ -111,11 +128,12 @@ EFFICIENCY_TEXT = (
 def with_scaling_efficiency(records: list[dict]) -> list[dict]:
     """The records, those at N > 1 accelerators with `scaling_efficiency` (percent) where a successful
     run of the same configuration at 1 accelerator exists (the latest such run)."""
-    single = {(_variant(r), r["model"], int(r["batch_size"])): r for r in records
+    name = row_names(records)
+    single = {(_variant(r), name(r), int(r["batch_size"])): r for r in records
               if _accelerators(r) == 1 and r.get("status") == "ok" and r.get("images_per_sec")}
     out = []
     for r in records:
-        base = single.get((_variant(r, with_accelerators=False), r["model"], int(r["batch_size"])))
+        base = single.get((_variant(r, with_accelerators=False), name(r), int(r["batch_size"])))
         count = _accelerators(r)
         if count > 1 and base is not None and r.get("status") == "ok" and r.get("images_per_sec") is not None:
             r = {**r, "scaling_efficiency": 100.0 * r["images_per_sec"] / (count * base["images_per_sec"])}
@@ -131,15 +149,16 @@ def _efficiency_table(records: list[dict], out: io.StringIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     variants = list(dict.fromkeys(_variant(r, with_accelerators=False) for r in rated))
     for variant in variants:
+    name = row_names(rated)
         chosen = [r for r in rated if _variant(r, with_accelerators=False) == variant]
         batches = sorted({int(r["batch_size"]) for r in chosen})
-        latest = {(r["model"], _accelerators(r), int(r["batch_size"])): r for r in chosen}
+        latest = {(name(r), _accelerators(r), int(r["batch_size"])): r for r in chosen}
         suffix = f" ({variant})" if variant and len(variants) > 1 else ""
         out.write("\n\n\n")
         writer.writerow([EFFICIENCY_TITLE + suffix])
         writer.writerow([EFFICIENCY_TEXT])
         writer.writerow(["model", "accelerators", *[f"batch {b}" for b in batches]])
-        for model in _ordered_models([r["model"] for r in chosen]):
+        for model in _ordered_models([name(r) for r in chosen]):
             for count in sorted({n for m, n, _ in latest if m == model}):
                 cells = [latest.get((model, count, b)) for b in batches]
                 writer.writerow([model, count, *["" if r is None else f"{r['scaling_efficiency']:.1f}" for r in cells]])

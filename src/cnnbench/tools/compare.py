@@ -31,11 +31,11 @@ import json
 import math
 from dataclasses import dataclass
 
-from cnnbench.core import errors, store
+from cnnbench.core import errors, store, tables
 from cnnbench.tools.charts import number
 from cnnbench.core.config import CompareConfig
 
-KEY_FIELDS = ("kind", "model", "batch_size", "image_size", "engine", "precision", "scenario", "num_accelerators",
+KEY_FIELDS = ("kind", "model", "model_source", "batch_size", "image_size", "engine", "precision", "scenario", "num_accelerators",
               "device", "input")
 RUN_KINDS = ("train", "infer")
 # Fields of the environment that differ between any two runs and explain nothing (the time of the run).
@@ -47,6 +47,7 @@ def key_of(record: dict) -> tuple:
     """The configuration a record measured, in KEY_FIELDS order; the device by type (cuda:0 and cuda:1 are one)."""
     values = {k: record.get(k) for k in KEY_FIELDS}
     values["device"] = str(record.get("device") or "").split(":")[0] or None
+    values["model_source"] = tables.model_source(record)  # a spec file named as a registered model is another
     values["num_accelerators"] = int(record.get("num_accelerators") or 1)
     values["input"] = "real" if record.get("config.data.data_dir") else "synthetic"
     values["scenario"] = record.get("scenario") or ("offline" if record.get("kind") == "infer" else None)
@@ -60,7 +61,8 @@ def label(key: tuple) -> str:
     text = f"{k['kind']} {k['model']} batch {k['batch_size']} {variant}".rstrip()
     extras = [f"{k['image_size']} px" if k["image_size"] else "", k["scenario"] if k["scenario"] not in (None, "offline") else "",
               f"x{k['num_accelerators']}" if k["num_accelerators"] > 1 else "", k["device"] or "",
-              "real data" if k["input"] == "real" else ""]
+              "real data" if k["input"] == "real" else "",
+              "spec file" if k["model_source"] == "spec" else ""]  # the other sources' names say theirs (timm:, .py:)
     return text + "".join(f", {e}" for e in extras if e)
 
 
