@@ -242,6 +242,51 @@ def test_accuracy_mode_counts_exactly_what_plain_inference_counts(cli, tiny_spec
     assert (Path(through_loadgen["loadgen_log_dir"]) / loadgen.ACCURACY_LOG).stat().st_size > 0
 
 
+needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
+
+
+@needs_loadgen
+@needs_tensorflow
+@pytest.mark.parametrize("scenario, engine, precision", [("single-stream", "eager", "fp32"), ("offline", "tflite", "int8")])
+def test_loadgen_drives_tensorflow_engines(cli, tiny_spec, scenario, engine, precision):
+    """The same SUT over TensorFlow's engines (issue 21): the library's NCHW batches reach them as NHWC, the
+    logits come back to the host, and the run is guarded and recorded as any other."""
+    options, batch = SCENARIOS[scenario]
+    code, out, err = cli("infer", tiny_spec, *SHORT, "--framework", "tensorflow", "--engine", engine, "--precision", precision,
+                         "--scenario", scenario, *options, "--guard-batches", "1", "--calib-batches", "2")
+    assert code == 0, err
+    record = read_jsonl("results_infer/runs.jsonl")[-1]
+    assert (record["framework"], record["engine"], record["precision"]) == ("tensorflow", engine, precision)
+    assert record["harness"] == "loadgen" and record["loadgen_scenario"] == loadgen.LOADGEN_SCENARIOS[scenario]
+    assert record["batch_size"] == batch and record["status"] == "ok" and record["loadgen_result"] in ("VALID", "INVALID")
+    assert record["images_per_sec"] > 0 and 0 < record["latency_ms_p50"] <= record["latency_ms_p99"]
+    assert record["guard_ok"] is (None if precision == "fp32" else True)
+    assert f"LoadGen {record['loadgen_scenario']}:" in out
+
+
+@needs_loadgen
+@needs_tensorflow
+@pytest.mark.slow
+def test_tensorflow_accuracy_mode_counts_exactly_what_plain_inference_counts(cli, tiny_spec):
+    assert cli("data", "sample", "digits", "--image-size", "16", "--format", "jpeg")[0] == 0
+    code, _, err = cli("train", tiny_spec, "--framework", "tensorflow", "--data-dir", "digits", "--image-size", "16",
+                       "--batch-size", "32", "--num-epochs", "1", "--warmup", "1", "--min-crop-scale", "0.5", "--flip", "0",
+                       "--learning-rate", "0.05")
+    assert code == 0, err
+    common = ["infer", tiny_spec, "--framework", "tensorflow", "--data-dir", "digits", "--image-size", "16",
+              "--batch-size", "32", "--log-dir", "log_tinyNet_32", "--warmup", "1"]
+    code, _, err = cli(*common, "--num-epochs", "1")
+    assert code == 0, err
+    code, out, err = cli(*common, "--loadgen", "--loadgen-mode", "accuracy", "--scenario", "offline")
+    assert code == 0, err
+    plain, through_loadgen = read_jsonl("results_infer/runs.jsonl")
+    assert through_loadgen["weights_source"] == plain["weights_source"] == "checkpoint"
+    assert through_loadgen["images_evaluated"] == plain["images_evaluated"] == 360  # the whole validation split
+    assert (through_loadgen["top1"], through_loadgen["top5"]) == (plain["top1"], plain["top5"])
+    assert plain["top1"] > 10  # a trained model (88.6% here): the counts compare real predictions
+    assert through_loadgen["accuracy_matches_plain"] is True and "(the same)" in out
+
+
 def test_without_the_package_loadgen_says_how_to_install_it(cli, tiny_spec, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)  # import fails as if it were not installed
     code, out, err = cli("infer", tiny_spec, "--random-weights", "--loadgen")

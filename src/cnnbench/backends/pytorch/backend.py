@@ -18,6 +18,7 @@ from cnnbench.core.placement import PRECISIONS, Placement, resolve_placement
 from cnnbench.core.timing import StepTimes
 from cnnbench.data.sources import open_source
 from cnnbench.data.synthetic import SyntheticSource
+from cnnbench.engines import table
 from cnnbench.models.registry import ModelEntry
 from cnnbench.data.evaluation import Accuracy, evaluate, padded, real_batches
 
@@ -39,12 +40,10 @@ class PyTorchBackend(Backend):
                                  PRECISIONS, engine=engine)
 
     def engines(self) -> tuple[str, ...]:
-        return _table_names(self.name)
+        return table.names(self.name)
 
     def check_engine(self, engine: str, precision: str, device_type: str) -> None:
-        from cnnbench import engines
-
-        engines.check_engine(engine, precision, device_type)
+        table.check(self.name, engine, precision, device_type)
 
     # ------------------------------------------------------------ the job: torchrun's processes
 
@@ -213,17 +212,6 @@ class PyTorchBackend(Backend):
 
     def engine_output(self, logits) -> torch.Tensor:
         return logits
-
-
-def _table_names(framework: str) -> tuple[str, ...]:
-    """The framework's engines from the engine table (cnnbench.engines.table), else today's validity table."""
-    try:
-        from cnnbench.engines import table
-    except ImportError:
-        from cnnbench.engines import ENGINES
-
-        return tuple(ENGINES)
-    return tuple(table.names(framework))
 
 
 def _device_name(device: torch.device) -> str:
