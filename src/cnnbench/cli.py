@@ -1,10 +1,10 @@
 """Command line: `cnnbench models | profile | synth [validate] | train | train-all | infer | infer-all | max-batch |
 soak | soak-all | data | results | report | compare`.
 
-Every option of train, infer and their sweeps is generated from the typed configuration tree in
-config.py (its fields' types, defaults, help and choices); this module adds no default of its own.
-Options the user did not give are absent from the parse, so the tree's defaults apply and a sweep
-knows what was asked for explicitly.
+Every option of every command is generated from the typed configuration tree in config.py (its fields'
+types, defaults, help and choices) by options.py; this module adds no default of its own. Options the user
+did not give are absent from the parse, so the tree's defaults apply and a sweep knows what was asked for
+explicitly.
 
 User mistakes end in one line and exit 2; out of memory exits 3; Ctrl-C exits 130 and SIGTERM 143,
 each after the statistics of the completed steps are printed and recorded.
@@ -13,12 +13,11 @@ each after the statistics of the completed steps are printed and recorded.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
-import typing
 
 from cnnbench.core import config, errors
+from cnnbench.core.options import add_config_options, given_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,66 +25,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(errors.EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _bounded(kind: type) -> typing.Callable[[str], object]:
-    def parse(text: str):
-        value = kind(text)  # ValueError -> argparse's "invalid int value: 'x'"
-        if kind is int and abs(value) > config.MAX_INT:
-            raise argparse.ArgumentTypeError(f"{text} is out of range (at most {config.MAX_INT})")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its message
-    return parse
-
-
-def _value_type(cls: type, f: dataclasses.Field) -> type:
-    hint = typing.get_type_hints(cls)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def add_config_options(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", exclude: tuple[str, ...] = (),
-                       target=None) -> None:
-    """One command-line option per leaf field of `cls` (nested dataclasses become option groups)."""
-    target = target or parser
-    for f in dataclasses.fields(cls):
-        path = prefix + f.name
-        if path in exclude:
-            continue
-        if dataclasses.is_dataclass(f.default_factory):
-            group = parser.add_argument_group(f.name)
-            add_config_options(parser, f.default_factory, prefix=path + ".", exclude=exclude, target=group)
-            continue
-        meta, kind, default = f.metadata, _value_type(cls, f), config.field_default(f)
-        if meta.get("positional"):
-            target.add_argument(f.name, help=meta["help"], **{k: meta[k] for k in ("nargs", "metavar") if meta.get(k)})
-            continue
-        shown = f" (default {default})" if default not in (None, False, "") and meta.get("show_default", True) else ""
-        common = dict(dest=path, default=argparse.SUPPRESS, help=meta["help"] + shown)
-        if kind is bool:
-            assert default is False, f"{path}: boolean options default to off"
-            target.add_argument(config.flag_of(f), action="store_true", **common)
-        else:
-            target.add_argument(config.flag_of(f), type=_bounded(kind) if kind in (int, float) else kind,
-                                choices=meta.get("choices"), metavar=meta.get("metavar") or (None if meta.get("choices") else f.name.upper()), **common)
-        if meta.get("alias"):
-            flag, value = meta["alias"]
-            target.add_argument(flag, dest=path, action="store_const", const=value, default=argparse.SUPPRESS,
-                                help=f"the same as {config.flag_of(f)} {value}")
-
-
-def given_options(args: argparse.Namespace, prefix: str = "") -> dict[str, object]:
-    """The options the user gave, by dotted config name, those under `prefix` with it removed."""
-    skip = ("func", "command", "synth_action")
-    return {k.removeprefix(prefix): v for k, v in vars(args).items()
-            if k not in skip and (k.startswith(prefix) if prefix else not k.startswith("sweep."))}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnbench", description="Training and inference benchmark for convolutional networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("models", help="list the registered models with parameters and FLOPs")
-    p.add_argument("--image-size", type=_bounded(int), default=None)
+    add_config_options(p, config.ModelsConfig)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("profile", help="per-layer workload profile of models: operation types, geometry, FLOPs, bytes, "
@@ -143,7 +88,8 @@ def add_hardware_commands(sub) -> None:
                                          "each probe in its own process, with images/s at every probe")
     add_config_options(p, config.MaxBatchConfig)
     p.set_defaults(func=cmd_max_batch)
-    p = sub.add_parser("soak", help="the pressure test for one model: a long training run (batch 64 x 2,000 batches, "
+    p = sub.add_parser("soak", help="the pressure test for one model: a long training run (batch "
+                                    f"{config.MeasureConfig.batch_size} x {config.PRESSURE_NUM_BATCHES:,} batches, "
                                     "or --duration) and a verdict on whether performance held")
     add_config_options(p, config.SoakConfig)
     p.set_defaults(func=cmd_soak)
@@ -177,9 +123,11 @@ def cmd_models(args: argparse.Namespace) -> int:
                         "step counts 3 forwards)")
     for column in ("model", "parameters", "GFLOPs", "input size", "classes", "preprocessing", "train GFLOPs"):
         table.add_column(column)
+    cfg = config.build(config.ModelsConfig, given_options(args))
+    cfg.validate()
     for name in model_names():
         entry = resolve_entry(name)
-        size = args.image_size or entry.input_size
+        size = cfg.image_size or entry.input_size
         with torch.device("meta"):
             params = count_parameters(entry.build(size))
         flops = forward_flops(entry, size) / 1e9

@@ -38,6 +38,13 @@ FRAMEWORKS = ("pytorch", "tensorflow")
 INT8_ACTIVATIONS = ("auto", "u8", "s8")
 # What `cnnbench profile` counts bytes at (tools/profile/layers.py, BYTES_PER_ELEMENT); --measure runs all but int8.
 PROFILE_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+# The AI Matrix original's figures, each written here once: the models its sweeps run, in its tables' row order
+# (train-all.sh, process_results.py); the batches it times per configuration and the warm-up steps before them
+# (train-all.sh, nvcnn.py); the batches of its pressure test (train-all-pressure.sh).
+ORIGINAL_MODELS = ("googlenet", "resnet50", "resnet152", "densenet121", "synNet")
+ORIGINAL_NUM_BATCHES = 500
+ORIGINAL_WARMUP = 20
+PRESSURE_NUM_BATCHES = 2000
 
 
 def option(default=None, help: str = "", *, flag: str | None = None, choices: tuple[str, ...] | None = None,
@@ -54,11 +61,24 @@ def option(default=None, help: str = "", *, flag: str | None = None, choices: tu
     return field(default=default, metadata=meta)
 
 
+def same_as(cls: type, name: str, *, default=dataclasses.MISSING, when: str = "", help: str | None = None):
+    """The option `name` as `cls` declares it (its default, help, choices and alias), for a command that has the
+    same option at its own top level: device, precision, memory format, warm-up and seed are declared once
+    (PlacementConfig, MeasureConfig, RunConfig) and reused, and each keeps its flat path in the records of the
+    commands that reuse it (config.device, config.seed, ...). `default`: the command's own where it differs
+    (max-batch warms up 1 step, not 20); `when`: a prefix saying when the option applies; `help`: the command's
+    own wording where the meaning shifts (data convert writes the label offset that training subtracts)."""
+    declared = cls.__dataclass_fields__[name]
+    meta = {**declared.metadata, "help": when + (declared.metadata["help"] if help is None else help)}
+    return field(default=declared.default if default is dataclasses.MISSING else default, metadata=meta)
+
+
 @dataclass
 class MeasureConfig:
     batch_size: int = option(64, "images per step")
-    num_batches: int = option(500, "steady-state steps to time, the original's 500; with --duration the upper bound")
-    warmup: int = option(20, "steps before timing starts, excluded from the steady-state figures "
+    num_batches: int = option(ORIGINAL_NUM_BATCHES, f"steady-state steps to time, the original's {ORIGINAL_NUM_BATCHES}; "
+                                                    "with --duration the upper bound")
+    warmup: int = option(ORIGINAL_WARMUP, "steps before timing starts, excluded from the steady-state figures "
                              "(cuDNN autotuning, allocator growth, compilation)")
     display_every: int = option(100, "print a step line every N steps")
     duration: float | None = option(None, "stop after this many seconds of steady-state time (at least --min-steady-steps "
@@ -315,11 +335,12 @@ class InferConfig(RunConfig):
 class SweepConfig:
     """What a sweep adds to the options of the runs it starts."""
 
-    models: str | None = option(None, "comma-separated; default: googlenet,resnet50,resnet152,densenet121,synNet")
+    models: str | None = option(None, f"comma-separated; default: {','.join(ORIGINAL_MODELS)}")
     frameworks: str | None = option(None, "comma-separated frameworks to sweep, e.g. pytorch,tensorflow (one pair of "
                                           "tables each, in one results folder); default: --framework's")
     batch_sizes: str = option("16,32,64", "comma-separated")
-    plan: str = option("auto", "auto: the original's 500 batches after 20 warm-up steps on a GPU, a bounded plan on a CPU; "
+    plan: str = option("auto", f"auto: the original's {ORIGINAL_NUM_BATCHES} batches after {ORIGINAL_WARMUP} warm-up steps on "
+                               "a GPU, a bounded plan on a CPU; "
                                "quick: batch 16 only, a few steady seconds per configuration; explicit "
                                "--num-batches/--warmup/--duration override the plan", choices=PLANS)
     quick: bool = option(False, "the same as --plan quick (./run.sh --quick)")
@@ -364,8 +385,8 @@ class ProfileConfig:
     out: str | None = option(None, "the profile file; default profile_<model>.json; with several models (or an existing "
                                    "folder) a folder for profile_<model>.json", metavar="PATH")
     measure: bool = option(False, "also time each operation type on this device, forward and backward (torch.profiler)")
-    device: str = option("auto", "with --measure: auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    warmup: int = option(2, "with --measure: training steps run before profiling, excluded from it")
+    device: str = same_as(PlacementConfig, "device", when="with --measure: ")
+    warmup: int = same_as(MeasureConfig, "warmup", default=2, when="with --measure: ")
     steps: int = option(3, "with --measure: profiled training steps (forward and backward)")
 
     def validate(self) -> None:
@@ -431,11 +452,11 @@ class SynthValidateConfig:
                                        "eager-bf16, eager-fp16, compile-bf16")
     baseline: str = option("eager-fp32", "the configuration speed-ups are taken against (at the first batch size)")
     num_batches: int = option(10, "timed steps of each run")
-    warmup: int = option(3, "steps before timing starts (compilation happens here)")
-    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    warmup: int = same_as(MeasureConfig, "warmup", default=3)
+    device: str = same_as(PlacementConfig, "device")
     compile_mode: str | None = option(None, "torch.compile mode of the compile configurations; default: cnnbench infer's",
                                       choices=COMPILE_MODES)
-    seed: int = option(0, "seed of weights and synthetic input")
+    seed: int = same_as(RunConfig, "seed")
     results_dir: str = option("results_synth", "runs/ gets every run's record (as train and infer write them); "
                                                "validation.jsonl and validation.csv the comparison")
     reuse: bool = option(False, "reuse a run recorded in --results-dir by an earlier validation whose whole configuration "
@@ -466,13 +487,14 @@ class MaxBatchConfig:
     mode: str = option("train", "train: training steps; infer: inference batches", choices=MAX_BATCH_MODES)
     engine: str = option("eager", f"{' | '.join(engine_table.names('pytorch'))} (infer); train: eager or compile "
                                   "(torch.compile)")
-    precision: str = option("fp32", f"fp32 | tf32 | fp16 | bf16 (| int8 for inference: {engine_table.int8_help()})")
-    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    memory_format: str = option("auto", "activation and weight layout, as for train and infer", choices=MEMORY_FORMATS)
+    precision: str = same_as(PlacementConfig, "precision")
+    device: str = same_as(PlacementConfig, "device")
+    memory_format: str = same_as(PlacementConfig, "memory_format")
     image_size: int | None = option(None, "input height and width; default: the model's (224)")
     first_batch: int = option(1, "the first batch size tried; the search doubles it until a probe fails")
     largest_batch: int = option(8192, "never probe above this batch size")
-    warmup: int = option(1, "warm-up steps of each probe (the allocator's peak is reached in the first step)")
+    # One step: the allocator's peak is reached in the first.
+    warmup: int = same_as(MeasureConfig, "warmup", default=1, when="each probe's: ")
     steps: int = option(2, "timed steps of each probe, for its images/s")
     memory_limit_gib: float | None = option(None, "bound each probe's resident host memory (its process tree), killed "
                                                   "and counted as out of memory above it; default: half the RAM, at "
@@ -480,7 +502,7 @@ class MaxBatchConfig:
                                             metavar="GIB")
     probe_timeout: float = option(1800.0, "seconds a probe may take; a slower one counts as failed", metavar="SECONDS")
     results_dir: str = option("results_max_batch", "where each probe's record, the search's record and the tables go")
-    seed: int = option(0, "seed of weights and synthetic input")
+    seed: int = same_as(RunConfig, "seed")
 
     def validate(self) -> None:
         if not self.model:
@@ -501,7 +523,7 @@ class MaxBatchConfig:
 
 @dataclass
 class SoakMeasureConfig(MeasureConfig):
-    num_batches: int | None = option(None, "steady-state steps: default the original pressure test's 2,000; with "
+    num_batches: int | None = option(None, f"steady-state steps: default the original pressure test's {PRESSURE_NUM_BATCHES:,}; with "
                                            "--duration as many as the time allows")
 
 
@@ -520,7 +542,7 @@ class SoakConfig(TrainConfig):
         """--num-batches left out: the original's 2,000, or no bound but --duration when that is given."""
         if self.measure.num_batches is not None:
             return self
-        steps = MAX_INT if self.measure.duration is not None else 2000
+        steps = MAX_INT if self.measure.duration is not None else PRESSURE_NUM_BATCHES
         return dataclasses.replace(self, measure=dataclasses.replace(self.measure, num_batches=steps))
 
     def validate(self) -> None:
@@ -576,6 +598,67 @@ class CompareConfig:
             raise UsageError(f"--noise-factor must be a finite number of standard errors, 0 or more, got {self.noise_factor}")
         if self.fail_below is not None and not 0 < self.fail_below < math.inf:
             raise UsageError(f"--fail-below must be a positive ratio new/base such as 0.95, got {self.fail_below}")
+
+
+# --- `cnnbench models` and `cnnbench data convert | sample | bench` ---------------------------------------
+SAMPLE_FORMATS = ("png", "jpeg")
+BENCH_SPLITS = ("train", "val")
+
+
+@dataclass
+class ModelsConfig:
+    """`cnnbench models`: the registered models with parameters and FLOPs, and this machine's peaks."""
+
+    image_size: int | None = same_as(RunConfig, "image_size")
+
+    def validate(self) -> None:
+        if self.image_size is not None:
+            _int_at_least(self.image_size, 1, "--image-size")
+
+
+@dataclass
+class DataConvertConfig:
+    """`cnnbench data convert SRC DST`: image folders to ImageNet-style TFRecord shards (data/sample.py)."""
+
+    src: str = option("", "folder holding train/ and/or val/ (or validation/) with one sub-folder per class", positional=True)
+    dst: str = option("", "new or empty directory for train-*-of-* and validation-*-of-* shards", positional=True)
+    shards: int = option(8, "training shards")
+    validation_shards: int | None = option(None, "validation shards; default shards/8, at least 1")
+    label_offset: int = same_as(DataConfig, "label_offset", help="stored label = class index + this (1: ImageNet's 1..1000, "
+                                                                 "what training with --label-offset 1 reads)")
+    skip_corrupt: bool = option(False, "leave out undecodable images instead of stopping")
+
+
+@dataclass
+class DataSampleConfig:
+    """`cnnbench data sample DST`: a small real labelled dataset, scikit-learn's handwritten digits (data/sample.py)."""
+
+    dst: str = option("", "new or empty directory", positional=True)
+    tfrecord: bool = option(False, "write TFRecord shards instead of an image folder")
+    image_size: int = option(64, "side of the written images in pixels")
+    format: str = option("png", "image folder file format", choices=SAMPLE_FORMATS)
+    max_per_class: int | None = option(None, "at most this many images per class and split")
+
+
+@dataclass
+class DataBenchConfig:
+    """`cnnbench data bench --data-dir DIR`: decode + preprocess throughput of the input pipeline alone (data/bench.py)."""
+
+    data_dir: str | None = option(None, "image folder or TFRecord directory (required)")
+    workers: str | None = option(None, "comma-separated loader worker counts; default 1 and all usable cores")
+    batch_size: int = same_as(MeasureConfig, "batch_size")
+    image_size: int = option(224, "crop size")
+    split: str = option("train", "the split read", choices=BENCH_SPLITS)
+    num_batches: int = option(20, "timed batches per worker count")
+    preset: str | None = option(None, "preprocessing: torchvision (default), torchvision-v2 or aimatrix",
+                                choices=PREPROCESS_PRESETS)
+    train_transform: bool = option(False, "time the training transform (random resized crop + flip)")
+    label_offset: int = same_as(DataConfig, "label_offset")
+    skip_corrupt: bool = option(False, "count and skip undecodable images")
+
+    def validate(self) -> None:
+        if self.data_dir is None:
+            raise UsageError("cnnbench data bench needs --data-dir (an image folder or TFRecord directory)")
 
 
 def _int_at_least(value: object, least: int, option_name: str) -> None:

@@ -12,8 +12,10 @@ import csv
 import io
 import json
 
-# Row order of the original's tables (process_results.py).
-ORIGINAL_MODEL_ORDER = ["googlenet", "resnet50", "resnet152", "densenet121", "synNet"]
+from cnnbench.core.config import ORIGINAL_MODELS
+
+# Row order of the original's tables (process_results.py): the models of its sweeps, in their order.
+ORIGINAL_MODEL_ORDER = list(ORIGINAL_MODELS)
 
 SYSTEM_TITLE = "System performance, unit is images/second"
 SYSTEM_TEXT = (

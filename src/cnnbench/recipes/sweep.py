@@ -32,7 +32,7 @@ from cnnbench.core.placement import resolve_device
 from cnnbench.core.timing import Terminated
 from cnnbench.engines import table as engine_table
 
-DEFAULT_MODELS = tables.ORIGINAL_MODEL_ORDER
+DEFAULT_MODELS = config.ORIGINAL_MODELS
 
 
 @dataclass(frozen=True)
@@ -48,21 +48,23 @@ class Plan:
 
 
 # The original: 500 batches per configuration (train-all.sh) after nvcnn.py's warm-up steps.
-ORIGINAL_PLAN = Plan("original", 20, 500, None, 3, "the original's 500 timed batches after 20 warm-up steps")
+ORIGINAL, WARMUP = config.ORIGINAL_NUM_BATCHES, config.ORIGINAL_WARMUP
+ORIGINAL_PLAN = Plan("original", WARMUP, ORIGINAL, None, 3, f"the original's {ORIGINAL} timed batches after {WARMUP} warm-up steps")
 # A 2-core CPU trains ResNet-152 at batch 64 in tens of seconds per step: 15 x 520 steps would take days.
 CPU_PLANS = {
-    "train": Plan("cpu", 2, 500, 20.0, 3, "no GPU: 2 warm-up steps, then 20 s of steady-state time and at least 3 steady "
-                                         "steps per configuration (500 batches x 15 configurations would take days on a CPU)"),
+    "train": Plan("cpu", 2, ORIGINAL, 20.0, 3, "no GPU: 2 warm-up steps, then 20 s of steady-state time and at least 3 "
+                                              f"steady steps per configuration ({ORIGINAL} batches x 15 configurations "
+                                              "would take days on a CPU)"),
     # A forward pass costs a third of a training step, so 10 s of steady time suffices.
-    "infer": Plan("cpu", 2, 500, 10.0, 3, "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady "
+    "infer": Plan("cpu", 2, ORIGINAL, 10.0, 3, "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady "
                                          "batches per configuration"),
 }
 # Every model once at batch 16, training then inference, in minutes on a 2-core CPU (README: measured).
 # The guard keeps one batch against eager fp32 and int8 calibrates on 2 batches: enough to check, not to rank.
 QUICK_PLANS = {
-    "train": Plan("quick", 1, 500, 3.0, 2, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at least 2 "
+    "train": Plan("quick", 1, ORIGINAL, 3.0, 2, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at least 2 "
                                           "steady steps per configuration", batch_sizes="16"),
-    "infer": Plan("quick", 1, 500, 2.0, 2, "quick: batch 16, 1 warm-up batch, 2 s of steady-state time and at least 2 "
+    "infer": Plan("quick", 1, ORIGINAL, 2.0, 2, "quick: batch 16, 1 warm-up batch, 2 s of steady-state time and at least 2 "
                                           "steady batches, 1 guard batch, 2 int8 calibration batches per configuration",
                   batch_sizes="16", run_overrides=(("guard_batches", 1), ("calib_batches", 2))),
 }
@@ -71,12 +73,14 @@ QUICK_PLANS = {
 # The original's pressure test (train-all-pressure.sh): batch 64, 2,000 batches. On a CPU a bounded plan,
 # with enough steps for the verdict's first and last 10% (soak.MIN_STEPS); a 2-core CPU trains ResNet-152 at
 # batch 16 in about 15 s a step.
-PRESSURE_PLAN = Plan("pressure", 20, 2000, None, 3, "the original pressure test: batch 64, 2,000 batches after 20 "
-                                                    "warm-up steps", batch_sizes="64")
-CPU_PLANS["soak"] = Plan("cpu", 2, 2000, 120.0, 20, "no GPU: batch 16, 2 warm-up steps, then 120 s of steady-state "
-                                                    "time and at least 20 steady steps per model (2,000 batches of 64 "
-                                                    "would take days on a CPU)", batch_sizes="16")
-QUICK_PLANS["soak"] = Plan("quick", 1, 2000, 3.0, 20, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at "
+PRESSURE = config.PRESSURE_NUM_BATCHES
+PRESSURE_PLAN = Plan("pressure", WARMUP, PRESSURE, None, 3, f"the original pressure test: batch 64, {PRESSURE:,} batches "
+                                                           f"after {WARMUP} warm-up steps", batch_sizes="64")
+CPU_PLANS["soak"] = Plan("cpu", 2, PRESSURE, 120.0, 20, "no GPU: batch 16, 2 warm-up steps, then 120 s of steady-state "
+                                                        "time and at least 20 steady steps per model "
+                                                        f"({PRESSURE:,} batches of 64 would take days on a CPU)",
+                         batch_sizes="16")
+QUICK_PLANS["soak"] = Plan("quick", 1, PRESSURE, 3.0, 20, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at "
                                                       "least 20 steady steps per model", batch_sizes="16")
 
 
