@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import traceback
 
+import cnnbench
 from cnnbench.core import config, errors
 from cnnbench.core.options import add_config_options, given_options
 
@@ -26,7 +28,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cnnbench", description="Training and inference benchmark for convolutional networks.")
+    parser = _Parser(prog="cnnbench", description="Training and inference benchmark for convolutional networks.",
+                     epilog="exit status:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in errors.EXIT_CODES),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cnnbench {cnnbench.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("models", help="list the registered models with parameters and FLOPs")
@@ -277,5 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         terminated = isinstance(exc, Terminated)
         print(f"cnnbench: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
         return errors.EXIT_TERMINATED if terminated else errors.EXIT_INTERRUPTED
+    except Exception:  # not a user's mistake (those are CnnbenchErrors): a bug, with its own exit status for CI
+        traceback.print_exc()
+        print(f"cnnbench: internal error (exit {errors.EXIT_CRASH}): this is a bug in cnnbench {cnnbench.__version__}, "
+              "not in what you asked; please report the traceback above with the command line", file=sys.stderr)
+        return errors.EXIT_CRASH
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -17,6 +17,19 @@ EXIT_OUT_OF_MEMORY = 3
 EXIT_RUN_FAILED = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM (timeout, SLURM, Kubernetes)
+EXIT_CRASH = 70  # an uncaught exception: a bug in cnnbench (sysexits.h EX_SOFTWARE, "internal software error")
+
+# What each exit status means, for `cnnbench --help` and docs/exit-codes.md: CI tells a regression from a crash.
+EXIT_CODES = (
+    (0, "success (compare: no regression beyond noise)"),
+    (EXIT_REGRESSION, "compare --fail-below: a configuration got slower beyond noise, or failed in NEW"),
+    (EXIT_USAGE, "a mistake in what was asked: one line says what to change"),
+    (EXIT_OUT_OF_MEMORY, "out of memory (the record says so; a sweep records it and goes on)"),
+    (EXIT_RUN_FAILED, "the run failed late (its figures exist): the line says where the data went"),
+    (EXIT_CRASH, "cnnbench crashed: a bug; the traceback is printed, please report it"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C, SIGINT) after recording what completed"),
+    (EXIT_TERMINATED, "terminated (SIGTERM) after recording what completed"),
+)
 
 
 class CnnbenchError(Exception):
