@@ -1,14 +1,10 @@
-"""Inference engines: one interface (base.Engine), one table (table.py), a class per engine.
+"""Inference engines: one interface (base.py: Engine, BuildInputs), one table (table.py), one class per engine.
 
-| engine      | back-end                                           | module         |
-| eager       | PyTorch, torch.inference_mode                      | eager.py       |
-| compile     | torch.compile (inductor)                           | eager.py       |
-| onnxruntime | ONNX export + ONNX Runtime (CPU EP / CUDA EP)      | onnxruntime.py |
-| tensorrt    | ONNX Runtime's TensorRT execution provider         | tensorrt.py    |
-
-Which precisions each runs on which device, and everything else the rest of cnnbench knows about an engine,
-is its record in table.py (TensorFlow's engines included). ONNX export and int8 quantisation are
-onnx_export.py; the artefact cache artifacts.py.
+Each engine's record in table.py (TensorFlow's included) says which precisions it runs on which device, its
+input layout, whether it is a device's optimized engine, its default sweep pairs, what the estimate needs,
+its install line and the class that builds it; nothing else in cnnbench lists engines. The classes of
+PyTorch's: eager.py (eager, torch.compile), onnxruntime.py, tensorrt.py; ONNX export and int8 quantisation
+shared by the last two: onnx_export.py; the artefact cache: artifacts.py.
 
 This package's names are imported on first use (PEP 562), so that reading the table (the configuration does,
 at import time) imports no runtime, nor torch.
