@@ -53,12 +53,16 @@ FAKE = table.EngineSpec(
     refused={("fp16", "cuda"): "the fake runtime's fp16 is a stand-in"}, engine_class=f"{__name__}:FakeEngine")
 
 
-@pytest.fixture
-def fake(monkeypatch):
+def fake(monkeypatch) -> table.EngineSpec:
     """FAKE registered first: the preferred optimized engine on the CPU."""
     monkeypatch.setattr(table, "ENGINES", (FAKE, *table.ENGINES))
     monkeypatch.setattr(FakeEngine, "missing", None)
     return FAKE
+
+
+@pytest.fixture(name="fake")
+def fake_fixture(monkeypatch):
+    return fake(monkeypatch)
 
 
 def _replace(monkeypatch, **changes):
@@ -139,9 +143,12 @@ def test_a_new_record_is_validated_from_the_table(fake, monkeypatch):
         table.check("pytorch", "fake", "fp32", "cpu")
 
 
-def test_a_new_record_is_in_the_sweep_defaults_or_left_out_with_the_reason(fake, monkeypatch, capsys):
+def test_a_new_record_is_in_the_sweep_defaults_or_left_out_with_the_reason(monkeypatch, capsys):
     defaults = config.build(config.InferSweepConfig, {})
-    assert sweep.engine_pairs(defaults, CPU) == [("fake", "int8"), ("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    before = sweep.engine_pairs(defaults, CPU)
+    assert before[:3] == [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    fake(monkeypatch)
+    assert sweep.engine_pairs(defaults, CPU) == [("fake", "int8"), *before]
     crossed = config.build(config.InferSweepConfig, {"engines": "fake,eager", "precisions": "fp32,bf16"})
     assert sweep.engine_pairs(crossed, CPU) == [("fake", "fp32"), ("eager", "fp32"), ("eager", "bf16")]
     assert "Skipping pairs that cannot run on cpu: fake/bf16" in capsys.readouterr().out
