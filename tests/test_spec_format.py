@@ -297,8 +297,8 @@ def keywords(schema: dict) -> set[str]:
 
 
 def readme_examples() -> list[dict]:
-    """The JSON examples of README's "Spec files" section, each a whole spec or one layer."""
-    text = (REPO / "README.md").read_text()
+    """The JSON examples of docs/spec-files.md's "Spec files" section, each a whole spec or one layer."""
+    text = (REPO / "docs" / "spec-files.md").read_text()
     section = text.split("\n## Spec files\n", 1)[1].split("\n## ", 1)[0]
     return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
 
