@@ -8,7 +8,7 @@ What a recipe does is the recipe's: preflight, the measured loop (core/timing), 
 display, the record and its fields. What a framework does is here, in four groups:
 
   resolving      check_installed, check_model, resolve_placement, engines, check_engine, ready, describe
-  the job        world, planned_world, launched_at, check_world, apply, join, gather, from_main,
+  the job        world, planned_world, launched_at, check_world, apply, join, gather,
                  slowest_elapsed, job_fields, world_lines, leave, synchronize, reset (the processes or
                  replicas a run spans, and the runtime settings)
   training       seed, training_data, open_source, steps_per_epoch, epoch_images, load_checkpoint,
@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 from cnnbench.core.placement import Placement
 from cnnbench.core.timing import StepTimes
+from cnnbench.engines import table
 from cnnbench.models.registry import ModelEntry
 
 
@@ -105,12 +106,13 @@ class Backend:
         """UsageError when the framework cannot build the model at this size."""
 
     def engines(self) -> tuple[str, ...]:
-        """The --engine values this framework runs (the engine table's records of this framework)."""
-        raise NotImplementedError
+        """The --engine values this framework runs: the engine table's records of this framework, in its order."""
+        return table.names(self.name)
 
     def check_engine(self, engine: str, precision: str, device_type: str) -> None:
-        """UsageError, with what does work, for an engine/precision/device this framework does not run."""
-        raise NotImplementedError
+        """UsageError, with what does work (or the install line), for an engine/precision/device this
+        framework does not run: the engine table's check."""
+        table.check(self.name, engine, precision, device_type)
 
     # ------------------------------------------------------------ the job: processes, replicas, runtime
 
@@ -140,10 +142,6 @@ class Backend:
     def gather(self, world: World, value: object) -> list:
         """`value` from every process, in rank order (never inside a timed step)."""
         return [value]
-
-    def from_main(self, world: World, produce: Callable[[], object]) -> object:
-        """`produce()` run by the main process and handed to every process."""
-        return produce()
 
     def slowest_elapsed(self, world: World) -> Callable[[float], float] | None:
         """For timing.measure_together: every process's steady seconds so far, the largest (None: this one's)."""

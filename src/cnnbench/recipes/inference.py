@@ -206,11 +206,6 @@ def build(cfg: InferConfig, r: Resolved, model, digest: str, inputs: Inputs, gua
     return engine, cache.notes
 
 
-def fp32_references(model, placement: Placement, inputs: list, backend: Backend | None = None) -> list:
-    """True-fp32 outputs of the model on `inputs`, the guard's reference (the backend's references)."""
-    return (backend or backends.get("pytorch")).references(model, placement, inputs)
-
-
 def guard_fields(bound: float | None, inputs: int = 0, agreement: float | None = None, relative: float | None = None) -> dict:
     ok = None if bound is None else (relative is None or relative <= bound)
     return {"guard_batches": inputs, "guard_top1_agreement": agreement, "guard_relative_error": relative,

@@ -16,6 +16,11 @@ from cnnbench.core.config import flatten
 from cnnbench.core.placement import Placement
 
 
+def log_dir(cfg, entry) -> Path:
+    """--log-dir, else the original's scripts' folder for the configuration's checkpoint: ./log_<model>_<batch>."""
+    return Path(cfg.log_dir) if cfg.log_dir else Path(f"log_{entry.name}_{cfg.measure.batch_size}")
+
+
 def begin(kind: str, cfg, entry, placement: Placement, batch: int, image_size: int, extra: list[str], **fields) -> dict:
     """Print the run's header and return its record so far: what ran, the full configuration, the environment."""
     env = environment.collect()

@@ -18,7 +18,6 @@ from cnnbench.core.placement import PRECISIONS, Placement, resolve_placement
 from cnnbench.core.timing import StepTimes
 from cnnbench.data.sources import open_source
 from cnnbench.data.synthetic import SyntheticSource
-from cnnbench.engines import table
 from cnnbench.models.registry import ModelEntry
 from cnnbench.data.evaluation import Accuracy, evaluate, padded, real_batches
 
@@ -38,12 +37,6 @@ class PyTorchBackend(Backend):
                                      local_rank=local_rank)
         return resolve_placement(placement_cfg.device, placement_cfg.precision, placement_cfg.memory_format,
                                  PRECISIONS, engine=engine)
-
-    def engines(self) -> tuple[str, ...]:
-        return table.names(self.name)
-
-    def check_engine(self, engine: str, precision: str, device_type: str) -> None:
-        table.check(self.name, engine, precision, device_type)
 
     # ------------------------------------------------------------ the job: torchrun's processes
 
@@ -69,9 +62,6 @@ class PyTorchBackend(Backend):
 
     def gather(self, world: World, value: object) -> list:
         return distributed.gather(world, value)
-
-    def from_main(self, world: World, produce: Callable[[], object]) -> object:
-        return distributed.from_main(world, produce)
 
     def slowest_elapsed(self, world: World):
         return distributed.slowest_elapsed(world)

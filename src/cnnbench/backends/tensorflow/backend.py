@@ -57,10 +57,8 @@ class TensorFlowBackend(Backend):
     def check_model(self, entry: ModelEntry, image_size: int) -> None:
         models.check_buildable(entry, image_size)
 
-    def engines(self) -> tuple[str, ...]:
-        return table.names(self.name)
-
     def check_engine(self, engine: str, precision: str, device_type: str) -> None:
+        """The table's check, after one that points TensorFlow's int8 to TensorFlow Lite."""
         runs = table.find(self.name, engine).precisions.get(device_type)
         if runs is not None and precision not in runs:
             hint = "; TensorFlow's int8 runs in --engine tflite" if precision == "int8" else ""
