@@ -551,7 +551,7 @@ class SoakConfig(TrainConfig):
             raise UsageError(f"--drop-threshold must be a percentage in (0, 100), got {self.drop_threshold}")
 
 
-# --- Issue 13: reading results: `cnnbench results`, `report` and `compare` (results.py, report.py, compare.py) ---
+# --- Issue 13: reading results: `cnnbench results`, `report` and `compare` (store.py, report.py, compare.py) ---
 COMPARE_FORMATS = ("markdown", "csv", "json")
 
 

@@ -5,6 +5,10 @@ U = std(per-step images/s) / sqrt(n) and J = 1.4826 * median absolute deviation 
 (1.4826 makes the MAD a consistent estimator of the standard deviation for normal data).
 M is the mean of per-step images/s. `images_per_sec_from_mean_time` (batch / mean step time) is
 recorded beside it: the two differ when step times vary, and the second is what a wall clock sees.
+
+`figures` turns a run's per-step times into the record's measured fields (those statistics, latency
+percentiles, system images/s over the whole command); `real_data_fields` and `data_wait` add a real-data
+run's input waits.
 """
 
 from __future__ import annotations
