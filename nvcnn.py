@@ -32,12 +32,16 @@ def _ensure_cnnbench() -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    # The defaults are cnnbench's own, read from its configuration tree (the one place they are written); late:
+    # cnnbench is importable only once _ensure_cnnbench has run.
+    from cnnbench.core import config
+
     p = argparse.ArgumentParser(prog="nvcnn.py", description="The AI Matrix original's command line, run by cnnbench.")
     p.add_argument("--model", required=True)
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--batch_size", type=int, default=config.MeasureConfig.batch_size)
     p.add_argument("--num_gpus", type=int, default=1)
-    p.add_argument("--num_batches", type=int, default=500)
-    p.add_argument("--display_every", type=int, default=100)
+    p.add_argument("--num_batches", type=int, default=config.ORIGINAL_NUM_BATCHES)
+    p.add_argument("--display_every", type=int, default=config.MeasureConfig.display_every)
     p.add_argument("--log_dir", default=None)
     p.add_argument("--eval", action="store_true", help="inference from the checkpoint in --log_dir")
     p.add_argument("--data_dir", default=None)
@@ -46,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trt_precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument("--cache", action="store_true", help=f"keep built engines (in --cache_path, default {DEFAULT_CACHE})")
     p.add_argument("--cache_path", default=None)
-    p.add_argument("--calib_num_batches", type=int, default=10)
+    p.add_argument("--calib_num_batches", type=int, default=config.InferConfig.calib_batches)
     p.add_argument("--framework", choices=["pytorch", "tensorflow"], default="pytorch",
                    help="cnnbench's framework (the original was TensorFlow's; pytorch by default)")
     return p
