@@ -119,6 +119,8 @@ SHARED = [
     (config.MaxBatchConfig, "memory_format", config.PlacementConfig, None),
     (config.MaxBatchConfig, "seed", config.RunConfig, None),
     (config.MaxBatchConfig, "warmup", config.MeasureConfig, 1),
+    (config.MaxBatchConfig, "model", config.RunConfig, None),
+    (config.MaxBatchConfig, "image_size", config.RunConfig, None),
     (config.SynthValidateConfig, "device", config.PlacementConfig, None),
     (config.SynthValidateConfig, "seed", config.RunConfig, None),
     (config.SynthValidateConfig, "warmup", config.MeasureConfig, 3),

@@ -481,16 +481,14 @@ MAX_BATCH_MODES = ("train", "infer")
 class MaxBatchConfig:
     """`cnnbench max-batch MODEL`: the largest batch that runs, each probe in its own process (maxbatch.py)."""
 
-    model: str = option("", "registered name (any case), torchvision classifier (resnet18, ...), timm:NAME, keras:NAME "
-                            "(--framework tensorflow), path/to/file.py:FUNCTION, package.module:FUNCTION or a JSON "
-                            "spec file", positional=True)
+    model: str = same_as(RunConfig, "model")
     mode: str = option("train", "train: training steps; infer: inference batches", choices=MAX_BATCH_MODES)
     engine: str = option("eager", f"{' | '.join(engine_table.names('pytorch'))} (infer); train: eager or compile "
                                   "(torch.compile)")
     precision: str = same_as(PlacementConfig, "precision")
     device: str = same_as(PlacementConfig, "device")
     memory_format: str = same_as(PlacementConfig, "memory_format")
-    image_size: int | None = option(None, "input height and width; default: the model's (224)")
+    image_size: int | None = same_as(RunConfig, "image_size")
     first_batch: int = option(1, "the first batch size tried; the search doubles it until a probe fails")
     largest_batch: int = option(8192, "never probe above this batch size")
     # One step: the allocator's peak is reached in the first.
