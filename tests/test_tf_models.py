@@ -1,4 +1,4 @@
-"""Keras builds for `--framework tensorflow` (issue 15, tfbackend/models.py): the registry's networks and spec
+"""Keras builds for `--framework tensorflow` (issue 15, backends/tensorflow/models.py): the registry's networks and spec
 files with PyTorch's trainable parameters, shapes and, for spec files, PyTorch's outputs."""
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def test_mixed_bfloat16_gives_float32_logits(bfloat16_policy, spec_files):
 
 def test_only_the_four_networks_and_spec_files_have_a_build(spec_files):
     line = ("no TensorFlow build of mobilenet_v3_large: --framework tensorflow runs resnet50, resnet152, densenet121, "
-            "googlenet and spec files")
+            "googlenet, spec files and keras:NAME")
     for check in (lambda entry: build(entry, 224), models.check_buildable):
         with pytest.raises(UsageError) as raised:
             check(resolve_any("mobilenet_v3_large"))

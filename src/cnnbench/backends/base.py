@@ -27,12 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from cnnbench.core.placement import Placement
-from cnnbench.core.timing import StepTimes
 from cnnbench.engines import table
-from cnnbench.models.registry import ModelEntry
+
+if TYPE_CHECKING:  # annotations only: the seam itself imports no framework
+    from cnnbench.core.placement import Placement
+    from cnnbench.core.timing import StepTimes
+    from cnnbench.models.registry import ModelEntry
 
 
 @dataclass(frozen=True)

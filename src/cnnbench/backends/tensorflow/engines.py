@@ -17,6 +17,7 @@ table (cnnbench.engines.table); a class builds its engine with `build(inputs)`, 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ class TFLiteEngine:
             warnings.filterwarnings("ignore", module="tensorflow.lite.python.interpreter")
             self.interpreter = tf.lite.Interpreter(model_content=path.read_bytes(), num_threads=environment.usable_cores())
         self.interpreter.allocate_tensors()
+        # One interpreter is not safe to call from several threads (tf.lite.Interpreter's documentation); LoadGen's
+        # --server-workers N calls an engine from N threads, so a call holds the interpreter until it has its output.
+        self.lock = threading.Lock()
         self.source = self.interpreter.get_input_details()[0]["index"]
         self.sink = self.interpreter.get_output_details()[0]["index"]
         self.info = {"engine_build_seconds": 0.0 if hit else time.perf_counter() - start, "engine_load_seconds": 0.0,
@@ -102,9 +106,10 @@ class TFLiteEngine:
         return cls(inputs.model, inputs.placement, inputs.batch, inputs.image_size, inputs.cache, inputs.calibration)
 
     def __call__(self, images):
-        self.interpreter.set_tensor(self.source, np.asarray(images, dtype=np.float32))
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.sink)
+        with self.lock:
+            self.interpreter.set_tensor(self.source, np.asarray(images, dtype=np.float32))
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self.sink)
 
 
 def convert(tf, model, batch: int, image_size: int, calibration: list | None) -> bytes:
