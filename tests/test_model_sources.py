@@ -182,9 +182,21 @@ def test_unknown_and_foreign_names_are_one_line_with_suggestions(cli, model, mes
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
 
 
-def test_keras_names_resolve_for_tensorflow():
-    entry, size = resolve_with_size("keras:MobileNetV3Large", None, "tensorflow")
-    assert (entry.name, entry.source, size) == ("keras:MobileNetV3Large", "keras", 224)
+def test_keras_names_resolve_through_their_torchvision_twins():
+    entry, size = resolve_with_size("keras:InceptionV3", None, "tensorflow")
+    assert (entry.name, entry.source, size, entry.min_input_size) == ("keras:InceptionV3", "keras", 299, 75)
+    assert forward_flops(entry, 299) == forward_flops(resolve_entry("inception_v3"), 299)
+    with pytest.raises(UsageError, match=r"^keras:Xceptoin is not one of the keras.applications models cnnbench runs"):
+        resolve_entry("keras:Xceptoin")
+
+
+def test_a_keras_model_infers_with_tensorflow(cli):
+    pytest.importorskip("tensorflow")
+    code, _, err = cli("infer", "keras:MobileNetV3Small", "--framework", "tensorflow", "--random-weights", *SMALL)
+    assert code == 0, err
+    record = last_record("results_infer")
+    assert (record["model"], record["model_source"], record["framework"]) == ("keras:MobileNetV3Small", "keras", "tensorflow")
+    assert record["forward_gflops_per_image"] * 1e9 == forward_flops(resolve_entry("mobilenet_v3_small"), 32)
 
 
 def test_lists_keep_references_whole():

@@ -21,7 +21,7 @@ from torch import nn
 
 from cnnbench.core.errors import UsageError
 from cnnbench.models import entry as entry_module
-from cnnbench.models import synnet, timm_models, torchvision_models, user_models
+from cnnbench.models import keras_models, synnet, timm_models, torchvision_models, user_models
 from cnnbench.models.entry import ModelEntry, constant as _constant
 
 __all__ = ["ModelEntry", "resolve_entry", "resolve_any", "resolve_with_size", "check_image_size", "forward_flops",
@@ -96,7 +96,6 @@ def model_names() -> list[str]:
     return sorted([*_REGISTRY, "synNet"], key=str.lower)
 
 
-KERAS_PREFIX = "keras:"
 KERAS_REFERENCE = re.compile(r"^keras:[A-Za-z]\w*$")
 TIMM_REFERENCE = re.compile(r"^timm:[\w.\-]+$")
 
@@ -113,8 +112,8 @@ def resolve_entry(name: str) -> ModelEntry:
             return _spec_entry(Path(path), source="registry")
     if key.startswith(timm_models.PREFIX):
         return timm_models.entry(name[len(timm_models.PREFIX):])
-    if key.startswith(KERAS_PREFIX):
-        return _keras_entry(name[len(KERAS_PREFIX):])
+    if key.startswith(keras_models.PREFIX):
+        return keras_models.entry(name[len(keras_models.PREFIX):], resolve_entry)
     reference = user_models.parse(name)
     if reference:
         kind, where, function = reference
@@ -146,25 +145,6 @@ def _unknown(name: str) -> UsageError:
                       "any torchvision classification model (torchvision.models.list_models()), timm:NAME (timm.list_models(), "
                       f"{timm_models.INSTALL}), keras:NAME with --framework tensorflow, path/to/file.py:FUNCTION, "
                       "package.module:FUNCTION or a path to a JSON spec file")
-
-
-def _keras_entry(name: str) -> ModelEntry:
-    """keras:NAME is a keras.applications model (ResNet50, MobileNetV3Large, ...): the syntax is resolved here,
-    the build is the TensorFlow backend's (backends/tensorflow/models.py); PyTorch has none."""
-    if not KERAS_REFERENCE.match(KERAS_PREFIX + name):
-        raise UsageError(f"keras:{name}: name a keras.applications model, e.g. keras:ResNet50")
-
-    def build(image_size: int) -> nn.Module:
-        raise UsageError(_keras_refusal(KERAS_PREFIX + name))
-
-    # 224 and 32: keras.applications' default input and its smallest (imagenet_utils.obtain_input_shape).
-    return ModelEntry(KERAS_PREFIX + name, build, 224, 32, "imagenet", entry_module.default_learning_rate,
-                      source="keras", notes={"source": "keras"})
-
-
-def _keras_refusal(name: str) -> str:
-    return (f"{name} is a keras.applications model: it runs with --framework tensorflow only; with PyTorch name a "
-            f"torchvision model (e.g. {name[len(KERAS_PREFIX):].lower()}) or timm:NAME")
 
 
 def is_reference(text: str) -> bool:
@@ -202,10 +182,8 @@ def resolve_with_size(model: str, image_size: int | None, framework: str = "pyto
     framework tensorflow, whose backend checks what it can build."""
     entry = resolve_entry(model)
     size = image_size or entry.input_size
-    if entry.source == "keras":
-        if framework != "tensorflow":
-            raise UsageError(_keras_refusal(entry.name))
-        return entry, size
+    if entry.source == "keras" and framework != "tensorflow":
+        raise UsageError(keras_models.refusal(entry.name))
     check_image_size(entry, size)
     if entry.source in ("file", "module"):
         entry = dataclasses.replace(entry, num_classes=user_models.probe_classes(entry.name, entry.build, size))
@@ -249,14 +227,17 @@ def count_parameters(model: nn.Module) -> int:
 def forward_flops(entry: ModelEntry, image_size: int | None = None) -> int:
     """Forward FLOPs for one image, a multiply-add counted as 2 FLOPs (torch.utils.flop_counter's convention).
 
-    Counted on the meta device: shapes only, no memory and no arithmetic. A model that computes with tensor
-    values while built or run (torchvision's RegNets round their widths with .tolist(); a user's network
-    may branch on a value) cannot run there: it is counted on the CPU at batch 1, the same count.
+    Counted on the meta device: shapes only, no memory and no arithmetic; a keras: entry on its torchvision
+    twin. A model that computes with tensor values while built or run (torchvision's RegNets round their
+    widths with .tolist(); a user's network may branch on a value) cannot run there: it is counted on the CPU
+    at batch 1, the same count.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     size = image_size or entry.input_size
+    if entry.source == "keras":  # no PyTorch build: its torchvision twin's count (keras_models.py)
+        entry = resolve_entry(entry.notes["twin"])
     counter = FlopCounterMode(display=False)
     try:
         with torch.device("meta"):

@@ -6,6 +6,8 @@
                                      epsilon 1e-5 and momentum 0.1 (Keras 0.9)
   googlenet                          built here after torchvision's layer structure
   spec files (synNet and others)     built here from synnet's normalised spec, every layer type it has
+  keras:NAME                         keras.applications.NAME (weights=None), those with a torchvision twin
+                                     (models/keras_models.py), BatchNorm set as for the ResNets
 
 Trainable parameters, Keras vs PyTorch, 1000 classes (measured with Keras 3.15 and torchvision 0.29; the
 tests assert every number):
@@ -37,15 +39,15 @@ import math
 import re
 
 from cnnbench.core.errors import UsageError
-from cnnbench.models import synnet
+from cnnbench.models import keras_models, synnet
 from cnnbench.models.registry import ModelEntry, check_image_size
 from cnnbench.backends.tensorflow import require
 
 APPLICATIONS = {"resnet50": "ResNet50", "resnet152": "ResNet152", "densenet121": "DenseNet121"}
 # keras.applications refuses inputs under 32 px (imagenet_utils.obtain_input_shape, min_size=32).
 APPLICATIONS_MIN_SIZE = 32
-NO_BUILD = ("no TensorFlow build of {}: --framework tensorflow runs resnet50, resnet152, densenet121, googlenet "
-            "and spec files")
+NO_BUILD = ("no TensorFlow build of {}: --framework tensorflow runs resnet50, resnet152, densenet121, googlenet, "
+            "spec files and keras:NAME")
 # synnet's activation names -> Keras'; hard_silu is x * relu6(x + 3) / 6, PyTorch's Hardswish.
 KERAS_ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "hardswish": "hard_silu", "silu": "silu"}
 # torchvision's Inception(in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) after its name, the
@@ -74,9 +76,9 @@ def build(entry: ModelEntry, image_size: int):
 def check_buildable(entry: ModelEntry, image_size: int | None = None) -> None:
     """The one line saying the entry has no Keras build here (a torchvision-only model), or, given the size,
     that keras.applications refuses it (under 32 px, where PyTorch's densenet121 takes 29): before any work."""
-    if entry.spec_path is None and entry.name not in (*APPLICATIONS, "googlenet"):
+    if entry.spec_path is None and entry.name not in (*APPLICATIONS, "googlenet") and entry.source != "keras":
         raise UsageError(NO_BUILD.format(entry.name))
-    if entry.spec_path is None and entry.name in APPLICATIONS and image_size is not None \
+    if entry.spec_path is None and (entry.name in APPLICATIONS or entry.source == "keras") and image_size is not None \
             and image_size < APPLICATIONS_MIN_SIZE:
         raise UsageError(f"--image-size {image_size} is too small for {entry.name} with --framework tensorflow: "
                          f"keras.applications builds it from {APPLICATIONS_MIN_SIZE} px")
@@ -109,7 +111,7 @@ def _logits(inputs, x, name: str):
 
 def _application(entry: ModelEntry, image_size: int):
     keras = _keras()
-    base = getattr(keras.applications, APPLICATIONS[entry.name])(
+    base = getattr(keras.applications, APPLICATIONS.get(entry.name) or keras_models.application(entry))(
         weights=None, include_top=True, classes=entry.num_classes, classifier_activation=None,
         input_shape=(image_size, image_size, 3))
     for layer in base.layers:
@@ -117,6 +119,9 @@ def _application(entry: ModelEntry, image_size: int):
             # torchvision's nn.BatchNorm2d defaults; keras.applications has 1.001e-5 (once cuDNN's floor for
             # TF's fused kernel, which Keras 3 no longer uses) and momentum 0.99. Both are read at call time.
             layer.epsilon, layer.momentum = 1e-5, 0.9
+    if entry.source == "keras":  # nested: its own layers may be named logits too (MobileNetV3's classifier)
+        inputs = keras.Input((image_size, image_size, 3))
+        return _logits(inputs, base(inputs), entry.name)
     return _logits(base.input, base.output, entry.name)
 
 
