@@ -227,3 +227,25 @@ def test_compare_sets_the_frameworks_side_by_side(cli, tmp_path):
     assert code == 0, err
     assert "infer resnet50 batch 16 eager/fp32" in out and "faster" in out
     assert "framework" in out and "tensorflow" in out and "pytorch" in out
+
+
+def test_no_backend_imports_another_backend_or_a_recipe():
+    """The seam (issue 21): a framework's package reaches the rest of cnnbench below the recipes only; the
+    recipes, written once, call it through backends/base.py. Read from the source, imports inside functions too."""
+    import ast
+
+    root = REPO / "src" / "cnnbench" / "backends"
+    forbidden = {"pytorch": ("cnnbench.recipes", "cnnbench.tools", "cnnbench.backends.tensorflow"),
+                 "tensorflow": ("cnnbench.recipes", "cnnbench.tools", "cnnbench.backends.pytorch")}
+    seen = 0
+    for package, banned in forbidden.items():
+        for path in sorted((root / package).glob("*.py")):
+            seen += 1
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    assert not name.startswith(banned), f"{path.relative_to(REPO)} imports {name}"
+    assert seen >= 10
+    base = (root / "base.py").read_text()
+    assert "import torch" not in base and "import tensorflow" not in base
