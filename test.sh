@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
-ensure_venv --test pytest xdist jsonschema scipy mlperf_loadgen tensorflow openvino timm onnxruntime
+# tensorflow last: importing torch (timm does) after TensorFlow segfaults, so one python imports them in this order
+ensure_venv --test pytest xdist jsonschema scipy mlperf_loadgen onnxruntime openvino timm tensorflow
 ensure_chromium
 # Two workers (pytest-xdist), each taking whole test files (--dist loadscope: a file's shared fixtures are made
 # once): much of the suite waits on the cnnbench processes it starts, so two workers overlap those waits. Tests
