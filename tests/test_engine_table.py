@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from cnnbench import backends
 from cnnbench.core import config
 from cnnbench.core.errors import UsageError
 from cnnbench.core.placement import PRECISIONS, Placement, resolve_memory_format
@@ -177,10 +178,12 @@ def test_a_new_record_sets_the_estimate_and_the_memory_format(fake, monkeypatch)
     assert estimate.engine_estimate(run) is estimate.ESTIMATES["tensorrt"]
     int8 = dataclasses.replace(run, placement=dataclasses.replace(run.placement, precision="int8"))
     assert estimate._speedup(int8, "cpu") == estimate.ESTIMATES["tensorrt"].speedup["int8"]
-    assert resolve_memory_format("auto", CPU, "fake") is False  # NCHW: fixed by the record
-    assert resolve_memory_format("auto", CPU, "eager") is True  # any: channels-last on a CPU
+    pytorch = backends.get("pytorch")  # the backend reads the record's layout: the core imports no engine
+    assert pytorch.resolve_placement(run.placement, engine="fake").channels_last is False  # NCHW: fixed by the record
+    assert pytorch.resolve_placement(run.placement, engine="eager").channels_last is True  # any: channels-last on a CPU
+    assert resolve_memory_format("auto", CPU, "NCHW") is False and resolve_memory_format("auto", CPU) is True
     _replace(monkeypatch, layout="NHWC", estimate="eager")
-    assert resolve_memory_format("auto", CPU, "fake") is True
+    assert pytorch.resolve_placement(run.placement, engine="fake").channels_last is True
     assert estimate.engine_estimate(run) is estimate.ESTIMATES["eager"]
 
 

@@ -12,7 +12,6 @@ import torch
 
 from cnnbench.core.config import MEMORY_FORMATS
 from cnnbench.core.errors import UsageError
-from cnnbench.engines import table
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
@@ -118,21 +117,21 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     raise UsageError(f"unknown --device {name!r}; use one of: {', '.join(DEVICES)} (or cuda:N)")
 
 
-def resolve_memory_format(name: str, device: torch.device, engine: str | None = None, framework: str = "pytorch") -> bool:
+def resolve_memory_format(name: str, device: torch.device, layout: str = "any") -> bool:
     """True for channels-last (NHWC). `auto` takes it where it is faster:
       - CPUs: oneDNN's convolutions are NHWC-native. ResNet-50 batch 16, eager fp32: 10.9 against 8.4 img/s on
         a 2-core AVX2 CPU, 17.7 against 12.7 on a 2-core AVX-512 EPYC; training 3.6 against 3.4 (issue 8);
       - CUDA GPUs with tensor cores (compute capability 7.0 and up): cuDNN's tensor-core kernels are NHWC, and
         NCHW costs a transpose around every convolution (NVIDIA's "Convolutional Layers User's Guide");
-      - an engine whose input layout is fixed (its record's layout in engines/table.py) takes that layout: the
-        ONNX engines' exported graph fixes NCHW and the runtime picks its own internal layout.
+      - an engine whose input layout is fixed (`layout`, its record's in engines/table.py, which the backend
+        reads: the core imports no engine) takes that layout: the ONNX engines' exported graph fixes NCHW and
+        the runtime picks its own internal layout.
     """
     name = name.lower()
     if name not in MEMORY_FORMATS:
         raise UsageError(f"unknown --memory-format {name!r}; use one of: {', '.join(MEMORY_FORMATS)}")
     if name != "auto":
         return name == "nhwc"
-    layout = table.find(framework, engine).layout if engine is not None else "any"
     if layout != "any":
         return layout == "NHWC"
     if device.type == "cuda":
@@ -142,7 +141,7 @@ def resolve_memory_format(name: str, device: torch.device, engine: str | None = 
 
 def resolve_placement(
     device: str, precision: str, memory_format: str = "auto", allowed_precisions: tuple[str, ...] = TRAIN_PRECISIONS,
-    local_rank: int | None = None, engine: str | None = None, framework: str = "pytorch",
+    local_rank: int | None = None, layout: str = "any",
 ) -> Placement:
     resolved = resolve_device(device, local_rank)
     precision = precision.lower()
@@ -153,7 +152,7 @@ def resolve_placement(
     if precision == "fp16" and resolved.type == "cpu" and not _cpu_supports_fp16_autocast():
         raise UsageError("--precision fp16 is not supported by this PyTorch build on the CPU; use bf16 or fp32")
     return Placement(device=resolved, precision=precision,
-                     channels_last=resolve_memory_format(memory_format, resolved, engine, framework))
+                     channels_last=resolve_memory_format(memory_format, resolved, layout))
 
 
 def _cpu_supports_fp16_autocast() -> bool:

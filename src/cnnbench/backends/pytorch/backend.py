@@ -15,6 +15,7 @@ from cnnbench.backends.pytorch import checkpoints, distributed, training
 from cnnbench.backends.pytorch import weights as weights_module
 from cnnbench.core import environment, terminal
 from cnnbench.core.placement import PRECISIONS, Placement, resolve_placement
+from cnnbench.engines import table
 from cnnbench.core.timing import StepTimes
 from cnnbench.data.sources import open_source
 from cnnbench.data.synthetic import SyntheticSource
@@ -36,7 +37,7 @@ class PyTorchBackend(Backend):
             return resolve_placement(placement_cfg.device, placement_cfg.precision, placement_cfg.memory_format,
                                      local_rank=local_rank)
         return resolve_placement(placement_cfg.device, placement_cfg.precision, placement_cfg.memory_format,
-                                 PRECISIONS, engine=engine)
+                                 PRECISIONS, layout=table.find(self.name, engine).layout)
 
     # ------------------------------------------------------------ the job: torchrun's processes
 
