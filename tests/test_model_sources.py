@@ -190,12 +190,13 @@ def test_keras_names_resolve_through_their_torchvision_twins():
         resolve_entry("keras:Xceptoin")
 
 
-def test_a_keras_model_infers_with_tensorflow(cli):
+@pytest.mark.parametrize("model, source", [("keras:MobileNetV3Small", "keras"), ("mobilenet_v3_small", "torchvision")])
+def test_keras_models_and_torchvision_twins_infer_with_tensorflow(cli, model, source):
     pytest.importorskip("tensorflow")
-    code, _, err = cli("infer", "keras:MobileNetV3Small", "--framework", "tensorflow", "--random-weights", *SMALL)
+    code, _, err = cli("infer", model, "--framework", "tensorflow", "--random-weights", *SMALL)
     assert code == 0, err
     record = last_record("results_infer")
-    assert (record["model"], record["model_source"], record["framework"]) == ("keras:MobileNetV3Small", "keras", "tensorflow")
+    assert (record["model"], record["model_source"], record["framework"]) == (model, source, "tensorflow")
     assert record["forward_gflops_per_image"] * 1e9 == forward_flops(resolve_entry("mobilenet_v3_small"), 32)
 
 

@@ -1,4 +1,5 @@
-"""`keras:NAME`: a keras.applications model for --framework tensorflow (built by backends/tensorflow/models.py).
+"""`keras:NAME`: a keras.applications model for --framework tensorflow (built by backends/tensorflow/models.py),
+and the torchvision classifiers' Keras twins, which --framework tensorflow builds for their names.
 
 Only the applications with a torchvision twin (the same architecture, below) are taken: the twin gives the
 entry its input size and minimum, preprocessing and FLOPs (counted on the PyTorch twin by registry.forward_flops,
@@ -32,9 +33,15 @@ TWINS = {
 MIN_SIZE = 32
 
 
-def application(entry: ModelEntry) -> str:
-    """The keras.applications function of a keras: entry."""
-    return entry.name[len(PREFIX):]
+KERAS_OF = {torchvision_name: name for name, torchvision_name in TWINS.items()}
+
+
+def application(entry: ModelEntry) -> str | None:
+    """The keras.applications function that builds the entry under --framework tensorflow: a keras: entry's
+    own, a torchvision classifier's twin (mobilenet_v3_large: MobileNetV3Large); None for the others."""
+    if entry.source == "keras":
+        return entry.name[len(PREFIX):]
+    return KERAS_OF.get(entry.torchvision_name or "") if entry.source == "torchvision" else None
 
 
 def entry(name: str, twin_entry) -> ModelEntry:

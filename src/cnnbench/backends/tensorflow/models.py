@@ -6,8 +6,8 @@
                                      epsilon 1e-5 and momentum 0.1 (Keras 0.9)
   googlenet                          built here after torchvision's layer structure
   spec files (synNet and others)     built here from synnet's normalised spec, every layer type it has
-  keras:NAME                         keras.applications.NAME (weights=None), those with a torchvision twin
-                                     (models/keras_models.py), BatchNorm set as for the ResNets
+  keras:NAME, and torchvision names   keras.applications.NAME (weights=None), those with a torchvision twin
+  with a Keras twin                  (models/keras_models.py TWINS), BatchNorm set as for the ResNets
 
 Trainable parameters, Keras vs PyTorch, 1000 classes (measured with Keras 3.15 and torchvision 0.29; the
 tests assert every number):
@@ -47,7 +47,7 @@ APPLICATIONS = {"resnet50": "ResNet50", "resnet152": "ResNet152", "densenet121":
 # keras.applications refuses inputs under 32 px (imagenet_utils.obtain_input_shape, min_size=32).
 APPLICATIONS_MIN_SIZE = 32
 NO_BUILD = ("no TensorFlow build of {}: --framework tensorflow runs resnet50, resnet152, densenet121, googlenet, "
-            "spec files and keras:NAME")
+            "spec files, keras:NAME and the torchvision models with a keras.applications twin")
 # synnet's activation names -> Keras'; hard_silu is x * relu6(x + 3) / 6, PyTorch's Hardswish.
 KERAS_ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "hardswish": "hard_silu", "silu": "silu"}
 # torchvision's Inception(in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) after its name, the
@@ -63,7 +63,8 @@ GOOGLENET_BLOCKS = (
 
 def build(entry: ModelEntry, image_size: int):
     """A randomly initialised keras.Model of the entry at image_size x image_size x 3: float32 logits
-    (N, entry.num_classes). Only the registry's four classic networks and spec files have one."""
+    (N, entry.num_classes). The registry's four classic networks, spec files and keras.applications models
+    (keras:NAME and torchvision's names with a Keras twin, keras_models.application) have one."""
     check_buildable(entry, image_size)
     check_image_size(entry, image_size)  # the PyTorch commands' check, with their messages
     if entry.spec_path is not None:
@@ -76,9 +77,9 @@ def build(entry: ModelEntry, image_size: int):
 def check_buildable(entry: ModelEntry, image_size: int | None = None) -> None:
     """The one line saying the entry has no Keras build here (a torchvision-only model), or, given the size,
     that keras.applications refuses it (under 32 px, where PyTorch's densenet121 takes 29): before any work."""
-    if entry.spec_path is None and entry.name not in (*APPLICATIONS, "googlenet") and entry.source != "keras":
+    if entry.spec_path is None and entry.name not in (*APPLICATIONS, "googlenet") and not keras_models.application(entry):
         raise UsageError(NO_BUILD.format(entry.name))
-    if entry.spec_path is None and (entry.name in APPLICATIONS or entry.source == "keras") and image_size is not None \
+    if entry.spec_path is None and (entry.name in APPLICATIONS or keras_models.application(entry)) and image_size is not None \
             and image_size < APPLICATIONS_MIN_SIZE:
         raise UsageError(f"--image-size {image_size} is too small for {entry.name} with --framework tensorflow: "
                          f"keras.applications builds it from {APPLICATIONS_MIN_SIZE} px")
@@ -119,7 +120,7 @@ def _application(entry: ModelEntry, image_size: int):
             # torchvision's nn.BatchNorm2d defaults; keras.applications has 1.001e-5 (once cuDNN's floor for
             # TF's fused kernel, which Keras 3 no longer uses) and momentum 0.99. Both are read at call time.
             layer.epsilon, layer.momentum = 1e-5, 0.9
-    if entry.source == "keras":  # nested: its own layers may be named logits too (MobileNetV3's classifier)
+    if entry.name not in APPLICATIONS:  # nested: its own layers may be named logits too (MobileNetV3's classifier)
         inputs = keras.Input((image_size, image_size, 3))
         return _logits(inputs, base(inputs), entry.name)
     return _logits(base.input, base.output, entry.name)
