@@ -121,12 +121,12 @@ def resolve_entry(name: str) -> ModelEntry:
     path = Path(name)
     if path.suffix.lower() == ".py":
         raise UsageError(f"model {name}: name the function that builds the network, as {name}:FUNCTION")
+    if key in torchvision_models.names() and path.suffix.lower() != ".json":  # before a folder that has its name
+        return torchvision_models.entry(key)
     if path.suffix.lower() == ".json" or path.exists():
         if not path.is_file():
             raise UsageError(f"model spec file {name} does not exist; give a JSON spec file or one of: {', '.join(model_names())}")
         return _spec_entry(path)
-    if key in torchvision_models.names():
-        return torchvision_models.entry(key)
     raise _unknown(name)
 
 
@@ -184,9 +184,9 @@ def resolve_with_size(model: str, image_size: int | None, framework: str = "pyto
     size = image_size or entry.input_size
     if entry.source == "keras" and framework != "tensorflow":
         raise UsageError(keras_models.refusal(entry.name))
+    if entry.source in ("file", "module"):  # one forward pass checks the size and counts the classes
+        return dataclasses.replace(entry, num_classes=user_models.probe_classes(entry.name, entry.build, size)), size
     check_image_size(entry, size)
-    if entry.source in ("file", "module"):
-        entry = dataclasses.replace(entry, num_classes=user_models.probe_classes(entry.name, entry.build, size))
     return entry, size
 
 
