@@ -60,8 +60,6 @@ def _accelerators(record: dict) -> int:
     return int(record.get("num_accelerators") or 1)  # records from before data-parallel training ran on one
 
 
-def _cell(record: dict | None, field: str) -> str:
-    if record is None:
 def model_source(record: dict) -> str:
     """Where the record's model came from (models/entry.py SOURCES). Records from before issue 22 have no
     model_source; the registry and spec files were the only sources then, a spec named by its .json path."""
@@ -78,6 +76,8 @@ def row_names(records: list[dict]):
     return lambda r: r["model"] if len(sources[r["model"]]) == 1 else f"{r['model']} ({model_source(r)})"
 
 
+def _cell(record: dict | None, field: str) -> str:
+    if record is None:
         return ""
     if record.get("status") != "ok":
         return str(record.get("status", "failed")).upper() if record.get("status") == "oom" else str(record.get("status"))
@@ -92,9 +92,9 @@ def tables_csv(records: list[dict]) -> str:
     (a max-batch search's own record) are in runs.jsonl and runs.csv only.
     """
     records = [r for r in records if r.get("batch_size") is not None]
+    name = row_names(records)
     variants: list[str] = []
     for r in records:
-    name = row_names(records)
         if _variant(r) not in variants:
             variants.append(_variant(r))
     out = io.StringIO()
@@ -149,9 +149,9 @@ def _efficiency_table(records: list[dict], out: io.StringIO) -> None:
     if not rated:
         return
     writer = csv.writer(out, lineterminator="\n")
+    name = row_names(rated)
     variants = list(dict.fromkeys(_variant(r, with_accelerators=False) for r in rated))
     for variant in variants:
-    name = row_names(rated)
         chosen = [r for r in rated if _variant(r, with_accelerators=False) == variant]
         batches = sorted({int(r["batch_size"]) for r in chosen})
         latest = {(name(r), _accelerators(r), int(r["batch_size"])): r for r in chosen}
