@@ -335,7 +335,8 @@ class InferConfig(RunConfig):
 class SweepConfig:
     """What a sweep adds to the options of the runs it starts."""
 
-    models: str | None = option(None, f"comma-separated; default: {','.join(ORIGINAL_MODELS)}")
+    models: str | None = option(None, "comma-separated, any model `cnnbench train` takes; default: "
+                                      f"{','.join(ORIGINAL_MODELS)}")
     frameworks: str | None = option(None, "comma-separated frameworks to sweep, e.g. pytorch,tensorflow (one pair of "
                                           "tables each, in one results folder); default: --framework's")
     batch_sizes: str = option("16,32,64", "comma-separated")
