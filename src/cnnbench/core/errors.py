@@ -25,7 +25,8 @@ EXIT_CODES = (
     (EXIT_REGRESSION, "compare --fail-below: a configuration got slower beyond noise, or failed in NEW"),
     (EXIT_USAGE, "a mistake in what was asked: one line says what to change"),
     (EXIT_OUT_OF_MEMORY, "out of memory (the record says so; a sweep records it and goes on)"),
-    (EXIT_RUN_FAILED, "the run failed late (its figures exist): the line says where the data went"),
+    (EXIT_RUN_FAILED, "the run failed late (its figures exist): the line says where the data went; "
+                      "train-all/infer-all --strict: a configuration failed"),
     (EXIT_CRASH, "cnnbench crashed: a bug; the traceback is printed, please report it"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C, SIGINT) after recording what completed"),
     (EXIT_TERMINATED, "terminated (SIGTERM) after recording what completed"),
