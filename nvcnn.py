@@ -15,20 +15,33 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CACHE = ".cnnbench_cache"
 
 
 def _ensure_cnnbench() -> None:
-    """Run under the repository's .venv when cnnbench is not importable from this interpreter."""
+    """Run under the repository's .venv when cnnbench is not importable from this interpreter.
+
+    Whether this process already runs in the venv is told by sys.prefix, not by the executable: a venv's
+    bin/python is a symlink to the very interpreter that `python3` on PATH may be, so resolved executables
+    compare equal outside the venv too (issue 23), while sys.prefix is the venv's folder only inside it
+    (https://docs.python.org/3/library/venv.html#how-venvs-work)."""
     try:
         import cnnbench  # noqa: F401
     except ImportError:
-        venv_python = ROOT / ".venv" / "bin" / "python"
-        if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():
+        venv = ROOT / ".venv"
+        venv_python = venv / "bin" / "python"
+        if venv_python.exists() and Path(sys.prefix).resolve() != venv.resolve():
             os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
         sys.exit("nvcnn.py: cnnbench is not installed; run ./setup.sh first")
+
+
+def usage_error(message: str) -> NoReturn:
+    """One line and exit 2, the exit code of every usage error (argparse's, and cnnbench's UsageError)."""
+    print(f"nvcnn.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,6 +80,8 @@ def optimized_engine(framework: str, device_type: str, providers: list[str]) -> 
 def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[list[str], str | None]:
     """nvcnn.py arguments -> cnnbench arguments, and a note saying which engine --use_trt chose."""
     a = parser().parse_args(argv)
+    if a.num_gpus < 1:
+        usage_error(f"--num_gpus {a.num_gpus}: give 1 or more")
     out = ["infer" if a.eval else "train", a.model, "--batch-size", str(a.batch_size),
            "--num-batches", str(a.num_batches), "--display-every", str(a.display_every)]
     if a.log_dir:
@@ -86,12 +101,12 @@ def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[
             note = f"--use_trt: running engine {engine} ({why})"
             out += ["--engine", engine, "--precision", a.trt_precision, "--calib-batches", str(a.calib_num_batches)]
         elif a.trt_precision != "fp32":
-            raise SystemExit("nvcnn.py: error: --trt_precision needs --use_trt (as in the original)")
+            usage_error("--trt_precision needs --use_trt (as in the original)")
         if a.cache or a.cache_path:
             out += ["--cache-path", a.cache_path or DEFAULT_CACHE]
     else:
         if a.use_trt:
-            raise SystemExit("nvcnn.py: error: --use_trt applies to inference; add --eval")
+            usage_error("--use_trt applies to inference; add --eval")
         if a.num_gpus > 1:
             out += ["--num-accelerators", str(a.num_gpus)]
     return out, note

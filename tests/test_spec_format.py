@@ -238,7 +238,8 @@ def test_invalid_spec_gives_one_line_and_exit_2(cli, tmp_path, spec, message):
 
 # The part of JSON Schema 2020-12 that spec.schema.json uses; schema_errors below implements exactly it.
 KEYWORDS = {"$schema", "$defs", "$ref", "title", "description", "default", "type", "properties", "required",
-            "additionalProperties", "items", "minItems", "maxItems", "minimum", "maximum", "exclusiveMinimum", "enum", "const", "oneOf"}
+            "additionalProperties", "items", "minItems", "maxItems", "minimum", "maximum", "exclusiveMinimum", "enum", "const", "oneOf",
+            "pattern"}
 JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
@@ -265,6 +266,8 @@ def schema_errors(value, schema: dict, path: str = "$") -> list[str]:
         return errors + [f"{path}: not of type {types}"]
     if ("const" in schema and not _equal(value, schema["const"])) or ("enum" in schema and not any(_equal(value, e) for e in schema["enum"])):
         errors.append(f"{path}: {value!r} is not allowed")
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):  # ECMA-262's and re's agree here
+        errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
     if _is_type(value, "number"):
         if value < schema.get("minimum", value) or value > schema.get("maximum", value) or value <= schema.get("exclusiveMinimum", value - 1):
             errors.append(f"{path}: {value} out of range")

@@ -31,15 +31,20 @@ def add_data_commands(subparsers) -> None:
 
 def parse_workers(text: str | None) -> list[int]:
     from cnnbench.core.environment import usable_cores
+    from cnnbench.core.terminal import warn
 
+    cores = usable_cores()
     if text is None:
-        return sorted({1, usable_cores()})
+        return sorted({1, cores})
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UsageError(f"--workers must be comma-separated whole numbers like 1,2,4; got {text!r}") from None
     if not counts or any(c < 0 for c in counts):
         raise UsageError(f"--workers must list worker counts of 0 or more, like 1,2,4; got {text!r}")
+    if max(counts) > cores:  # each worker is a process with its own copy of the pipeline; beyond the cores they only queue
+        warn(f"--workers {max(counts)}: more loader processes than this machine's {cores} usable cores; "
+             "they share the cores, so the figures beyond it measure contention, not the pipeline")
     return counts
 
 

@@ -26,6 +26,7 @@ from cnnbench.data.folder import class_names, image_files, split_dir
 from cnnbench.data.codec import decode_rgb, encode_jpeg, encode_png
 from cnnbench.data.tfrecord import write_examples
 from cnnbench.core.errors import UsageError
+from cnnbench.core.files import ensure_writable
 
 JPEG_QUALITY = 95  # re-encoding quality (the ImageNet build script's PNG->JPEG conversion uses 100; 95 is smaller and visually the same)
 SHUFFLE_SEED = 12345  # the build script's random.seed(12345)
@@ -98,6 +99,9 @@ def write_sample_dataset(
         raise UsageError(f"unknown image format {image_format!r}; use png or jpeg")
     if image_size < 8:
         raise UsageError(f"--image-size must be at least 8 (the digits are 8x8), got {image_size}")
+    if max_per_class is not None and max_per_class < 1:  # 0 would write a dataset of empty folders
+        raise UsageError(f"--max-per-class must be at least 1, got {max_per_class}; leave it out for every image")
+    ensure_writable(Path(dst), "DST")  # before the digits are rendered: no work for a folder that cannot take it
     splits = _digits(image_size, seed, max_per_class)  # first: a missing scikit-learn leaves no empty folder behind
     dst = _empty_destination(dst)
     counts = {}
@@ -175,6 +179,10 @@ def convert_folder_to_tfrecord(
     src, dst = Path(src), Path(dst)
     if shards < 1:
         raise UsageError(f"--shards must be at least 1, got {shards}")
+    if not src.is_dir():
+        raise UsageError(f"{src} {'does not exist' if not src.exists() else 'is not a folder'}; "
+                         "give the folder holding train/ and/or val/")
+    ensure_writable(dst, "DST")  # before any image is read
     train = split_dir(src, "train")
     val = split_dir(src, "val")
     if train is None and val is None:

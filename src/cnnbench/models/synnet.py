@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cnnbench.core.errors import UsageError
+from cnnbench.core.terminal import warn
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU, "none": None}
 # What each layer type takes besides "type"; "name" and "note" are allowed everywhere and only document.
@@ -54,6 +56,9 @@ BATCH_NORM_FIELDS = ("epsilon", "momentum_tf", "affine")
 DEFAULT_BATCH_NORM = {"epsilon": 1e-4, "momentum_tf": 0.9, "affine": True}
 
 Shape = tuple[int, int, int]  # channels, height, width
+
+
+_WARNED: set[str] = set()  # oversized-kernel lines already shown by this process (a spec is validated more than once)
 
 
 class SpecError(UsageError):
@@ -79,7 +84,9 @@ def validate_spec(spec: object, source: str = "spec") -> dict:
     """Check the whole spec before anything is built (types, then shapes at its input size); returns its
     normalised form. The message names the offending group and layer."""
     spec = normalize_spec(spec, source)
-    _Builder(spec, make=False).network(spec["input"]["height"], spec["input"]["width"], source)
+    builder = _Builder(spec, make=False)
+    builder.network(spec["input"]["height"], spec["input"]["width"], source)
+    builder.warn_oversized()
     return spec
 
 
@@ -96,6 +103,8 @@ def normalize_spec(spec: object, source: str = "spec") -> dict:
     inp = spec.get("input")
     if not isinstance(inp, dict) or not all(_is_int(inp.get(k)) and inp[k] > 0 for k in ("height", "width", "channels")):
         raise SpecError(f"{source}: 'input' needs positive integers 'height', 'width' and 'channels'")
+    if "name" in spec:
+        _check_name(spec["name"], source)
     defaults = _conv_defaults(spec.get("conv_defaults", {}), source)
     groups = spec.get("groups")
     if not isinstance(groups, list) or not groups:
@@ -104,6 +113,19 @@ def normalize_spec(spec: object, source: str = "spec") -> dict:
            "groups": [_group(g, group, defaults, source) for g, group in enumerate(groups)],
            "head": _head(spec.get("head", {}), source)}
     return copy.deepcopy(out)
+
+
+# A spec's name becomes part of file and folder names (the default log folder log_<name>, the checkpoint, tables),
+# so it is checked as a file name: a name such as "../../x" or "a/b" wrote outside the working folder or nested
+# folders (issue 23). Letters, digits, '.', '_', '-'; no leading dot (a hidden file) and no '..'. The schema's
+# pattern (specs/spec.schema.json) says the same.
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def _check_name(name: object, source: str) -> None:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise SpecError(f"{source}: 'name' {name!r} is not a file name; use letters, digits, '.', '_' and '-' "
+                        "(no '/', no '..', no leading '.'): it names the run's folders and files")
 
 
 def _conv_defaults(value: object, source: str) -> dict:
@@ -353,6 +375,7 @@ class _Builder:
 
     def __init__(self, spec: dict, make: bool):
         self.spec, self.make = spec, make
+        self.oversized: list[str] = []  # conv layers whose 'same' kernel is larger than their input
         bn = spec["conv_defaults"]["batch_norm"]
         self.bn = bn if isinstance(bn, dict) else DEFAULT_BATCH_NORM
         self.steps = {"conv": self.conv, "maxpool": self.pool, "avgpool": self.pool, "globalpool": self.globalpool,
@@ -365,6 +388,19 @@ class _Builder:
             made, shape = self.sequence(group["layers"], shape, f"{source}: {group['name']}")
             modules += made
         return modules, shape
+
+    def warn_oversized(self) -> None:
+        """One line for the kernels larger than their input with 'same' padding (issue 23: a 101-pixel kernel on a
+        32-pixel input trained silently). Such a window is mostly zero padding: most of its weights never meet a
+        pixel. A warning, not a refusal: small --image-size runs of real networks meet it at their last layers."""
+        if not self.oversized:
+            return
+        more = f" (and {len(self.oversized) - 1} more such layers)" if len(self.oversized) > 1 else ""
+        line = (f"{self.oversized[0]}{more} is larger than its input with 'same' padding, so most of each window is "
+                "zero padding; use a smaller kernel or a larger input")
+        if line not in _WARNED:
+            _WARNED.add(line)
+            warn(line)
 
     def sequence(self, layers: list[dict], shape: Shape, prefix: str) -> tuple[list[nn.Module], Shape]:
         modules = []
@@ -384,6 +420,8 @@ class _Builder:
         pads, explicit = [0, 0, 0, 0], (0, 0)  # ZeroPad2d's (left, right, top, bottom); Conv2d's own (rows, columns)
         if padding == "same":
             pads = [*_same_pads(w, kw, sw), *_same_pads(h, kh, sh)]
+            if kh > h or kw > w:
+                self.oversized.append(f"{where}: a {kh}x{kw} kernel on a {h}x{w} input")
         elif padding != "valid":
             explicit = tuple(padding)
         out = (filters, _out(h + pads[2] + pads[3] + 2 * explicit[0], kh, sh, where),
@@ -505,9 +543,12 @@ def build_from_spec(spec: dict, image_size: int | None = None) -> nn.Sequential:
     size = image_size or spec["input"]["height"]
     name = spec.get("name", "this network")
     try:
-        layers, (channels, h, w) = _Builder(spec, make=True).network(size, size, f"{name} at {size}x{size} px")
+        builder = _Builder(spec, make=True)
+        layers, (channels, h, w) = builder.network(size, size, f"{name} at {size}x{size} px")
     except _TooSmall:
         raise UsageError(f"--image-size {size} is too small for {name}: it needs at least {min_input_size(spec)} px") from None
+    if size != spec["input"]["height"]:  # at the spec's own size validate_spec has said it
+        builder.warn_oversized()
     fc = spec["head"]["fully_connected"]
     model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * h * w, fc["outputs"], bias=fc["bias"]))
     for module in model.modules():
