@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("infer", config.InferConfig, config.InferSweepConfig, "models x batch sizes x engines x precisions"),
     ):
         p = sub.add_parser(f"{kind}-all", help=f"sweep {what}, one process per configuration, and build the results tables")
-        add_config_options(p, run_cls, exclude=("model", "num_accelerators"))
+        add_config_options(p, run_cls, exclude=("model", "num_accelerators", "resume", "repeat"))  # the sweep's own
         add_config_options(p, sweep_cls, prefix="sweep.", target=p.add_argument_group("sweep"))
         p.set_defaults(func=lambda args, kind=kind, run_cls=run_cls, sweep_cls=sweep_cls: _sweep(kind, run_cls, sweep_cls, args))
 
@@ -100,7 +100,7 @@ def add_hardware_commands(sub) -> None:
     p.set_defaults(func=cmd_soak)
     p = sub.add_parser("soak-all", help="the original's pressure sweep: every model soaked, one process each, "
                                         "results_train_pressure/ tables and verdicts")
-    add_config_options(p, config.SoakConfig, exclude=("model", "num_accelerators"))
+    add_config_options(p, config.SoakConfig, exclude=("model", "num_accelerators", "resume", "repeat"))
     add_config_options(p, config.TrainSweepConfig, prefix="sweep.", target=p.add_argument_group("sweep"))
     p.set_defaults(func=lambda args: _sweep("soak", config.SoakConfig, config.TrainSweepConfig, args))
 
@@ -139,11 +139,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         table.add_row(entry.name, f"{params:,}", f"{flops:.2f}", f"{size}x{size}", str(entry.num_classes),
                       entry.preprocessing, f"{3 * flops:.2f}")
     console.print(table)
-    _peak_lines()
+    _peak_lines(cfg.remeasure_peaks)
     return 0
 
 
-def _peak_lines() -> None:
+def _peak_lines(remeasure: bool = False) -> None:
     """This machine's peak per precision (efficiency.py: datasheet, or measured once and cached), the
     denominator of every run's MFU."""
     import torch
@@ -156,7 +156,7 @@ def _peak_lines() -> None:
     say(f"Peak of {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'} "
         "(MFU = images/s x GFLOPs per image / peak; measured peaks are cached after their first measurement):")
     for precision in precisions:
-        peak = efficiency.peak(device, precision)
+        peak = efficiency.peak(device, precision, remeasure=remeasure)
         unit = "TOPS" if precision == "int8" else "TFLOP/s"
         say(f"  {precision}: " + (f"{peak.tflops:.4g} {unit} ({peak.source})" if peak.tflops else peak.source))
 

@@ -162,6 +162,10 @@ class RunConfig:
     seed: int = option(0, "seed of weights, synthetic input and shuffling")
     log_dir: str | None = option(None, "checkpoint directory; default log_<model>_<batch>, as the original's scripts")
     results_dir: str = option("results", "where the JSON-lines record and CSV tables go")
+    # Set by a sweep's --repeat N on each of a configuration's N processes (1..N); recorded as `repeat`.
+    repeat: int | None = option(None, "which of several repeated processes of one configuration this run is (set by "
+                                      "train-all/infer-all --repeat; recorded as `repeat`)", flag="--repeat-index",
+                                metavar="K")
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -173,6 +177,8 @@ class RunConfig:
         self.data.validate()
         if self.image_size is not None:
             _int_at_least(self.image_size, 1, "--image-size")
+        if self.repeat is not None:
+            _int_at_least(self.repeat, 1, "--repeat-index")
         if self.framework == "tensorflow" and self.placement.memory_format == "nchw":
             raise UsageError("--framework tensorflow runs channels-last (NHWC), TensorFlow's native layout on CPUs; "
                              "drop --memory-format nchw")
@@ -180,8 +186,8 @@ class RunConfig:
 
 @dataclass
 class TrainConfig(RunConfig):
-    log_dir: str | None = option(None, "checkpoint directory: saved at the end, resumed from if present; "
-                                       "default log_<model>_<batch>")
+    log_dir: str | None = option(None, "checkpoint directory: saved at the end (unless --no-checkpoint), resumed from "
+                                       "with --resume; default log_<model>_<batch>")
     results_dir: str = option("results_train", "where the JSON-lines record and CSV tables go")
     learning_rate: float | None = option(None, "override the per-model learning rate")
     compile: bool = option(False, "torch.compile the model (with --framework tensorflow: XLA, jit_compile=True); "
@@ -192,6 +198,11 @@ class TrainConfig(RunConfig):
                                       "--batch-size is per process", metavar="N")
     dist_timeout: float = option(60.0, "seconds a collective waits for the other ranks before the job fails",
                                  metavar="SECONDS")
+    # Issue 24: a rerun into the same log dir measures what the first run did, unless resuming is asked for.
+    resume: bool = option(False, "continue from the checkpoint in --log-dir (its weights, optimizer state and step "
+                                 "count; the learning-rate schedule spans this run's own steps); without it an existing "
+                                 "checkpoint is not read, and is overwritten at the end")
+    no_checkpoint: bool = option(False, "write nothing to --log-dir (a run that only measures)")
 
     def validate(self) -> None:
         super().validate()
@@ -348,10 +359,33 @@ class SweepConfig:
     time_budget: float | None = option(None, "bound the whole sweep to about this many seconds: the steady time is spread "
                                              "over the configurations, each keeping 1 warm-up and 2 steady steps",
                                        metavar="SECONDS")
+    # Issue 24: sweeps that resume, split over a cluster, repeat, and tell CI when a configuration failed.
+    dry_run: bool = option(False, "print the plan (every configuration, its estimate and its exact command line) and "
+                                  "exit: nothing runs, nothing is written, no folder is moved aside")
+    resume: bool = option(False, "skip each configuration whose record in --results-dir ended ok with the same "
+                                 "configuration, run the rest; nothing is moved aside")
+    shard: str | None = option(None, "run the K-th of N disjoint slices of the configurations (every N-th from the "
+                                     "K-th), into the same --results-dir, never moving it aside: N shards together run "
+                                     "each configuration once (a SLURM job array: --shard $SLURM_ARRAY_TASK_ID/N)",
+                               metavar="K/N")
+    repeat: int = option(1, "run each configuration in this many separate processes; the tables and `cnnbench compare` "
+                            "then use the spread across processes", metavar="N")
+    strict: bool = option(False, "exit 4 when any configuration failed (default: 0 once the sweep ran to its end)")
 
     def validate(self) -> None:
         if self.time_budget is not None and not 0 < self.time_budget < math.inf:
             raise UsageError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
+        _int_at_least(self.repeat, 1, "--repeat")
+        self.shard_slice()
+
+    def shard_slice(self) -> tuple[int, int]:
+        """--shard K/N as (K, N), 1 <= K <= N; (1, 1) without --shard."""
+        if self.shard is None:
+            return 1, 1
+        parts = str(self.shard).split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 1 <= int(parts[0]) <= int(parts[1]):
+            raise UsageError(f"--shard {self.shard!r}: give K/N with 1 <= K <= N, e.g. --shard 2/4 for the second of 4 slices")
+        return int(parts[0]), int(parts[1])
 
 
 @dataclass
@@ -476,6 +510,8 @@ class SynthValidateConfig:
 # --- Issue 12: `cnnbench max-batch` and `cnnbench soak` (maxbatch.py, soak.py) ---------------------------
 
 MAX_BATCH_MODES = ("train", "infer")
+# Below this batch a 5% tolerance is less than one image: the search is exact there (issue 23).
+MAX_BATCH_EXACT_BELOW = 32
 
 
 @dataclass
@@ -490,8 +526,11 @@ class MaxBatchConfig:
     device: str = same_as(PlacementConfig, "device")
     memory_format: str = same_as(PlacementConfig, "memory_format")
     image_size: int | None = same_as(RunConfig, "image_size")
-    first_batch: int = option(1, "the first batch size tried; the search doubles it until a probe fails")
+    first_batch: int = option(1, "the first batch size tried; the search grows it until a probe fails")
     largest_batch: int = option(8192, "never probe above this batch size")
+    tolerance: float = option(5.0, "stop when the largest batch that ran is within this many percent of the smallest that "
+                                   f"did not (exact below batch {MAX_BATCH_EXACT_BELOW}); 0: exact bisection",
+                              metavar="PERCENT")
     # One step: the allocator's peak is reached in the first.
     warmup: int = same_as(MeasureConfig, "warmup", default=1, when="each probe's: ")
     steps: int = option(2, "timed steps of each probe, for its images/s")
@@ -512,6 +551,8 @@ class MaxBatchConfig:
             raise UsageError(f"--first-batch {self.first_batch} is above --largest-batch {self.largest_batch}")
         _int_at_least(self.warmup, 0, "--warmup")
         _int_at_least(self.steps, 1, "--steps")
+        if not 0 <= self.tolerance < 100:
+            raise UsageError(f"--tolerance must be a percentage from 0 to below 100, got {self.tolerance}")
         if self.memory_limit_gib is not None and not 0 < self.memory_limit_gib < math.inf:
             raise UsageError(f"--memory-limit-gib must be a positive number of GiB, got {self.memory_limit_gib}")
         if not 0 < self.probe_timeout < math.inf:
@@ -609,6 +650,9 @@ class ModelsConfig:
     """`cnnbench models`: the registered models with parameters and FLOPs, and this machine's peaks."""
 
     image_size: int | None = same_as(RunConfig, "image_size")
+    # Issue 24: a cached peak is the denominator of every later run's MFU; this measures it again now.
+    remeasure_peaks: bool = option(False, "measure this machine's peaks again now, whatever the cache holds (cached "
+                                          "only when the machine is quiet: core/efficiency.py)")
 
     def validate(self) -> None:
         if self.image_size is not None:

@@ -29,7 +29,7 @@ def begin(kind: str, cfg, entry, placement: Placement, batch: int, image_size: i
         "kind": kind, "model": entry.name, "model_source": entry.source, "batch_size": batch, "image_size": image_size,
         "device": str(placement.device), "precision": placement.precision,
         "memory_format": placement.memory_format_name, "channels_last": placement.channels_last,
-        **framework_fields(cfg), **fields, "status": "ok", "reason": None, **flatten(cfg), **env,
+        **framework_fields(cfg), "repeat": getattr(cfg, "repeat", None), **fields, "status": "ok", "reason": None, **flatten(cfg), **env,
     }
 
 

@@ -12,8 +12,13 @@ estimate the time, rotate the results folder, run them one by one, summarise.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import json
 import math
+import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -138,13 +143,15 @@ class Configuration:
 
 
 def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str]) -> int:
-    """train-all and infer-all: validate every configuration, print the plan and estimate, rotate, run."""
+    """train-all and infer-all: validate every configuration, print the plan and estimate, then (unless
+    --dry-run) hold the results folder (rotating it only when no other sweep holds it), run, summarise."""
     settings.validate()
     device = resolve_device(base.placement.device)  # a bad device fails before anything runs
     plan = choose_plan(kind, settings, explicit, device)
     models = model_list(settings.models, "--models") if settings.models is not None else list(DEFAULT_MODELS)
-    batches = batch_sizes(plan, settings, explicit)
-    configurations = plan_configurations(kind, settings, base, explicit, plan, models, batches, device)
+    batches = unique(batch_sizes(plan, settings, explicit), "--batch-sizes")
+    configurations = plan_configurations(kind, settings, base, explicit, plan, unique_models(models), batches, device)
+    configurations = repeated(configurations, settings.repeat)
     # Measured in a child process: this one runs no model, so it holds no CUDA context or cached memory
     # while the configurations run (issue 10). Its device queries create none: is_available counts
     # devices, and get_device_capability (preflight's memory format) reads properties, which left no
@@ -154,16 +161,137 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
         c.estimated_seconds = estimate.configuration_seconds(c.run, kind, rates)
     if settings.time_budget is not None:
         configurations = fit_budget(configurations, settings.time_budget, kind, rates)
+    k, n = settings.shard_slice()
+    everything = len(configurations)
+    configurations = configurations[k - 1::n]  # the same list on every shard, sliced by index: disjoint, complete
+    results_dir = Path(base.results_dir)
+    if settings.resume:
+        configurations = still_to_run(configurations, results_dir)
     total = sum(c.estimated_seconds for c in configurations)
     terminal.say(f"Plan: {plan.name}: {plan.reason}")
-    terminal.say(f"{len(configurations)} configurations ({describe_axes(configurations)}) on {device}; "
+    shard = f"shard {k}/{n}: {len(configurations)} of {everything} configurations" if n > 1 else f"{len(configurations)} configurations"
+    terminal.say(f"{shard} ({describe_axes(configurations) if configurations else 'none left'}) on {device}; "
                   f"estimated {terminal.clock(total)} ({rates.describe()})")
-    results_dir = Path(base.results_dir)
-    moved = store.rotate(results_dir)
-    if moved:
-        terminal.say(f"Previous results moved to {moved}")
-    results_dir.mkdir(parents=True)
-    return run_sweep(kind, configurations, results_dir, total)
+    if settings.dry_run:
+        print_plan(configurations, results_dir)
+        return 0
+    with held(results_dir, may_rotate=not settings.resume and n == 1):
+        return run_sweep(kind, configurations, results_dir, total, settings.strict)
+
+
+def unique(items: list, what: str) -> list:
+    """Each item once: a duplicate (--batch-sizes 2,2) would run a configuration twice, and the tables keep
+    one of the two; merged with a warning line."""
+    kept = list(dict.fromkeys(items))
+    if len(kept) < len(items):
+        twice = [str(i) for i in kept if items.count(i) > 1]
+        terminal.warn(f"{what}: {', '.join(twice)} given more than once; running each once")
+    return kept
+
+
+def unique_models(models: list[str]) -> list[str]:
+    """--models, each model once: two spellings of one model (tiny,tiny; ResNet50,resnet50) are one."""
+    seen: dict[tuple[str, str], str] = {}
+    twice = []
+    for model in models:
+        entry = resolve_entry(model)  # an unknown model fails here
+        key = (entry.name.lower(), entry.source)
+        if key in seen:
+            twice.append(model)
+        else:
+            seen[key] = model
+    if twice:
+        terminal.warn(f"--models: {', '.join(dict.fromkeys(twice))} given more than once; running each once")
+    return list(seen.values())
+
+
+def repeated(configurations: list[Configuration], count: int) -> list[Configuration]:
+    """--repeat N: each configuration N times in a row, each its own process, record (`repeat`: 1..N) and log."""
+    if count == 1:
+        return configurations
+    out = []
+    for c in configurations:
+        for index in range(1, count + 1):
+            run = dataclasses.replace(c.run, repeat=index)
+            out.append(Configuration(run, c.log_name.removesuffix(".txt") + f"_r{index}.txt",
+                                     {**c.base_record, **config.flatten(run), "repeat": index}))
+    return out
+
+
+# What makes two records the same configuration for --resume: what was run (model and its source,
+# framework, batch, image size, engine, precision, scenario, accelerators, input, memory format, compiler),
+# on which device type, which repeat; not how long it was measured, nor where its files went.
+IDENTITY = ("config.model", "config.framework", "config.measure.batch_size", "config.image_size", "config.engine",
+            "config.placement.precision", "config.placement.memory_format", "config.scenario", "config.num_accelerators",
+            "config.data.data_dir", "config.compile", "config.compile_mode", "config.loadgen.enabled", "repeat")
+
+
+def identity(record: dict) -> str:
+    device = str(record.get("device") or "").split(":")[0]
+    return json.dumps([tables.model_source(record), device, *[record.get(k) for k in IDENTITY]], default=str)
+
+
+def still_to_run(configurations: list[Configuration], results_dir: Path) -> list[Configuration]:
+    """--resume: the configurations without a record that ended ok in the results folder."""
+    done = {identity(r) for r in store.read_records(results_dir) if r.get("status") == "ok"}
+    left = [c for c in configurations if identity(c.base_record) not in done]
+    terminal.say(f"--resume: {len(configurations) - len(left)} of {len(configurations)} configurations already ended ok "
+                  f"in {results_dir}; running the other {len(left)}")
+    return left
+
+
+def print_plan(configurations: list[Configuration], results_dir: Path) -> None:
+    """--dry-run: each configuration, its estimate and the exact command its process would run."""
+    for k, c in enumerate(configurations, 1):
+        r = c.base_record
+        variant = f" {r['engine']}/{r['precision']}" if r["kind"] == "infer" else f" x{r['num_accelerators']}"
+        again = f" repeat {r['repeat']}" if r.get("repeat") else ""
+        terminal.say(f"{k:>3}. {r['model']} batch {r['batch_size']}{variant}{again}  ~{terminal.clock(c.estimated_seconds)}  "
+                      f"-> {results_dir / c.log_name}")
+        terminal.say("     $ " + shlex.join(child_command(c)))
+    terminal.say(f"--dry-run: nothing was run or written ({results_dir} left as it is)")
+
+
+# A sweep holds its results folder for its whole life with a shared lock on a file beside it (not in it,
+# so the lock does not move with the folder): the folder is moved aside only by a sweep that can take the
+# lock exclusively, i.e. when no other sweep is writing into it (issue 23 #6). The guard byte serialises
+# the decide-and-move step; POSIX record locks are released by the kernel if the process dies.
+GUARD, LIFE = 0, 1
+
+
+@contextlib.contextmanager
+def held(results_dir: Path, may_rotate: bool):
+    """Hold `results_dir` for a sweep's life; move an earlier folder aside first when `may_rotate` and no
+    other sweep holds it."""
+    results_dir = Path(results_dir)
+    results_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = results_dir.parent / f".{results_dir.name}.sweep.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, GUARD)
+        try:
+            alone = _try_lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if may_rotate and alone:
+                moved = store.rotate(results_dir)
+                if moved:
+                    terminal.say(f"Previous results moved to {moved}")
+            elif may_rotate and results_dir.exists():
+                terminal.say(f"Another sweep is writing into {results_dir}: adding to it rather than moving it aside")
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, LIFE)  # from exclusive (alone) or from nothing: shared for life
+            results_dir.mkdir(parents=True, exist_ok=True)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, GUARD)
+        yield
+    finally:
+        os.close(fd)  # closing drops the locks
+
+
+def _try_lock(fd: int, how: int) -> bool:
+    try:
+        fcntl.lockf(fd, how, 1, LIFE)
+        return True
+    except OSError:  # EAGAIN / EACCES: another sweep holds the folder
+        return False
 
 
 def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan,
@@ -324,51 +452,78 @@ def describe_axes(configurations: list[Configuration]) -> str:
     return text + (f" x {', '.join(counts)} accelerators" if counts != ["1"] else "")
 
 
-def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path, estimated: float) -> int:
-    """Run each configuration in a child process, tee its output to its log, record failures, summarise."""
+def run_sweep(kind: str, configurations: list[Configuration], results_dir: Path, estimated: float,
+              strict: bool = False) -> int:
+    """Run each configuration in a child process, tee its output to its log, record failures, summarise.
+    With `strict`, a failed configuration makes the exit code EXIT_RUN_FAILED."""
     start = time.time()
     with terminal.progress(len(configurations), f"{kind}-all", unit="configurations") as bar:
-        code = run_each(kind, configurations, results_dir, start, bar)
+        code, failed = run_each(kind, configurations, results_dir, start, bar)
     if code not in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
-        code = 0
+        code = errors.EXIT_RUN_FAILED if strict and failed else 0
         terminal.say(f"Sweep finished in {terminal.clock(time.time() - start)} (estimated {terminal.clock(estimated)}); "
                       f"tables in {results_dir / store.TABLES_CSV}")
+        if failed:
+            terminal.say(f"{len(failed)} of {len(configurations)} configurations failed: {', '.join(failed)}"
+                          + (f"; exit {code} (--strict)" if strict else ""))
     summary(kind, results_dir)
     return code
 
 
-def run_each(kind: str, configurations: list[Configuration], results_dir: Path, start: float, bar) -> int:
-    """The configurations one by one, until the last or until one is interrupted; returns the last exit code."""
-    code = 0
+def run_each(kind: str, configurations: list[Configuration], results_dir: Path, start: float, bar) -> tuple[int, list[str]]:
+    """The configurations one by one, until the last or until one is interrupted; returns the last exit code
+    and the names of the configurations that failed."""
+    code, failed = 0, []
     for k, cfg in enumerate(configurations, 1):
         left = sum(c.estimated_seconds for c in configurations[k - 1:])
         terminal.console.rule(f"{kind} {k}/{len(configurations)}: {cfg.base_record['model']} batch "
                                f"{cfg.base_record['batch_size']}  elapsed {terminal.clock(time.time() - start)}  left ~{terminal.clock(left)}")
         before = len(store.read_records(results_dir))
-        code = run_child(cfg, results_dir / cfg.log_name)
+        log_path = open_log(results_dir, cfg.log_name)
+        code = run_child(cfg, log_path)
         bar.advance(time_left=sum(c.estimated_seconds for c in configurations[k:]))
-        if len(store.read_records(results_dir)) == before:  # the child died before it could write its record
-            record = {**cfg.base_record, "status": "failed", "reason": failure_reason(code, results_dir / cfg.log_name),
-                      **environment.collect()}
+        # Its own record: other shards append theirs to the same folder meanwhile, so count none but this one's.
+        mine = [r for r in store.read_records(results_dir)[before:] if identity(r) == identity(cfg.base_record)]
+        if not mine:  # the child died before it could write its record
+            mine = [{**cfg.base_record, "status": "failed", "reason": failure_reason(code, log_path), **environment.collect()}]
             try:
-                store.save_record(results_dir, record)
+                store.save_record(results_dir, mine[0])
             except errors.RecordNotSaved as lost:  # the sweep goes on; the record is in the fallback file
                 terminal.warn(str(lost))
         if code in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
             terminal.say(f"Sweep {'interrupted' if code == errors.EXIT_INTERRUPTED else 'terminated'} during configuration "
                           f"{k} of {len(configurations)}; results so far are in {results_dir}")
             break
-    return code
+        if mine[-1].get("status") != "ok":
+            failed.append(log_path.stem.removeprefix("result_"))
+    return code, failed
+
+
+def open_log(results_dir: Path, name: str) -> Path:
+    """A new console log with one writer: created exclusively, with .2, .3, ... added where the name is taken
+    (a resumed configuration's earlier log, a concurrent sweep's), so no two processes write one file."""
+    path, n = results_dir / name, 1
+    while True:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            n += 1
+            path = results_dir / f"{Path(name).stem}.{n}.txt"
+
+
+def child_command(cfg: Configuration) -> list[str]:
+    """The exact command a configuration's process runs (and --dry-run prints)."""
+    return [sys.executable, "-m", "cnnbench", *cfg.argv]
 
 
 def run_child(cfg: Configuration, log_path: Path) -> int:
     """`python -m cnnbench ...` with its output on the console and in its log (headed by the full
     configuration). Ctrl-C reaches the child too (same process group); a SIGTERM to the sweep is
     passed on. Either way the child records its completed steps, and the sweep stops after it."""
-    command = [sys.executable, "-m", "cnnbench", *cfg.argv]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = child_command(cfg)
     with open(log_path, "w") as log:
-        log.write("$ " + " ".join(command) + "\n" + "".join(f"# {line}\n" for line in config.describe(cfg.run)))
+        log.write("$ " + shlex.join(command) + "\n" + "".join(f"# {line}\n" for line in config.describe(cfg.run)))
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         stopped = None
         while True:
