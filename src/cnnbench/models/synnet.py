@@ -390,14 +390,16 @@ class _Builder:
         return modules, shape
 
     def warn_oversized(self) -> None:
-        """One line for the kernels larger than their input with 'same' padding (issue 23: a 101-pixel kernel on a
-        32-pixel input trained silently). Such a window is mostly zero padding: most of its weights never meet a
-        pixel. A warning, not a refusal: small --image-size runs of real networks meet it at their last layers."""
+        """One line for the 'same' kernels far larger than their input (issue 23: a 101-pixel kernel on a 32-pixel
+        input trained silently): more than twice the input plus one along an axis, so that the taps beyond the
+        input's size on either side of the centre never meet a pixel at any output position. The bound leaves out
+        the ordinary small-input cases (a 3x3 kernel on a 1x1 or 2x2 map, which ResNet-like specs meet at 32-64 px).
+        A warning, not a refusal: the network is still well defined, only wasteful."""
         if not self.oversized:
             return
         more = f" (and {len(self.oversized) - 1} more such layers)" if len(self.oversized) > 1 else ""
-        line = (f"{self.oversized[0]}{more} is larger than its input with 'same' padding, so most of each window is "
-                "zero padding; use a smaller kernel or a larger input")
+        line = (f"{self.oversized[0]}{more} is more than twice the size of its input with 'same' padding, so most "
+                "of each window is zero padding; use a smaller kernel or a larger input")
         if line not in _WARNED:
             _WARNED.add(line)
             warn(line)
@@ -420,7 +422,7 @@ class _Builder:
         pads, explicit = [0, 0, 0, 0], (0, 0)  # ZeroPad2d's (left, right, top, bottom); Conv2d's own (rows, columns)
         if padding == "same":
             pads = [*_same_pads(w, kw, sw), *_same_pads(h, kh, sh)]
-            if kh > h or kw > w:
+            if kh > 2 * h + 1 or kw > 2 * w + 1:  # see warn_oversized
                 self.oversized.append(f"{where}: a {kh}x{kw} kernel on a {h}x{w} input")
         elif padding != "valid":
             explicit = tuple(padding)

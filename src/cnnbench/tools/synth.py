@@ -70,6 +70,13 @@ CONV_TYPES = ("conv", "depthwise_conv", "grouped_conv")
 FLOP_TOLERANCE = 0.05  # issue 11: FLOPs and parameters within 5% of the mix (or the budget)
 SHARE_TOLERANCE = 0.05  # issue 11: FLOP share per operation type within 5 percentage points
 MIN_LEVEL_SHARE = 0.01  # a level with at least this share of the FLOPs gets a conv
+# The most convolutions a generated network has, by --layers or by the layers a --gflops budget implies. Issue 23:
+# --gflops 25 made 23,643 layers in 44 s and --gflops 1e6 (FLOPs typed for GFLOPs) ran for minutes in silence,
+# because fitting the widths realises the network ~40 times per level. Timed on this shared 2-core EPYC
+# (resnet18 mix at 64 px): 1,000 layers generate in about 1.3 s, 2,000 in 3.6 s, 4,000 in 26 s. The deepest
+# real CNNs have a few hundred convolutions (ResNet-152: 155, DenseNet-201: 200), so 1,000 leaves room for any
+# mix and keeps generation to seconds.
+MAX_LAYERS = 1000
 SPEC_ACTIVATIONS = ("relu", "relu6", "hardswish", "silu")  # what a spec can say (synnet.ACTIVATIONS)
 
 
@@ -471,10 +478,11 @@ def _block(mix: Mix, block: Block, shape: Shape, width: float) -> list[dict]:
     return [{"type": "dense", "repeat": 1, "growth_rate": growth, "body": body}]
 
 
-def fit_widths(mix: Mix, plans: list[LevelPlan], image_size: int) -> None:
-    """Each level's width multiplier, in order, by bisection on log(width) until its FLOPs match."""
+def fit_widths(mix: Mix, plans: list[LevelPlan], image_size: int, done=lambda: None) -> None:
+    """Each level's width multiplier, in order, by bisection on log(width) until its FLOPs match; `done()` after each."""
     for k in range(len(plans)):
         fit_level(mix, plans, k, image_size)
+        done()
 
 
 def fit_level(mix: Mix, plans: list[LevelPlan], k: int, image_size: int) -> None:
@@ -527,13 +535,40 @@ def network_parameters(mix: Mix, plans: list[LevelPlan], image_size: int) -> flo
 # ---------------------------------------------------------------- the spec
 
 
+def check_layers(layers: int | None) -> None:
+    """--layers within MAX_LAYERS: checked before the targets are profiled."""
+    if layers is not None and layers > MAX_LAYERS:
+        raise UsageError(f"--layers {layers}: cnnbench synth makes at most {MAX_LAYERS} convolutions (the deepest real "
+                         "CNNs have a few hundred; generation time grows faster than the layer count)")
+
+
+def check_size(mix: Mix, layers: int | None, gflops: float | None) -> None:
+    """The network's convolutions within MAX_LAYERS, before any is generated: --layers as given, else the count
+    the FLOP budget implies at the mix's own layer sizes (slots_per_level, as plan() will count them)."""
+    check_layers(layers)
+    if layers is not None:
+        return
+    flops = gflops * 1e9 if gflops else mix.flops_per_image
+    implied = sum(slots_per_level(mix, flops, None).values())
+    if implied <= MAX_LAYERS:
+        return
+    most = flops / 1e9 * MAX_LAYERS / implied
+    what = f"--gflops {gflops:g}" if gflops else "the mix's own FLOP budget"
+    raise UsageError(f"{what} takes about {implied:,} convolutions at the mix's layer sizes ({mix.flops_per_image / 1e9:.3g} "
+                     f"GFLOPs per image); cnnbench synth makes at most {MAX_LAYERS}: give --gflops of at most about {most:.3g} "
+                     "(GFLOPs, not FLOPs), or --layers")
+
+
 def generate(mix: Mix, *, seed: int, layers: int | None, gflops: float | None, name: str) -> dict:
     """The synthetic network's spec (synNet's format) for the mix."""
     flops = gflops * 1e9 if gflops else mix.flops_per_image
+    check_size(mix, layers, gflops)
     plans = plan(mix, layers, flops, seed)
     count = sum(len(block.protos) for lp in plans for block in lp.blocks) + sum(lp.strided is not None for lp in plans)
-    fit_widths(mix, plans, mix.image_size)
-    fit_parameters(mix, plans, mix.image_size, mix.parameters * flops / mix.flops_per_image)
+    with terminal.progress(len(plans) + 1, f"fitting the widths of {count} convolutions", unit="levels") as bar:
+        fit_widths(mix, plans, mix.image_size, bar.advance)
+        fit_parameters(mix, plans, mix.image_size, mix.parameters * flops / mix.flops_per_image)
+        bar.advance()
     groups, _, _ = realise(mix, plans, mix.image_size)
     if mix.global_pool:
         groups[-1]["layers"].append({"type": "globalpool", "pool": "avg"})
@@ -613,6 +648,7 @@ def run(cfg) -> int:
     from cnnbench.core.files import atomic_write_text, ensure_writable
 
     cfg.validate()
+    check_layers(cfg.layers)
     out = Path(cfg.out)
     ensure_writable(out.parent, "--out")
     targets = load_targets(cfg.target, cfg.image_size, cfg.batch_size, cfg.precision)
