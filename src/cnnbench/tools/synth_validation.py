@@ -245,11 +245,20 @@ def show(rows: list[dict], summary: dict, proxy: str, baseline: str) -> None:
                                     ("mix ms/img", "mix"), ("proxy speed-up", "sp"), ("mix speed-up", "sm"),
                                     ("error %", "err")])
     s = summary
-    terminal.say(f"speed-up error: max {f(s['max_abs_speedup_error_percent'], '.1f')}%, mean "
-                  f"{f(s['mean_abs_speedup_error_percent'], '.1f')}% (goal: each within {SPEEDUP_TOLERANCE * 100:.0f}%): "
-                  f"{'met' if s['speedup_goal_met'] else 'MISSED'}")
-    terminal.say(f"Spearman rank correlation of the speed-ups: {f(s['spearman'], '.3f')} (goal >= {MIN_SPEARMAN}): "
-                  f"{'met' if s['spearman_goal_met'] else 'MISSED'}")
+    compared = sum(1 for r in rows if not r["baseline"] and math.isfinite(r["speedup_error_percent"]))
+    if compared == 0:  # issue 23: "MISSED" over nothing measured said the proxy failed a test it never took
+        terminal.say("speed-up error and Spearman rank correlation: nothing to compare, no configuration besides the "
+                     "baseline was measured (give --configs or --batch-sizes more than the baseline)")
+    else:
+        terminal.say(f"speed-up error: max {f(s['max_abs_speedup_error_percent'], '.1f')}%, mean "
+                     f"{f(s['mean_abs_speedup_error_percent'], '.1f')}% (goal: each within {SPEEDUP_TOLERANCE * 100:.0f}%): "
+                     f"{'met' if s['speedup_goal_met'] else 'MISSED'}")
+    if compared == 1:  # a rank correlation needs two points
+        terminal.say("Spearman rank correlation of the speed-ups: not computed, one configuration besides the baseline "
+                     "(it needs two)")
+    elif compared > 1:
+        terminal.say(f"Spearman rank correlation of the speed-ups: {f(s['spearman'], '.3f')} (goal >= {MIN_SPEARMAN}): "
+                     f"{'met' if s['spearman_goal_met'] else 'MISSED'}")
     terminal.say(f"benchmark time: proxy {terminal.clock(s['proxy_wall_seconds'])}, targets "
                   f"{terminal.clock(s['targets_wall_seconds'])}, ratio {f(s['time_ratio'], '.3f')} (goal <= 1/3): "
                   f"{'met' if s['time_goal_met'] else 'MISSED'}")
