@@ -145,6 +145,7 @@ def test_a_new_record_is_validated_from_the_table(fake, monkeypatch):
 
 
 def test_a_new_record_is_in_the_sweep_defaults_or_left_out_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setattr(sweep.environment, "cpu_flags", lambda: frozenset({"avx2"}))  # no native bf16 (test_bf16_default.py)
     defaults = config.build(config.InferSweepConfig, {})
     before = sweep.engine_pairs(defaults, CPU)
     assert before[:3] == [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]

@@ -291,7 +291,8 @@ def test_bad_inference_input(cli, args, message):
 
 
 @pytest.mark.usefixtures("cpu_calibration")  # the suite's calibration, shared
-def test_infer_all_sweeps_engines_and_precisions(cli, trained, tmp_path):
+def test_infer_all_sweeps_engines_and_precisions(cli, trained, tmp_path, monkeypatch):
+    monkeypatch.setattr("cnnbench.core.environment.cpu_flags", lambda: frozenset({"avx2"}))  # no native bf16 (test_bf16_default.py)
     # No --engines / --precisions: on a CPU, eager fp32 and onnxruntime fp32 and int8 (tests/test_sweep.py)
     code, out, err = cli("infer-all", "--models", trained, "--batch-sizes", "4", *QUICK[:2], "--num-batches", "2",
                          "--warmup", "1", "--calib-batches", "2")

@@ -146,7 +146,8 @@ def test_explicit_options_win_over_the_plan():
     assert all(c.run.measure.warmup == 3 and c.run.measure.duration == 3.0 for c in runs)
 
 
-def test_infer_all_by_default_runs_eager_and_the_cpu_s_fastest_engines(capsys):
+def test_infer_all_by_default_runs_eager_and_the_cpu_s_fastest_engines(capsys, monkeypatch):
+    monkeypatch.setattr(sweep.environment, "cpu_flags", lambda: frozenset({"avx2"}))  # an AVX2 CPU: tests/test_bf16_default.py
     # End to end (records, logs, tables) in tests/test_inference.py::test_infer_all_sweeps_engines_and_precisions.
     settings = config.build(config.InferSweepConfig, {})
     assert sweep.engine_pairs(settings, torch.device("cpu")) == [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]

@@ -3,21 +3,31 @@
 achieved TFLOP/s = forward FLOPs per image (registry.forward_flops, a multiply-add = 2 FLOPs) x PASSES
 (3 for a training step: the forward, and a backward that computes gradients of both activations and
 weights, each about a forward's cost; 1 for inference) x images/s (steady images over steady time),
-and MFU = achieved / (peak x devices). For int8 the units are tera-operations per second.
+and MFU = achieved / (peak x devices). For int8 the units are tera-operations per second. MFU is also the
+run's share of the roof at its precision (docs/roofline.md): the report draws each precision's peak as a
+line over the throughput chart.
 
 The peak at the run's precision comes from, in this order:
 1. DATASHEET_PEAKS, NVIDIA's published dense (no sparsity) figures for common GPUs, matched by name;
-2. a measured peak: a large matrix product at that precision on the device (all cores on a CPU),
-   measured once and cached per machine (cache_path(), keyed by device model, ISA, threads and torch
-   version), and named `measured` in the record. A CPU's peak is always measured: no table can know
-   its cores, clocks and vector units.
-A peak that can be neither is None, with `peak_source` saying why.
+2. a measured peak (`measure_peak`): the best of several probes at that precision on the device (all cores
+   on a CPU), each the best of REPEATS: square matrix products of several sides and, on a CPU, the 3x3
+   convolutions of ResNet-50's stages, since oneDNN's convolutions beat its 2048-wide matrix product (issue
+   24: 212 GFLOP/s from ONNX Runtime's ResNet-50 against a 174 GFLOP/s product). A CPU's peak is always
+   measured: no table can know its cores, clocks and vector units. It is cached per machine (cache_path(),
+   keyed by device model, ISA, threads and torch version) with when it was measured and the load average
+   then, only when the machine was quiet (`machine_load`): a probe taken while other work ran is used for
+   this run only, and says so. A cached peak older than MAX_AGE_S is measured again; `--remeasure-peaks`
+   (`cnnbench models`) measures it now.
+A peak that can be neither is None, with `peak_source` saying why. An MFU above 100% is not a fact but a
+peak measured too low: the record says `peak_underestimated` and leaves `mfu` empty (`describe` says how to
+remeasure).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -64,15 +74,29 @@ DATASHEET_PEAKS: list[tuple[str, str, dict[str, float]]] = [
 ]
 
 MEASURED_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Largest matrix side measured, and how long one product should take at least for a steady figure: a CPU
-# emulating a precision (fp16 without AVX512-FP16 or AMX runs ~100x slower) gets a smaller matrix.
-CPU_MAX_SIDE, GPU_SIDE, MIN_PRODUCT_SECONDS, REPEATS = 2048, 8192, 0.2, 5
+# The probes' sizes: square matrix products of these sides (a CPU's cache-resident 512 to a 2048 that streams
+# from memory; a GPU's need 4096 and more to fill its SMs), each the best of REPEATS after a warm-up. A CPU
+# emulating a precision (fp16 without AVX512-FP16 or AMX runs ~100x slower) stops growing the side once one
+# product takes SLOW_PRODUCT_SECONDS.
+CPU_SIDES, GPU_SIDES, REPEATS, SLOW_PRODUCT_SECONDS = (512, 1024, 2048), (4096, 8192), 5, 1.0
+# CPU convolution probes, (channels in = out, height = width): the 3x3 convolutions of ResNet-50's stages 1
+# and 3 at batch CONV_BATCH, channels-last (oneDNN's blocked layouts' fast path); about 3.7 GFLOPs each.
+CONV_SHAPES, CONV_BATCH = ((64, 56), (256, 14)), 16
+CONV_PRECISIONS = ("fp32", "bf16")  # where the CPU's convolutions run natively (fp16 is emulated, int8 is ONNX's)
+# The machine is busy when the load average that is not this process's (machine_load) is above this share of
+# the usable cores: a probe then measures what the other work left, and is not cached.
+BUSY_SHARE = 0.25
+MAX_AGE_S = 7 * 86400  # a cached peak older than a week is measured again (a new BIOS, governor or kernel)
+REMEASURE_HINT = "on an idle machine run `cnnbench models --remeasure-peaks`"
 
 
 @dataclasses.dataclass(frozen=True)
 class Peak:
     tflops: float | None
     source: str  # "datasheet: NVIDIA H100 SXM", "measured: ...", or "unavailable: why"
+    measured_at: float | None = None    # time.time() of the measurement (None: a datasheet's or unavailable)
+    load_average: float | None = None   # the 1-minute load average when it was measured
+    cached: bool = False                # read from, or written to, the cache (False: this run only)
 
 
 def datasheet_peak(gpu_name: str, precision: str) -> Peak | None:
@@ -90,7 +114,7 @@ def achieved_tflops(forward_flops_per_image: float, kind: str, images_per_sec: f
 
 
 def mfu(achieved: float | None, peak: float | None, devices: int = 1) -> float | None:
-    """Achieved over the peak of every device that took part (a fraction, 0..1)."""
+    """Achieved over the peak of every device that took part (a fraction; above 1 the peak is too low)."""
     if achieved is None or not peak or devices < 1:
         return None
     return achieved / (peak * devices)
@@ -112,6 +136,22 @@ def machine_key(device: torch.device, precision: str) -> str:
     return f"{device.type}: {what} | torch {torch.__version__} | {precision}"
 
 
+def machine_load() -> tuple[float, float, int]:
+    """(1-minute load average, the part of it that is other processes', usable cores). The load average is
+    an exponentially damped one-minute mean of runnable threads (proc(5), /proc/loadavg), this process's
+    included: a run that measures its peak after its steps has kept every core busy itself. Its own share is
+    estimated from its CPU time: r cores used over `age` seconds add about r x (1 - e^(-age/60))."""
+    load, cores = os.getloadavg()[0], environment.usable_cores()
+    age = max(time.time() - environment.process_start_time(), 1e-3)
+    used = os.times()
+    own = min(cores, (used.user + used.system) / age) * (1 - math.exp(-age / 60))
+    return load, max(0.0, load - own), cores
+
+
+def busy(others: float, cores: int) -> bool:
+    return others > BUSY_SHARE * cores
+
+
 def _read_cache(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -120,12 +160,14 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
-def remember(device: torch.device, precision: str, tflops: float, method: str) -> None:
+def remember(device: torch.device, precision: str, tflops: float, method: str, load_average: float | None = None,
+             measured_at: float | None = None) -> None:
     """Add a measured peak to the cache (cache_path()), beside what other processes may have added since."""
     from cnnbench.core.files import atomic_write_text
 
-    path = cache_path()
-    entry = {"tflops": tflops, "method": method, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path, when = cache_path(), time.time() if measured_at is None else measured_at
+    entry = {"tflops": tflops, "method": method, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(when)),
+             "measured_at_unix": when, "load_average": load_average}
     try:
         data = _read_cache(path)
         data[machine_key(device, precision)] = entry
@@ -134,30 +176,60 @@ def remember(device: torch.device, precision: str, tflops: float, method: str) -
         pass  # an unwritable cache costs a measurement next time, nothing more
 
 
-def peak(device: torch.device, precision: str, *, measure: bool = True) -> Peak:
-    """The device's peak at `precision`: datasheet, else cached measurement, else measured now (when
-    `measure`), else unavailable."""
+# Peaks measured in this process while the machine was busy (not cached): measured once per process.
+_THIS_PROCESS: dict[str, Peak] = {}
+
+
+def peak(device: torch.device, precision: str, *, measure: bool = True, remeasure: bool = False) -> Peak:
+    """The device's peak at `precision`: datasheet, else a cached measurement younger than MAX_AGE_S, else
+    measured now (when `measure`; `remeasure`: whatever the cache holds), else unavailable."""
     if device.type == "cuda":
         found = datasheet_peak(torch.cuda.get_device_name(device), precision)
         if found is not None:
             return found
     key, path = machine_key(device, precision), cache_path()
     cached = _read_cache(path).get(key)
-    if cached:
-        return Peak(cached["tflops"], f"measured: {cached['method']} (cached {cached['measured_at']}, {path})")
+    if cached and not remeasure:
+        when = cached.get("measured_at_unix")
+        if when is None or time.time() - when < MAX_AGE_S:  # entries of older cnnbench versions carry no time
+            load = cached.get("load_average")
+            return Peak(cached["tflops"], f"measured: {cached['method']} (cached {cached['measured_at']}"
+                        + (f", load average {load:.2f}" if load is not None else "") + f", {path})",
+                        when, load, True)
+    if key in _THIS_PROCESS and not remeasure:
+        return _THIS_PROCESS[key]
     if not measure:
-        return Peak(None, "unavailable: not measured yet (`cnnbench models --peak` measures it)")
+        return Peak(None, "unavailable: not measured yet (`cnnbench models` measures it)")
+    return _measure_now(device, precision, key)
+
+
+def _measure_now(device: torch.device, precision: str, key: str) -> Peak:
+    """Measure; cache the figure only when the machine was quiet before and after the probes."""
+    before, others_before, cores = machine_load()
     tflops, method = measure_peak(device, precision)
     if tflops is None:
         return Peak(None, f"unavailable: {method}")
-    remember(device, precision, tflops, method)
-    return Peak(tflops, f"measured: {method}")
+    after, others_after, _ = machine_load()
+    load, others = max(before, after), max(others_before, others_after)
+    now = time.time()
+    if device.type == "cpu" and busy(others, cores):
+        found = Peak(tflops, f"measured: {method}; NOT cached: measured while the machine was busy (load average "
+                             f"{load:.2f}, about {others:.2f} of it other processes', on {cores} cores), so likely "
+                             f"low; {REMEASURE_HINT}", now, load, False)
+        from cnnbench.core.terminal import say
+
+        say(f"Peak {precision}: measured while the machine was busy (load average {load:.2f} on {cores} cores); "
+            f"{tflops:.3g} used for this run only, not cached")
+        _THIS_PROCESS[key] = found
+        return found
+    remember(device, precision, tflops, method, load, now)
+    return Peak(tflops, f"measured: {method} (load average {load:.2f})", now, load, True)
 
 
 def measure_peak(device: torch.device, precision: str) -> tuple[float | None, str]:
-    """(TFLOP/s, how it was measured) of a square matrix product at `precision` on `device`, or (None, why
-    not). On a CPU the matrix grows from 256 until one product takes MIN_PRODUCT_SECONDS (up to
-    CPU_MAX_SIDE), on all the threads torch uses; the best of REPEATS products counts."""
+    """(TFLOP/s, how it was measured) at `precision` on `device`: the best of the probes (matrix products of
+    CPU_SIDES or GPU_SIDES, and on a CPU the CONV_SHAPES convolutions), each the best of REPEATS, on all the
+    threads torch uses; or (None, why not)."""
     if precision == "int8":
         return _int8_peak(device)
     if precision == "tf32" and device.type != "cuda":
@@ -168,20 +240,41 @@ def measure_peak(device: torch.device, precision: str) -> tuple[float | None, st
     matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"  # fp32 is true fp32, as in the runs
     try:
-        side = GPU_SIDE if device.type == "cuda" else _cpu_side(lambda n: _product_seconds(n, dtype, device, 1))
-        seconds = _product_seconds(side, dtype, device, REPEATS)
+        probes = _product_probes(dtype, device)
+        if device.type == "cpu" and precision in CONV_PRECISIONS:
+            probes += _conv_probes(dtype, device)
     except RuntimeError as exc:  # a dtype this build cannot multiply, or no memory for the matrices
-        return None, f"a {precision} matrix product failed on {device} ({str(exc).splitlines()[0][:120]})"
+        return None, f"a {precision} probe failed on {device} ({str(exc).splitlines()[0][:120]})"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
-    return 2 * side**3 / seconds / 1e12, f"{side}x{side} {precision} matrix product on {where}, best of {REPEATS}"
+    name, best = max(probes, key=lambda probe: probe[1])
+    others = ", ".join(f"{n} {t:.3g}" for n, t in probes if n != name)
+    return best, (f"{name} at {precision} on {where}, the best of {len(probes)} probes (each the best of {REPEATS}"
+                  + (f"; others: {others}" if others else "") + ")")
 
 
-def _cpu_side(time_one) -> int:
-    side = 256
-    while side < CPU_MAX_SIDE and time_one(side) < MIN_PRODUCT_SECONDS:
-        side *= 2
-    return side
+def _product_probes(dtype: torch.dtype, device: torch.device) -> list[tuple[str, float]]:
+    """(name, TFLOP/s) of each square matrix product; a CPU stops growing the side once a product is slow."""
+    probes = []
+    for side in (GPU_SIDES if device.type == "cuda" else CPU_SIDES):
+        seconds = _product_seconds(side, dtype, device, REPEATS)
+        probes.append((f"{side}x{side} matrix product", 2 * side**3 / seconds / 1e12))
+        if device.type == "cpu" and seconds > SLOW_PRODUCT_SECONDS:
+            break
+    return probes
+
+
+def _conv_probes(dtype: torch.dtype, device: torch.device) -> list[tuple[str, float]]:
+    """(name, TFLOP/s) of each CONV_SHAPES 3x3 convolution, stride 1, padding 1, channels-last."""
+    probes = []
+    with torch.no_grad():
+        for channels, side in CONV_SHAPES:
+            x = torch.randn(CONV_BATCH, channels, side, side, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(channels, channels, 3, 3, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+            seconds = _best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), device, REPEATS)
+            flops = 2 * CONV_BATCH * channels * channels * 9 * side * side
+            probes.append((f"3x3 convolution {channels} ch {side}x{side} batch {CONV_BATCH}", flops / seconds / 1e12))
+    return probes
 
 
 def _product_seconds(side: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
@@ -217,42 +310,57 @@ def _int8_peak(device: torch.device) -> tuple[float | None, str]:
         from torch.ao.nn.quantized import Linear
     except ImportError as exc:
         return None, f"torch.ao's quantized Linear is not in this torch ({exc})"
-    side = CPU_MAX_SIDE
+    probes = []
     with warnings.catch_warnings():  # the deprecation warning of quantized tensors (torch 2.14), once per call
         warnings.simplefilter("ignore", UserWarning)
-        try:
-            layer = Linear(side, side)
-            x = torch.quantize_per_tensor(torch.randn(side, side), 0.05, 128, torch.quint8)
-            seconds = _best_seconds(lambda: layer(x), device, REPEATS)
-        except (RuntimeError, AttributeError) as exc:
-            return None, f"torch.ao's quantized Linear failed ({str(exc).splitlines()[0][:120]})"
+        for side in CPU_SIDES:
+            try:
+                layer = Linear(side, side)
+                x = torch.quantize_per_tensor(torch.randn(side, side), 0.05, 128, torch.quint8)
+                seconds = _best_seconds(lambda: layer(x), device, REPEATS)
+            except (RuntimeError, AttributeError) as exc:
+                return None, f"torch.ao's quantized Linear failed ({str(exc).splitlines()[0][:120]})"
+            probes.append((side, 2 * side**3 / seconds / 1e12))
+    side, best = max(probes, key=lambda probe: probe[1])
     engine = torch.backends.quantized.engine
-    return 2 * side**3 / seconds / 1e12, (f"{side}x{side} int8 product (torch.ao quantized Linear, {engine} engine) "
-                                          f"on {torch.get_num_threads()} CPU threads, best of {REPEATS}")
+    return best, (f"{side}x{side} int8 product (torch.ao quantized Linear, {engine} engine) on "
+                  f"{torch.get_num_threads()} CPU threads, the best of {len(probes)} sides (each the best of {REPEATS})")
 
 
 def fields(forward_flops_per_image: float, kind: str, precision: str, device: torch.device, images_per_sec: float | None,
-           devices: int = 1) -> dict:
+           devices: int = 1, *, remeasure: bool = False) -> dict:
     """The record's efficiency fields. `images_per_sec`: steady images over steady time, every device's."""
-    import math
-
     achieved = (achieved_tflops(forward_flops_per_image, kind, images_per_sec)
                 if images_per_sec is not None and math.isfinite(images_per_sec) else None)
-    found = peak(device, precision)
+    found = peak(device, precision, remeasure=remeasure)
+    share = mfu(achieved, found.tflops, devices)
+    above = share is not None and share > 1
     return {"forward_gflops_per_image": forward_flops_per_image / 1e9, "flop_passes": PASSES[kind],
             "achieved_tflops": achieved, "peak_tflops": found.tflops, "peak_precision": precision,
-            "peak_source": found.source, "mfu": mfu(achieved, found.tflops, devices)}
+            "peak_source": found.source, "mfu": None if above else share, "peak_underestimated": above,
+            "peak_age_s": None if found.measured_at is None else max(0.0, time.time() - found.measured_at),
+            "peak_load_average": found.load_average, "peak_cached": found.cached if found.measured_at else None}
 
 
 def describe(record: dict) -> str:
-    """One line for a run's final lines."""
+    """One line for a run's final lines. An MFU above 100% is not printed: the peak is too low."""
     achieved = record.get("achieved_tflops")
     if achieved is None:
         return "Efficiency: no steady steps to measure"
     unit = "TOPS" if record["peak_precision"] == "int8" else "TFLOP/s"
     line = (f"Efficiency: {achieved:.3f} {unit} achieved ({record['flop_passes']} x {record['forward_gflops_per_image']:.2f} "
             f"GFLOPs per image)")
+    if record.get("peak_underestimated"):
+        return (f"{line}; MFU not given: that is above the {record['peak_tflops']:.3g} {unit} {record['peak_precision']} "
+                f"peak ({record['peak_source']}), so the peak is underestimated (measured under load, or by probes "
+                f"slower than this model's kernels); {REMEASURE_HINT}")
     if record.get("mfu") is None:
         return f"{line}; MFU unknown: peak {record['peak_source']}"
     return (f"{line}; MFU {100 * record['mfu']:.1f}% of {record['peak_tflops']:.3g} {unit} {record['peak_precision']} "
-            f"peak ({record['peak_source']})")
+            f"peak ({record['peak_source']}{_age(record.get('peak_age_s'))})")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f", {seconds / 86400:.1f} days old" if seconds >= 86400 else f", {seconds / 3600:.1f} h old"

@@ -56,6 +56,26 @@ def cpu_isa(cpuinfo: str, torch_capability: str | None) -> str:
     return f"{level}{flags}; torch {torch_capability or 'unknown'}"
 
 
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo's flags line, aliases folded: avx512vnni -> avx512_vnni); empty
+    where there is none (not Linux, an Arm CPU's Features line has no x86 flags). `cpuinfo`: the text to read
+    (tests pass a fake CPU's); default this machine's."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    line = next((line for line in text.splitlines() if line.split(":", 1)[0].strip() in ("flags", "Features")), "")
+    return frozenset(_FLAG_ALIASES.get(flag, flag) for flag in line.partition(":")[2].split())
+
+
+# Native bf16 arithmetic on a CPU: AVX512_BF16 (dot products of bf16 pairs, Cooper Lake, Zen 4 and later) or
+# AMX's bf16 tiles (Sapphire Rapids and later). Without either, bf16 is converted to fp32 and back and runs no
+# faster than fp32 (oneDNN's ISA table, https://uxlfoundation.github.io/oneDNN/dev_guide_data_types.html).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU computes in bf16 natively (NATIVE_BF16_FLAGS); `flags`: default this machine's."""
+    return bool(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
 def _read_cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()

@@ -27,6 +27,10 @@ LAYOUTS = ("NCHW", "NHWC", "any")
 ONNX_INSTALL = "pip install 'cnnbench[onnx]' (or .venv/bin/pip install -e '.[onnx]')"
 TENSORFLOW_INSTALL = "pip install 'cnnbench[tensorflow]' (in this repository: .venv/bin/pip install tensorflow-cpu)"
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")
+# CPU flags of native bf16 arithmetic: AVX512_BF16 (Cooper Lake, Zen 4 and later) or AMX's bf16 tiles (Sapphire
+# Rapids and later); without either, oneDNN converts bf16 to fp32 and back, slower than fp32 itself. The same
+# list as core/environment.NATIVE_BF16_FLAGS (this module imports nothing heavy; tests/test_sweep checks both).
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class EngineSpec:
     refused: dict[tuple[str, str], str]        # (precision, device type) -> why it is refused although it would run
     engine_class: str                          # "module.path:ClassName", imported lazily
     title: str = field(default="")             # its name in sentences ("TensorRT"); default: `name`
+    sweep_needs: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+                                               # (device type, precision) of `sweep` -> CPU flags, any one of which
+                                               #   the pair needs to join the default set (e.g. native bf16)
 
     @property
     def label(self) -> str:
@@ -67,12 +74,18 @@ ORT_CUDA_INT8 = ("ONNX Runtime's CUDA provider has no int8 convolution kernels: 
 # Default sweep: the framework baseline and the machine's best, at fp32 and at reduced precision: on a CPU
 # ONNX Runtime beats eager and compile at fp32 (2.07x eager on the dev EPYC, 1.7x on AVX2; README engines
 # table) and its int8 is the fastest (6.7x, 3.0x); on CUDA compile at bf16 and fp16, TensorRT where installed.
+# On a CPU with native bf16 (NATIVE_BF16) the default set adds the fastest guarded bf16 engine (issue 26), measured
+# by benchmarks/bf16_default.py on the 2-core AMD EPYC (AVX-512 with VNNI and BF16), ResNet-50 batch 16, 224 px,
+# benchmarks/results/bf16_default-20261207T184418Z.txt: eager bf16 64.1 img/s (1.56x ONNX Runtime fp32's 41.0),
+# OpenVINO bf16 16.8, torch.compile bf16 8.6 (each guarded, all ok; a shared machine, load average 3-7).
+# An AVX2-only CPU keeps the fp32/int8 set: its bf16 is emulated.
 ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
         name="eager", framework="pytorch", title="PyTorch eager",
         precisions={"cpu": ("fp32", "fp16", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
-        layout="any", optimized_on=(), sweep={"cpu": ("fp32",), "cuda": ("fp32",)}, estimate="eager",
-        install=None, requires=(), refused={}, engine_class="cnnbench.engines.eager:EagerEngine"),
+        layout="any", optimized_on=(), sweep={"cpu": ("fp32", "bf16"), "cuda": ("fp32",)}, estimate="eager",
+        install=None, requires=(), refused={}, engine_class="cnnbench.engines.eager:EagerEngine",
+        sweep_needs={("cpu", "bf16"): NATIVE_BF16}),
     EngineSpec(
         name="tensorrt", framework="pytorch", title="TensorRT",
         precisions={"cuda": ("fp32", "fp16", "int8")},
@@ -185,9 +198,27 @@ def check(framework: str, engine: str, precision: str, device_type: str) -> None
                          f"{supported_pairs(framework, device_type)}")
 
 
-def default_pairs(framework: str, device_type: str) -> list[tuple[str, str]]:
-    """The default infer-all pairs of the device, in table order (whether installed is the caller's check)."""
-    return [(spec.name, precision) for spec in specs(framework) for precision in spec.sweep.get(device_type, ())]
+def default_pairs(framework: str, device_type: str, cpu_flags: frozenset[str] | set[str] = frozenset(),
+                  say=None) -> list[tuple[str, str]]:
+    """The default infer-all pairs of the device, in table order (whether installed is the caller's check).
+    A pair with `sweep_needs` joins only where `cpu_flags` (core/environment.cpu_flags()) has one of its flags;
+    `say`, when given, gets one line per such pair: added or left out, and why."""
+    pairs = []
+    for spec in specs(framework):
+        for precision in spec.sweep.get(device_type, ()):
+            needs = spec.sweep_needs.get((device_type, precision))
+            if needs is None:
+                pairs.append((spec.name, precision))
+                continue
+            have = [flag for flag in needs if flag in cpu_flags]
+            if have:
+                pairs.append((spec.name, precision))
+            if say is not None:
+                say(f"Default {spec.name}/{precision} " + (
+                    f"added: this CPU has {', '.join(have)} (native {precision}); {spec.label} was the fastest guarded "
+                    f"{precision} engine measured (engines/table.py, benchmarks/bf16_default.py)" if have else
+                    f"left out: this CPU has none of {', '.join(needs)}, so its {precision} is emulated, slower than fp32"))
+    return pairs
 
 
 def optimized(framework: str, device_type: str, offered: list[str] | None = None) -> tuple[str, str]:
@@ -237,7 +268,12 @@ def optimized_help(framework: str = DEFAULT_FRAMEWORK) -> str:
 
 
 def default_pairs_help(framework: str = DEFAULT_FRAMEWORK) -> str:
-    """The default infer-all pairs per device."""
-    return "; ".join(f"{device}: " + ", ".join(f"{spec.name} {'/'.join(spec.sweep[device])}" for spec in specs(framework)
-                                                if device in spec.sweep)
+    """The default infer-all pairs per device (a conditional pair says what it needs)."""
+    def pair(spec: EngineSpec, device: str) -> str:
+        plain = [p for p in spec.sweep[device] if (device, p) not in spec.sweep_needs]
+        needing = [f"{p} where the CPU has {' or '.join(spec.sweep_needs[device, p])}" for p in spec.sweep[device]
+                   if (device, p) in spec.sweep_needs]
+        return f"{spec.name} {'/'.join(plain)}" + "".join(f" (+{n})" for n in needing)
+
+    return "; ".join(f"{device}: " + ", ".join(pair(spec, device) for spec in specs(framework) if device in spec.sweep)
                      for device in _devices(framework))

@@ -387,7 +387,7 @@ def default_pairs(device_type: str, framework: str = "pytorch") -> list[tuple[st
     """The table's default pairs of the device (each record's `sweep`), those that cannot run here left out
     with a line saying why; if none can, the first reason is the error."""
     pairs, reasons = [], []
-    for engine, precision in engine_table.default_pairs(framework, device_type):
+    for engine, precision in engine_table.default_pairs(framework, device_type, environment.cpu_flags(), terminal.say):
         try:
             engine_table.check(framework, engine, precision, device_type)
             pairs.append((engine, precision))
