@@ -4,6 +4,7 @@ smaller batch only helps when batch 1 fits; otherwise the image or the network m
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable
 
@@ -78,3 +79,17 @@ def out_of_memory(batch_size: int, *, build: Callable[[], object] | None = None,
             hint = (f"batch 1 alone needs at least {needed / GIB:.1f} GiB and the {device} has {total / GIB:.1f} GiB "
                     f"in all; reduce --image-size (now {image_size}) or use a smaller model or spec, not the batch size")
     return OutOfMemory(batch_size, detail, hint)
+
+
+def limit_advice(limit_bytes: float, reached_bytes: float, image_bytes: float | None) -> str:
+    """Advice for a batch-1 run killed at a host memory limit (max-batch's guard), agreeing with what the
+    probe showed (issue 23): when one image's activations are a small part of what the process reached,
+    the limit is below the process itself (the framework, the model), and only raising it helps."""
+    reached = f"it reached {reached_bytes / 2**20:,.0f} MiB resident before it was stopped"
+    if image_bytes is not None and image_bytes < 0.5 * max(reached_bytes, 1):
+        return (f"batch 1 passed the {limit_bytes / GIB:.4g} GiB memory limit ({reached}; one image needs at least "
+                f"{image_bytes / 2**20:.3g} MiB of that): the limit is below what the process needs before its batch (the "
+                f"framework and the model), so a smaller batch or image cannot help; raise --memory-limit-gib above "
+                f"{math.ceil(reached_bytes / GIB * 100) / 100:.2f}")
+    return (f"batch 1 passed the {limit_bytes / GIB:.4g} GiB memory limit ({reached}): raise --memory-limit-gib, "
+            f"or reduce --image-size or use a smaller model, not the batch size")

@@ -1,8 +1,17 @@
 """`cnnbench max-batch MODEL`: the largest batch that trains (or runs inference) without running out of
 memory, and the images/s at every batch tried (issue 12; the original's tools/max-bs-test.sh).
 
-The search doubles the batch from --first-batch until a probe fails (or --largest-batch runs), then
-bisects between the largest batch that ran and the smallest that did not. Each probe is its own process,
+The search runs coarse to fine (issue 23: the exact bisection cost 18 probes, 25 minutes, for ResNet-50
+under 4 GiB). The first probe (--first-batch) gives the process's own memory and start-up time; with the
+memory model's per-image lower bound (core/memory.py) that puts the largest batch at most at some N, and
+the second probe runs N/4, far enough up to measure the memory per image. A line through the two probes'
+resident memory then predicts where the limit falls: the next probe aims half a --tolerance below it, and
+the one after at the batch whose failure settles the search. The search stops when the largest batch that
+ran and the smallest that did not are --tolerance percent apart (5), exactly 1 apart below batch 32. A
+probe that contradicts the fit (fails where it said it fits, or the reverse) makes the next step plain
+bisection; with no memory figures (a model the meta device cannot run) it is doubling and bisection, as
+before. The estimate (how many probes, how long) is printed before the first probe's line, and priced
+again once a sizeable probe has measured images/s. Each probe is its own process,
 `python -m cnnbench train|infer` with a few steps (its command line written from a typed config, as a
 sweep's), so a failed allocation, a fragmented allocator or a crash cannot affect the next probe.
 
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -35,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cnnbench.core import config, environment, errors, files, store, terminal
+from cnnbench.core import config, environment, errors, files, memory, store, terminal
 from cnnbench.core.config import InferConfig, MaxBatchConfig, MeasureConfig, PlacementConfig, TrainConfig
 
 POLL_SECONDS = 0.05  # resident memory grows at a few GB/s at most: 50 ms lets a probe pass its limit by little
@@ -57,27 +67,69 @@ class Probe:
         return self.status == "ok"
 
 
-def search(probe: Callable[[int], Probe], first: int, largest: int) -> tuple[int | None, list[Probe]]:
-    """Doubling from `first`, then bisection: (the largest batch that ran or None, every probe in order).
-    A batch that failed bounds the search from above whatever the failure."""
+def gap(good: int, tolerance: float) -> int:
+    """How far apart the largest batch that ran and the smallest that did not may end: `tolerance` percent
+    of the batch that ran, at least 1, and exactly 1 below MAX_BATCH_EXACT_BELOW (where 5% is under 1)."""
+    if good < config.MAX_BATCH_EXACT_BELOW:
+        return 1
+    return max(1, int(good * tolerance / 100))
+
+
+@dataclass
+class Estimate:
+    """Where the memory limit is expected to fall: `batch`; `fitted` when it comes from two probes' resident
+    memory (a line through them), not from the memory model's per-image lower bound (an over-estimate)."""
+    batch: float
+    fitted: bool
+
+
+def search(probe: Callable[[int], Probe], first: int, largest: int, tolerance: float = 0.0,
+           predict: Callable[[list[Probe]], Estimate | None] | None = None) -> tuple[int | None, list[Probe]]:
+    """Coarse to fine: (the largest batch that ran or None, every probe in order). The batch grows from
+    `first` until a probe fails (doubling, or a jump to the predicted boundary), then the bracket closes
+    until the batch that ran and the one that did not are `gap` apart (`tolerance` percent; 0: exact). A
+    batch that failed bounds the search from above whatever the failure. Without `predict` (or when a
+    probe contradicted its prediction) the steps are plain doubling and bisection."""
     probes: list[Probe] = []
-
-    def runs(batch: int) -> bool:
+    good, bad, batch, used = 0, None, first, None  # used: the estimate that chose `batch`
+    while True:
         probes.append(probe(batch))
-        return probes[-1].ran
-
-    good, bad, batch = 0, None, first
-    while bad is None:
-        if not runs(batch):
-            bad = batch
-        elif batch >= largest:
-            return batch, probes
+        if probes[-1].ran:
+            good = batch
         else:
-            good, batch = batch, min(2 * batch, largest)
-    while bad - good > 1:
-        middle = (good + bad) // 2
-        good, bad = (middle, bad) if runs(middle) else (good, middle)
-    return (good or None), probes
+            bad = batch
+        if good >= largest or (bad is not None and bad - good <= gap(good, tolerance)):
+            return (good or None), probes
+        # A guided probe that failed where the fit said it fits, or ran where it said it fails: the fit is
+        # off here, so the next step is a plain one (bisection keeps the worst case logarithmic).
+        surprised = used is not None and used.fitted and (batch <= used.batch) != probes[-1].ran
+        used = None if surprised or predict is None else predict(probes)
+        batch = next_batch(good, bad, largest, tolerance, used)
+
+
+def next_batch(good: int, bad: int | None, largest: int, tolerance: float, estimate: Estimate | None) -> int:
+    """The next probe. `low` is the batch whose failure would settle the search; `high` (with a failure
+    known) the smallest batch whose success would. A fitted estimate aims half a tolerance below itself
+    (so that the probe runs, and `low` after it settles); one above the bracket means the failure is just
+    past `bad`, so `high` is tried; a rough (model) estimate only sets a quarter of itself as the next
+    batch, which measures the memory per image for the fit."""
+    low = good + gap(good, tolerance)
+    if bad is None:
+        if estimate is None:
+            return min(2 * good, largest)
+        if not estimate.fitted:
+            return min(max(2 * good, int(estimate.batch / 4)), largest)
+        return min(max(low, int(estimate.batch * (1 - tolerance / 200))), largest)
+    high = bad - 1
+    while high - 1 > good and bad - (high - 1) <= gap(high - 1, tolerance):
+        high -= 1
+    if estimate is None or not estimate.fitted:
+        return (good + bad) // 2
+    if estimate.batch < low:
+        return min(low, bad - 1)
+    if estimate.batch >= bad:
+        return high
+    return min(max(low, int(estimate.batch * (1 - tolerance / 200))), high)
 
 
 def default_memory_limit_gib() -> float:
@@ -190,48 +242,141 @@ def _last_line(log: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def preflight(cfg: MaxBatchConfig, scratch: Path) -> tuple[str, str]:
+def preflight(cfg: MaxBatchConfig, scratch: Path):
     """Check model, engine, precision and device once, here, as a probe would (one line, exit 2, for a
-    mistake); returns (the model's name, the device)."""
+    mistake); returns the resolved run (its entry, image size and placement)."""
     cfg.validate()
     run = probe_config(cfg, cfg.first_batch, scratch / "preflight")
     if cfg.mode == "train":
         from cnnbench.backends.pytorch import distributed
         from cnnbench.recipes import training
 
-        resolved = training.preflight(run, distributed.planned(1))
-    else:
-        from cnnbench.recipes import inference
+        return training.preflight(run, distributed.planned(1))
+    from cnnbench.recipes import inference
 
-        resolved = inference.preflight(run)
-    return resolved.entry.name, str(resolved.placement.device)
+    return inference.preflight(run)
+
+
+def host_limit_gib(asked: float | None) -> float:
+    """--memory-limit-gib, or the default; one above the host's RAM could never act (the kernel's
+    out-of-memory killer would pick a victim first), so it is capped there, saying so (issue 23)."""
+    if asked is None:
+        return default_memory_limit_gib()
+    total = memory.available_bytes("cpu")
+    if total and asked * GIB > total:
+        terminal.warn(f"--memory-limit-gib {asked:g} is above this host's {total / GIB:.1f} GiB of RAM, where it "
+                      f"could never act; capped at {total / GIB:.1f} GiB")
+        return round(total / GIB, 2)
+    return asked
+
+
+def per_image_bytes(resolved, cfg: MaxBatchConfig) -> float | None:
+    """The memory model's lower bound of one more image (core/memory.py): batch 1's figure less its
+    parameters (paid once); None where the meta device cannot run the model."""
+    try:
+        build = lambda: resolved.entry.build(resolved.image_size)  # noqa: E731
+        both = memory.batch_one_bytes(build, resolved.image_size, training=cfg.mode == "train")
+        params = memory.batch_one_bytes(build, resolved.image_size, training=cfg.mode == "train", bytes_per_value=0)
+    except Exception:  # an estimate is a courtesy, as in memory.out_of_memory
+        return None
+    return float(both - params) if both > params else None
+
+
+def predictor(limit_bytes: float, image_bytes: float | None, metric: str) -> Callable[[list[Probe]], Estimate | None]:
+    """Where the limit falls, from the probes that ran: a line through the largest one and the largest
+    other whose memory lies at least a tenth of the headroom below it (closer points are noise); with one
+    probe only, the memory model's per image (a lower bound, so the estimate is high: `fitted` False)."""
+    limit_mib = limit_bytes / 2**20
+
+    def predict(probes: list[Probe]) -> Estimate | None:
+        points = sorted({p.batch: getattr(p, metric) for p in probes if p.ran and getattr(p, metric)}.items())
+        if not points:
+            return None
+        top, top_mib = points[-1]
+        for batch, mib in reversed(points[:-1]):
+            if top_mib - mib >= 0.1 * (limit_mib - mib) and top_mib > mib:
+                return Estimate(top + (limit_mib - top_mib) * (top - batch) / (top_mib - mib), fitted=True)
+        if image_bytes and limit_mib > top_mib:
+            return Estimate(top + (limit_mib - top_mib) * 2**20 / image_bytes, fitted=False)
+        return None
+
+    return predict
+
+
+def estimate_line(first: Probe, rough: Estimate | None, cfg: MaxBatchConfig) -> str:
+    """Printed before the search goes on: how many probes and roughly how long. Each probe's start-up is
+    the first probe's time (its batch is small); the steps are priced when a sizeable probe has run."""
+    passes = cfg.warmup + cfg.steps
+    if rough is None or not first.ran:
+        worst = 2 * max(1, math.ceil(math.log2(max(2, cfg.largest_batch / cfg.first_batch))))
+        return (f"Estimate: no memory model for this run: doubling then bisection, at most about {worst} probes of "
+                f"{first.seconds:.0f} s start-up each plus {passes} steps at their batch")
+    top = min(rough.batch, cfg.largest_batch)
+    planned = [b for b in (top / 4, top * (1 - cfg.tolerance / 200), top * (1 + cfg.tolerance / 200)) if b > first.batch]
+    return (f"Estimate: the memory model puts the largest batch at no more than about {top:,.0f}; about "
+            f"{len(planned) + 1} probes to within {cfg.tolerance:g}% (exact below {config.MAX_BATCH_EXACT_BELOW}), "
+            f"each {first.seconds:.0f} s of start-up plus {passes} steps at its batch (~{passes * sum(planned[:2]):,.0f} "
+            f"images in all); priced after the next probe")
+
+
+def time_line(done: Probe, fit: Estimate, probes_left: int, cfg: MaxBatchConfig, startup: float) -> str:
+    """The estimate again once a sizeable probe measured images/s: the rest of the search, priced."""
+    passes = cfg.warmup + cfg.steps
+    images = passes * fit.batch * (1 - cfg.tolerance / 200) + fit.batch / 2  # the one that runs; the one killed
+    seconds = probes_left * startup + images / done.images_per_sec
+    return (f"Estimate: largest batch about {fit.batch:,.0f} by the memory fit; about {probes_left} more probes, "
+            f"roughly {seconds / 60:.1f} min at batch {done.batch}'s {done.images_per_sec:.1f} img/s")
+
+
+def nothing_fits(probes: list[Probe], limit_gib: float, image_bytes: float | None) -> errors.CnnbenchError:
+    """The final line when no batch ran, agreeing with the probe table: a probe killed at the host limit
+    gets the limit's advice (core/memory.py), a device out-of-memory the shrink-the-run advice."""
+    first = probes[0]
+    if first.status == "oom" and first.reason and first.reason.startswith("passed the memory limit"):
+        reached = (first.host_peak_rss_mib or 0) * 2**20
+        return errors.OutOfMemory(first.batch, hint=memory.limit_advice(limit_gib * GIB, reached, image_bytes))
+    if any(p.status == "oom" for p in probes):
+        return errors.OutOfMemory(1, hint="batch 1 does not fit either: reduce --image-size or use a smaller model")
+    return errors.CnnbenchError(f"no batch ran; the first probe's failure: {first.reason}")
 
 
 def run(cfg: MaxBatchConfig) -> int:
     """The search, its table and its records; exit 0 when some batch ran."""
-    limit_gib = cfg.memory_limit_gib or default_memory_limit_gib()
+    cfg.validate()
+    limit_gib = host_limit_gib(cfg.memory_limit_gib)
     files.ensure_writable(Path(cfg.results_dir), "--results-dir")
     with tempfile.TemporaryDirectory(prefix="cnnbench-max-batch-") as scratch:
-        name, device = preflight(cfg, Path(scratch))
+        resolved = preflight(cfg, Path(scratch))
+        name, device = resolved.entry.name, str(resolved.placement.device)
         base = {"model": name, "mode": cfg.mode, "engine": cfg.engine, "precision": cfg.precision, "device": device,
                 "image_size": cfg.image_size, "memory_limit_gib": limit_gib, **config.flatten(cfg), **environment.collect()}
         terminal.say(f"cnnbench max-batch {name}: {cfg.mode}, {cfg.engine} {cfg.precision} on {device}; each probe "
-                      f"{cfg.warmup} warm-up + {cfg.steps} steps in its own process, host memory limit {limit_gib:g} GiB")
+                      f"{cfg.warmup} warm-up + {cfg.steps} steps in its own process, host memory limit {limit_gib:g} GiB; "
+                      f"batch {cfg.first_batch} first, for the estimate")
+        image_bytes = per_image_bytes(resolved, cfg)
+        on_gpu = resolved.placement.device.type == "cuda"
+        # On a GPU the device's memory is the bound and the allocator's peak its measure; on a CPU the host limit.
+        limit_bytes = memory.available_bytes(resolved.placement.device) if on_gpu else limit_gib * GIB
+        predict = predictor(limit_bytes or limit_gib * GIB, image_bytes, "peak_memory_mib" if on_gpu else "host_peak_rss_mib")
+        done: list[Probe] = []
 
         def probe(batch: int) -> Probe:
-            done = run_probe(cfg, batch, int(limit_gib * GIB), Path(scratch))
-            terminal.say(describe_probe(done))
-            store.save_record(Path(cfg.results_dir), {"kind": "max_batch_probe", **base, **probe_fields(done)})
-            return done
+            result = run_probe(cfg, batch, int(limit_gib * GIB), Path(scratch))
+            if not done:
+                terminal.say(estimate_line(result, predict([result]), cfg))
+            elif len(done) == 1 and result.ran and result.images_per_sec and (fit := predict([*done, result])) and fit.fitted:
+                terminal.say(time_line(result, fit, 2, cfg, done[0].seconds))
+            done.append(result)
+            terminal.say(describe_probe(result))
+            store.save_record(Path(cfg.results_dir), {"kind": "max_batch_probe", **base, **probe_fields(result)})
+            return result
 
-        found, probes = search(probe, cfg.first_batch, cfg.largest_batch)
+        found, probes = search(probe, cfg.first_batch, cfg.largest_batch, cfg.tolerance, predict)
     summary = summary_fields(found, probes)
     store.save_record(Path(cfg.results_dir), {"kind": "max_batch", **base, "batch_size": None, **summary})
     report(name, found, probes, summary, cfg)
     if found is None:
-        if any(p.status == "oom" for p in probes):
-            raise errors.OutOfMemory(1, hint="batch 1 does not fit either: reduce --image-size or use a smaller model")
-        raise errors.CnnbenchError(f"no batch ran; the first probe's failure: {probes[0].reason}")
+        raise nothing_fits(probes, limit_gib, image_bytes)
     return 0
 
 
