@@ -18,8 +18,12 @@ install it when it is missing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
+import sys
+import tempfile
 
 from cnnbench.core.errors import UsageError
 
@@ -27,19 +31,56 @@ INSTALL = ("--framework tensorflow needs TensorFlow: pip install 'cnnbench[tenso
            "(in this repository: .venv/bin/pip install tensorflow-cpu)")
 
 
+# TensorFlow's start-up lines, printed by its C++ libraries on file descriptor 2 while it is imported (issue 23:
+# four lines, twice, before cnnbench's own on every TensorFlow run). TF_CPP_MIN_LOG_LEVEL=1 removes the CPU
+# features' INFO lines, but TensorFlow 2.21 prints oneDNN's INFO line from port.cc, and absl its "before
+# InitializeLog" warning, whatever the level (tried: levels 1-3 all print them). So the import's native stderr
+# is caught and given back without exactly these lines; anything else it printed is kept. TF_CPP_MIN_LOG_LEVEL=0
+# set by the user (TensorFlow's own switch for its INFO lines) keeps everything, absl's Python logging included.
+STARTUP_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+                           r"|I\d{4} [\d:.]+ +\d+ (port|cpu_feature_guard)\.cc:\d+\] .*"
+                           r"|To enable the following instructions: .*")
+
+
 def require():
     """The tensorflow module, or the one line that says how to install it (exit 2)."""
-    # TensorFlow's C++ start-up lines (oneDNN, CPU features) are INFO: level 1 keeps warnings and errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    verbose = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # INFO off: warnings and errors are kept
     # torchvision first: importing it after TensorFlow kills the process (SIGSEGV; TensorFlow 2.21 with
     # torchvision 0.29, found while writing models.py); in this order both load.
     import torchvision  # noqa: F401
 
     try:
-        import tensorflow
+        with contextlib.nullcontext() if verbose else _without_startup_lines():
+            import tensorflow
     except ImportError:
         raise UsageError(INSTALL) from None
+    if not verbose:
+        import absl.logging  # TensorFlow's dependency; Keras warns through it (e.g. on saving and compiling)
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
     return tensorflow
+
+
+@contextlib.contextmanager
+def _without_startup_lines():
+    """File descriptor 2 into a temporary file for the block, then its lines back on stderr but STARTUP_NOISE's.
+    The descriptor, not sys.stderr: the lines come from C++."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not STARTUP_NOISE.fullmatch(line.rstrip("\n")))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def check_installed() -> None:

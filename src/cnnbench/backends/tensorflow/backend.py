@@ -167,7 +167,8 @@ class TensorFlowBackend(Backend):
         model = models.build(entry, image_size)
         if weights.payload is not None:
             # The optimizer's saved state is left unread; every weight of the model must be found.
-            tf.train.Checkpoint(model=model).read(weights.payload).assert_existing_objects_matched().expect_partial()
+            training.read_checkpoint(tf.train.Checkpoint(model=model), weights.payload,
+                                     "train again into another --log-dir, or give --random-weights", partial=True)
         digest = hashlib.sha256()
         for weight in model.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())

@@ -51,14 +51,17 @@ def build(entry: ModelEntry, image_size: int, placement, strategy, source, globa
 
     with strategy.scope():
         model = models.build(entry, image_size)
-        schedule = keras.optimizers.schedules.PolynomialDecay(lr0, start_step + planned, 0.0, power=entry.lr_decay_power)
+        # The decay spans this run's own steps, a resumed run's too (issue 24): the restored step count is set
+        # back to 0 below, so the schedule starts again from lr0 instead of where the last run left it (0).
+        schedule = keras.optimizers.schedules.PolynomialDecay(lr0, planned, 0.0, power=entry.lr_decay_power)
         optimizer = keras.optimizers.SGD(schedule, momentum=entry.momentum)
         if placement.uses_grad_scaler:  # fp16's narrow exponent: dynamic loss scaling, as GradScaler
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     if resume:
-        checkpoint.read(resume["path"]).assert_existing_objects_matched()
+        read_checkpoint(checkpoint, resume["path"], "train without --resume (afresh, overwriting it) or give another --log-dir")
+        optimizer.iterations.assign(0)  # the schedule's step: this run's own (the saved step is the manifest's)
     return Trainer(model, State(optimizer, checkpoint, strategy, entry.weight_decay, global_batch), source, start_step,
                    planned)
 
@@ -139,6 +142,23 @@ def save_checkpoint(log_dir: Path, checkpoint, model_name: str, step: int) -> Pa
         raise errors.CheckpointNotSaved(f"TensorFlow checkpoint not saved in {folder}: {errors.one_line(exc)}") from exc
     terminal.say(f"Checkpoint saved: {folder} (step {step})")
     return folder
+
+
+def read_checkpoint(checkpoint, path: str, advice: str, partial: bool = False) -> None:
+    """tf.train.Checkpoint.read of the files at `path` (a prefix: path.index and path.data-*), every object of
+    `checkpoint` found; with `partial`, what it holds beyond them (the optimizer's state) is left unread. A
+    truncated or damaged file is one line naming the checkpoint (issue 23: two tracebacks, exit 1), as PyTorch's
+    checkpoints.load says of its own. TensorFlow reports damage as its OpError (DataLossError: "not an
+    sstable", a checksum mismatch) or, from its Python reader, as RuntimeError, IndexError ("Read less bytes than
+    requested") or ValueError; a checkpoint of other objects fails the assertion (AssertionError)."""
+    tf = require()
+    try:
+        status = checkpoint.read(path).assert_existing_objects_matched()
+        if partial:
+            status.expect_partial()
+    except (tf.errors.OpError, RuntimeError, IndexError, ValueError, AssertionError) as exc:
+        raise errors.UsageError(f"cannot read the TensorFlow checkpoint {path} (its .index and .data files): "
+                                f"{errors.one_line(exc)}; the files are truncated or damaged: {advice}") from None
 
 
 def read_manifest(log_dir: Path, model_name: str) -> dict | None:
