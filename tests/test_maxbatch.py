@@ -50,14 +50,14 @@ def test_the_search_stops_within_tolerance_with_fewer_probes_than_exact_bisectio
     assert exact_found == 1000 and len(exact) == 20  # 11 doublings to 1024, 9 bisections
     assert 1000 / 1.05 <= found <= 1000 and len(coarse) == 15  # 4 bisections bring 512..1024 within 5%
     # Guided by a line through the probes' resident memory (the limit at 500 + 1000 x 1 MiB) and the memory
-    # model's per image: batch 1, a quarter of the model's estimate, half a tolerance below the fit, and
+    # model's per image: batch 1, an eighth of the model's estimate, half a tolerance below the fit, and
     # the batch whose failure settles it: 4 probes where bisection took 15 (and 20 exact).
     limit = (500 + 1000) * 2**20
     guide = maxbatch.predictor(limit, 2**20, "host_peak_rss_mib")
     found, guided = maxbatch.search(memory_probe(1000), first=1, largest=8192, tolerance=5, predict=guide)
-    assert [p.batch for p in guided] == [1, 250, 975, 1023] and found == 975
+    assert [p.batch for p in guided] == [1, 125, 975, 1023] and found == 975
     found, guided = maxbatch.search(memory_probe(1000), first=1, largest=8192, tolerance=0, predict=guide)
-    assert found == 1000 and [p.batch for p in guided] == [1, 250, 1000, 1001]
+    assert found == 1000 and [p.batch for p in guided] == [1, 125, 1000, 1001]
 
 
 def test_below_32_the_search_is_exact_whatever_the_tolerance():

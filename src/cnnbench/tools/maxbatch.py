@@ -4,7 +4,7 @@ memory, and the images/s at every batch tried (issue 12; the original's tools/ma
 The search runs coarse to fine (issue 23: the exact bisection cost 18 probes, 25 minutes, for ResNet-50
 under 4 GiB). The first probe (--first-batch) gives the process's own memory and start-up time; with the
 memory model's per-image lower bound (core/memory.py) that puts the largest batch at most at some N, and
-the second probe runs N/4, far enough up to measure the memory per image. A line through the two probes'
+the second probe runs N/8, far enough up to measure the memory per image. A line through the two probes'
 resident memory then predicts where the limit falls: the next probe aims half a --tolerance below it, and
 the one after at the batch whose failure settles the search. The search stops when the largest batch that
 ran and the smallest that did not are --tolerance percent apart (5), exactly 1 apart below batch 32. A
@@ -50,6 +50,10 @@ from cnnbench.core.config import InferConfig, MaxBatchConfig, MeasureConfig, Pla
 
 POLL_SECONDS = 0.05  # resident memory grows at a few GB/s at most: 50 ms lets a probe pass its limit by little
 GIB = 2**30
+# The second probe runs this fraction of the memory model's bound: far enough up that its memory rises a
+# tenth of the headroom or more (the model's per image is low by 1.1-1.5x for ResNet-50, so about 1/8 of
+# the boundary is reached), cheap enough that its steps cost an eighth of the probe near the boundary.
+SLOPE_FRACTION = 8
 
 
 @dataclass
@@ -111,14 +115,14 @@ def next_batch(good: int, bad: int | None, largest: int, tolerance: float, estim
     """The next probe. `low` is the batch whose failure would settle the search; `high` (with a failure
     known) the smallest batch whose success would. A fitted estimate aims half a tolerance below itself
     (so that the probe runs, and `low` after it settles); one above the bracket means the failure is just
-    past `bad`, so `high` is tried; a rough (model) estimate only sets a quarter of itself as the next
-    batch, which measures the memory per image for the fit."""
+    past `bad`, so `high` is tried; a rough (model) estimate only sets 1/SLOPE_FRACTION of itself as the
+    next batch, which measures the memory per image for the fit."""
     low = good + gap(good, tolerance)
     if bad is None:
         if estimate is None:
             return min(2 * good, largest)
         if not estimate.fitted:
-            return min(max(2 * good, int(estimate.batch / 4)), largest)
+            return min(max(2 * good, int(estimate.batch / SLOPE_FRACTION)), largest)
         return min(max(low, int(estimate.batch * (1 - tolerance / 200))), largest)
     high = bad - 1
     while high - 1 > good and bad - (high - 1) <= gap(high - 1, tolerance):
@@ -312,7 +316,7 @@ def estimate_line(first: Probe, rough: Estimate | None, cfg: MaxBatchConfig) -> 
         return (f"Estimate: no memory model for this run: doubling then bisection, at most about {worst} probes of "
                 f"{first.seconds:.0f} s start-up each plus {passes} steps at their batch")
     top = min(rough.batch, cfg.largest_batch)
-    planned = [b for b in (top / 4, top * (1 - cfg.tolerance / 200), top * (1 + cfg.tolerance / 200)) if b > first.batch]
+    planned = [b for b in (top / SLOPE_FRACTION, top * (1 - cfg.tolerance / 200), top * (1 + cfg.tolerance / 200)) if b > first.batch]
     return (f"Estimate: the memory model puts the largest batch at no more than about {top:,.0f}; about "
             f"{len(planned) + 1} probes to within {cfg.tolerance:g}% (exact below {config.MAX_BATCH_EXACT_BELOW}), "
             f"each {first.seconds:.0f} s of start-up plus {passes} steps at its batch (~{passes * sum(planned[:2]):,.0f} "
