@@ -311,7 +311,10 @@ def estimate_line(first: Probe, rough: Estimate | None, cfg: MaxBatchConfig) -> 
     """Printed before the search goes on: how many probes and roughly how long. Each probe's start-up is
     the first probe's time (its batch is small); the steps are priced when a sizeable probe has run."""
     passes = cfg.warmup + cfg.steps
-    if rough is None or not first.ran:
+    if not first.ran:
+        return (f"Estimate: batch {first.batch} did not run; bisection below it, at most about "
+                f"{max(1, math.ceil(math.log2(first.batch)))} more probes of {first.seconds:.0f} s or more each")
+    if rough is None:
         worst = 2 * max(1, math.ceil(math.log2(max(2, cfg.largest_batch / cfg.first_batch))))
         return (f"Estimate: no memory model for this run: doubling then bisection, at most about {worst} probes of "
                 f"{first.seconds:.0f} s start-up each plus {passes} steps at their batch")
