@@ -1,24 +1,32 @@
-"""PyTorch against TensorFlow on this machine: every model, training and inference, in one run (issue 15).
+"""PyTorch against TensorFlow on this machine: every model, training and inference, at fp32 and at bf16, in one run
+(issues 15 and 26).
 
     .venv/bin/python benchmarks/frameworks.py                      # the five models, this CPU
     .venv/bin/python benchmarks/frameworks.py --models resnet50 --seconds 4 --image-size 64   # a smoke run
+    flock /tmp/cnnbench-bench.lock .venv/bin/python benchmarks/frameworks.py --models resnet50   # docs/tensorflow.md
 
 Each configuration is its own `cnnbench train|infer` process (random weights, synthetic input, the same
 seed), so each framework starts as a user's run does; the figure is cnnbench's own: mean images/s over
 the steady steps (after --warmup steps, which hold TensorFlow's tracing and XLA's compilation), with
 its spread. The configurations:
-  train   pytorch eager fp32; tensorflow eager (a tf.function) fp32 and XLA (--compile) fp32
-  infer   pytorch eager fp32 and its CPU's fastest engine (onnxruntime fp32 and int8); tensorflow eager
-          fp32, compile (XLA) fp32 and tflite int8 (full-integer post-training quantisation)
-Ratios: each TensorFlow configuration over PyTorch eager at the same precision class (fp32 over eager
-fp32; tflite int8 over onnxruntime int8). int8 engines are calibrated on synthetic images: speed only.
-Output saved under benchmarks/results/ (record.py).
+  train   pytorch eager fp32 and bf16 (autocast); tensorflow eager (a tf.function) fp32 and bf16
+          (Keras mixed_bfloat16), XLA (--compile) fp32
+  infer   pytorch eager fp32 and bf16, compile bf16, and its CPU's fastest fp32/int8 engine (onnxruntime fp32
+          and int8); tensorflow eager fp32 and bf16, compile (XLA) fp32 and bf16, tflite int8 (full-integer
+          post-training quantisation)
+Ratios, per precision: each TensorFlow configuration over PyTorch eager at the same precision (fp32 over
+eager fp32, bf16 over eager bf16; tflite int8 over onnxruntime int8); a second table gives, per model and
+precision, the best of each framework and their ratio. Every bf16 inference row carries its fp32 guard's
+verdict (against the framework's own fp32 model). int8 engines are calibrated on synthetic images: speed
+only. The machine's cores may be shared: `uptime` is printed before and after, and the 1-minute load
+average before each run is saved with it. Output saved under benchmarks/results/ (record.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,15 +42,22 @@ CONFIGS = (
     ("train", "pytorch", "eager", "fp32"),
     ("train", "tensorflow", "eager", "fp32"),
     ("train", "tensorflow", "compile", "fp32"),
+    ("train", "pytorch", "eager", "bf16"),
+    ("train", "tensorflow", "eager", "bf16"),
     ("infer", "pytorch", "eager", "fp32"),
     ("infer", "pytorch", "onnxruntime", "fp32"),
     ("infer", "pytorch", "onnxruntime", "int8"),
+    ("infer", "pytorch", "eager", "bf16"),
+    ("infer", "pytorch", "compile", "bf16"),
     ("infer", "tensorflow", "eager", "fp32"),
     ("infer", "tensorflow", "compile", "fp32"),
+    ("infer", "tensorflow", "eager", "bf16"),
+    ("infer", "tensorflow", "compile", "bf16"),
     ("infer", "tensorflow", "tflite", "int8"),
 )
-# What each TensorFlow configuration is compared with.
+# What each TensorFlow configuration is compared with: PyTorch eager at the same precision.
 BASELINE = {("eager", "fp32"): ("eager", "fp32"), ("compile", "fp32"): ("eager", "fp32"),
+            ("eager", "bf16"): ("eager", "bf16"), ("compile", "bf16"): ("eager", "bf16"),
             ("tflite", "int8"): ("onnxruntime", "int8")}
 
 
@@ -63,11 +78,13 @@ def measure(args, tmp: Path, rec: Recorder) -> list[dict]:
     rows = []
     for model in args.models.split(","):
         for kind, framework, engine, precision in CONFIGS:
+            load = os.getloadavg()[0]
             done = subprocess.run(command(args, tmp, model, kind, framework, engine, precision), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             records = [json.loads(line) for line in (tmp / "results" / "runs.jsonl").read_text().splitlines()] \
                 if (tmp / "results" / "runs.jsonl").exists() else []
-            row = {"model": model, "kind": kind, "framework": framework, "engine": engine, "precision": precision}
+            row = {"model": model, "kind": kind, "framework": framework, "engine": engine, "precision": precision,
+                   "load_average_before": load}
             if done.returncode == 0 and records:
                 r = records[-1]
                 row.update(images_per_sec=r["images_per_sec"], stderr=r.get("images_per_sec_stderr"), steps=r["steady_steps"],
@@ -85,7 +102,7 @@ def measure(args, tmp: Path, rec: Recorder) -> list[dict]:
 def ratio(rows: list[dict], row: dict) -> float | None:
     if row["framework"] != "tensorflow" or (row["engine"], row["precision"]) not in BASELINE:
         return None
-    engine, precision = BASELINE[row["engine"], row["precision"]] if row["kind"] == "infer" else ("eager", "fp32")
+    engine, precision = BASELINE[row["engine"], row["precision"]] if row["kind"] == "infer" else ("eager", row["precision"])
     base = next((r for r in rows if (r["model"], r["kind"], r["framework"], r["engine"], r["precision"])
                  == (row["model"], row["kind"], "pytorch", engine, precision)), None)
     if not base or not base["images_per_sec"] or not row["images_per_sec"]:
@@ -100,7 +117,7 @@ def table(rec: Recorder, args, rows: list[dict]) -> None:
         t.add_column(column)
     for row in rows:
         r = ratio(rows, row)
-        vs = "" if r is None else ("eager fp32" if row["kind"] == "train" else " ".join(BASELINE[row["engine"], row["precision"]]))
+        vs = "" if r is None else (f"eager {row['precision']}" if row["kind"] == "train" else " ".join(BASELINE[row["engine"], row["precision"]]))
         guard = "" if row.get("guard_ok") is None else ("ok" if row["guard_ok"] else "FAILED") + f" ({row['guard_relative_error']:.1e})"
         t.add_row(row["model"], row["kind"], row["framework"], "XLA" if row["kind"] == "train" and row["engine"] == "compile"
                   else row["engine"], row["precision"],
@@ -109,6 +126,29 @@ def table(rec: Recorder, args, rows: list[dict]) -> None:
         if r is not None:
             rec.row(kind="ratio", model=row["model"], run_kind=row["kind"], engine=row["engine"], precision=row["precision"],
                     ratio=r, against=vs)
+    rec.table(t)
+
+
+def best_per_precision(rec: Recorder, rows: list[dict]) -> None:
+    """Per model, kind and precision: each framework's fastest configuration (its guard passed, where it has
+    one) and TensorFlow's over PyTorch's."""
+    t = Table(title="The best of each framework per precision (TF / PyTorch)")
+    for column in ("model", "kind", "precision", "PyTorch best", "img/s", "TensorFlow best", "img/s", "TF / PyTorch"):
+        t.add_column(column)
+    keys = dict.fromkeys((r["model"], r["kind"], r["precision"]) for r in rows)
+    for model, kind, precision in keys:
+        best = {}
+        for framework in ("pytorch", "tensorflow"):
+            ran = [r for r in rows if (r["model"], r["kind"], r["precision"], r["framework"]) == (model, kind, precision, framework)
+                   and r["images_per_sec"] and r.get("guard_ok") is not False]
+            best[framework] = max(ran, key=lambda r: r["images_per_sec"], default=None)
+        pt, tf = best["pytorch"], best["tensorflow"]
+        r = tf["images_per_sec"] / pt["images_per_sec"] if pt and tf else None
+        t.add_row(model, kind, precision, pt["engine"] if pt else "-", f"{pt['images_per_sec']:.2f}" if pt else "-",
+                  tf["engine"] if tf else "-", f"{tf['images_per_sec']:.2f}" if tf else "-", "-" if r is None else f"{r:.2f}x")
+        rec.row(kind="best", model=model, run_kind=kind, precision=precision, pytorch_engine=pt and pt["engine"],
+                pytorch_images_per_sec=pt and pt["images_per_sec"], tensorflow_engine=tf and tf["engine"],
+                tensorflow_images_per_sec=tf and tf["images_per_sec"], ratio=r)
     rec.table(t)
 
 
@@ -126,9 +166,13 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     rec = Recorder(__file__, args.save_to)
+    rec.say(f"uptime before: {subprocess.run(['uptime'], text=True, capture_output=True).stdout.strip()}")
+    rec.say(f"CPU cores usable: {len(os.sched_getaffinity(0))}, shared with other processes; ISA: {rec.env.get('env.cpu_isa')}")
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(args, Path(tmp), rec)
     table(rec, args, rows)
+    best_per_precision(rec, rows)
+    rec.say(f"uptime after: {subprocess.run(['uptime'], text=True, capture_output=True).stdout.strip()}")
     rec.save()
 
 

@@ -123,9 +123,13 @@ def test_an_old_cached_peak_and_remeasure_peaks_measure_again(fresh_cache, monke
     assert efficiency.peak(cpu, "fp32").tflops == 0.2 and calls == ["fp32"]  # too old: measured again, replaced
     efficiency.remember(cpu, "fp32", 0.1, "young probe", 0.2, measured_at=efficiency.time.time() - 2 * 86400)
     assert efficiency.peak(cpu, "fp32").tflops == 0.1 and calls == ["fp32"]
+    legacy = json.loads(fresh_cache.read_text())  # an older cnnbench's entry: no time, no load
+    legacy[efficiency.machine_key(cpu, "fp32")] = {"tflops": 0.081, "method": "2048x2048", "measured_at": "2026-11-01T00:00:00"}
+    fresh_cache.write_text(json.dumps(legacy))
+    assert efficiency.peak(cpu, "fp32").tflops == 0.2 and calls == ["fp32", "fp32"]
     code, out, err = cli("models", "--remeasure-peaks")
     assert code == 0, err
-    assert calls == ["fp32", "fp32", "bf16", "int8"] and "  fp32: 0.2 TFLOP/s (measured: fake product (load average 0.10))" in out
+    assert calls == ["fp32", "fp32", "fp32", "bf16", "int8"] and "  fp32: 0.2 TFLOP/s (measured: fake product (load average 0.10))" in out
 
 
 def test_a_record_gives_its_peak_s_age_and_load(fresh_cache, monkeypatch):

@@ -128,6 +128,7 @@ def test_report_is_one_offline_file_with_every_chart(report):
                   "mean SM clock"):
         assert title in page, title
     assert "top-1 100%" in page  # the guard's agreement on the onnxruntime bar
+    assert "infer: achieved TFLOP/s against the roof" in page and 'class="reference"' in page  # the roof (issue 26)
     assert 'class="status-oom"' in page and "out of memory at batch 64" in page
     assert "(mem_clock_mhz_mean)" not in page  # a telemetry field no record has a value for is not charted
     assert "avx" in page and "2.14" in page  # environment: CPU ISA, versions
@@ -156,6 +157,27 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     command = [CHROMIUM, "--headless=new", "--disable-gpu", "--no-sandbox", "--no-first-run", "--hide-scrollbars",
                f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_the_roof_chart_draws_each_precision_s_peak_and_each_run_s_share_of_it():
+    from cnnbench.tools import report as report_module
+
+    base = {"kind": "infer", "status": "ok", "model": "resnet50", "batch_size": 16, "device": "cpu", "framework": "pytorch"}
+    records = [
+        {**base, "engine": "eager", "precision": "fp32", "achieved_tflops": 0.15, "peak_tflops": 0.2, "peak_precision": "fp32",
+         "mfu": 0.75, "peak_underestimated": False},
+        {**base, "engine": "eager", "precision": "bf16", "achieved_tflops": 0.42, "peak_tflops": 0.6, "peak_precision": "bf16",
+         "mfu": 0.7, "peak_underestimated": False},
+        {**base, "engine": "onnxruntime", "precision": "fp32", "achieved_tflops": 0.28, "peak_tflops": 0.2,
+         "peak_precision": "fp32", "mfu": None, "peak_underestimated": True},
+    ]
+    (svg,) = report_module.roof_figures(records)
+    assert 'data-marks="3"' in svg and "infer: achieved TFLOP/s against the roof" in svg
+    assert svg.count('class="reference"') == 2  # one roof per precision on the device
+    assert 'data-value="0.2"' in svg and 'data-value="0.6"' in svg and "bf16 roof 0.6 (cpu)" in svg
+    assert ">75%<" in svg and ">70%<" in svg and ">above roof<" in svg  # the share, or the flag, never 140%
+    assert "140%" not in svg
+    assert report_module.roof_figures([{**records[0], "achieved_tflops": None}]) == []
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="LOUD SKIP: chromium is not installed and could not be; ./test.sh installs "

@@ -92,6 +92,7 @@ def test_inference_starts_from_the_training_checkpoint_with_its_weights(tiny_spe
     ("compile", "fp32", 0.0, 1e-4),   # XLA: summation order only
     ("tflite", "fp32", 0.0, 1e-4),
     ("eager", "bf16", 1e-4, 5e-2),    # a Keras mixed_bfloat16 copy of the fp32 weights: really reduced
+    ("compile", "bf16", 1e-4, 5e-2),  # the same under XLA (issue 26: TensorFlow at bf16 on CPUs)
     ("tflite", "int8", 1e-3, 0.15),   # full-integer int8: really quantised, within the guard's int8 bound
 ])
 def test_each_engine_is_guarded_against_tensorflow_fp32(cli, tiny_spec, engine, precision, low, high):
@@ -105,6 +106,34 @@ def test_each_engine_is_guarded_against_tensorflow_fp32(cli, tiny_spec, engine, 
     assert "TensorFlow fp32" not in err  # within the bound: no warning
     if precision == "int8":
         assert "int8 calibrated on synthetic images" in out + err
+
+
+def test_bf16_computes_in_bfloat16_with_float32_weights_on_a_cpu(tiny_spec):
+    """Training's policy (runtime.configure) and inference's bf16 engine (a mixed copy of the fp32 model):
+    Keras' mixed_bfloat16, layers computing in bfloat16 over float32 variables, logits back in float32; the
+    process-wide policy is float32 again once the engine is built."""
+    import keras
+    import numpy as np
+    import torch
+
+    from cnnbench.backends.tensorflow import engines, models
+    from cnnbench.core.placement import Placement
+    from cnnbench.models.registry import resolve_entry
+
+    entry, bf16 = resolve_entry(str(tiny_spec)), Placement(torch.device("cpu"), "bf16", True)
+    runtime.configure(bf16)
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    trained = models.build(entry, 16)
+    convs = [layer for layer in trained.layers if "conv" in type(layer).__name__.lower()]
+    assert convs and all(layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32" for layer in convs)
+    runtime.reset()
+    fp32 = models.build(entry, 16)
+    engine = engines.FunctionEngine(fp32, entry, 16, bf16, xla=False)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert engine.model.dtype_policy.name == "mixed_bfloat16" and fp32.dtype_policy.name == "float32"
+    images = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
+    logits = engine(images)
+    assert logits.dtype.name == "float32" and np.allclose(logits.numpy(), fp32(images).numpy(), rtol=0.1, atol=0.05)
 
 
 def test_tflite_artefact_is_cached_and_reused(cli, tiny_spec):

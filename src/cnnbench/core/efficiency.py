@@ -191,7 +191,9 @@ def peak(device: torch.device, precision: str, *, measure: bool = True, remeasur
     cached = _read_cache(path).get(key)
     if cached and not remeasure:
         when = cached.get("measured_at_unix")
-        if when is None or time.time() - when < MAX_AGE_S:  # entries of older cnnbench versions carry no time
+        # An entry of an older cnnbench carries no time nor load: it may have been measured under load, so it is
+        # measured again (issue 24: a peak measured once, busy, and kept for ever).
+        if when is not None and time.time() - when < MAX_AGE_S:
             load = cached.get("load_average")
             return Peak(cached["tflops"], f"measured: {cached['method']} (cached {cached['measured_at']}"
                         + (f", load average {load:.2f}" if load is not None else "") + f", {path})",

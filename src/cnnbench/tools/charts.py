@@ -1,4 +1,4 @@
-"""Charts as inline SVG text: grouped bars (error bars, a note above each bar, a reference line) and lines
+"""Charts as inline SVG text: grouped bars (error bars, a note above each bar, reference lines) and lines
 over time (shaded spans). report.py puts them into one HTML file.
 
 Written here rather than with matplotlib: the report must open offline and stay small, cnnbench has no
@@ -86,9 +86,10 @@ def _legend(names: list[str], x: float, y: float) -> list[str]:
 
 
 def bar_chart(title: str, groups: list[str], series: list[Bars], *, unit: str, reference: float | None = None,
-              height: int = 300) -> str:
+              references: list[tuple[float, str]] = (), height: int = 300) -> str:
     """Grouped vertical bars from 0, a group per label, a bar per series; error bars of +/- one standard
-    error; a series' note (e.g. the guard's top-1 agreement) above its bar; a dashed line at `reference`."""
+    error; a series' note (e.g. the guard's top-1 agreement) above its bar; a dashed line at `reference`,
+    and a labelled dashed line (class `reference`) at each of `references` (value, label), e.g. the roof."""
     bar_width, gap = 16, 14
     per_group = len(series) * bar_width + gap
     longest = max((len(g) for g in groups), default=4)
@@ -99,7 +100,7 @@ def bar_chart(title: str, groups: list[str], series: list[Bars], *, unit: str, r
     tops = [v + ((s.errors or [None] * len(groups))[i] or 0) for s in series for i, v in enumerate(s.values) if v is not None]
     # Notes stand rotated above their bars: leave them a quarter of the height.
     noted = any(n for s in series for n in (s.notes or []))
-    y = nice_axis(0.0, max(tops + [reference or 0.0, 1e-12]) * (1.3 if noted else 1.0))
+    y = nice_axis(0.0, max(tops + [reference or 0.0, 1e-12] + [v for v, _ in references]) * (1.3 if noted else 1.0))
 
     def to_y(v: float) -> float:
         return plot_bottom - (v - y.low) / (y.high - y.low) * (plot_bottom - TOP)
@@ -115,6 +116,11 @@ def bar_chart(title: str, groups: list[str], series: list[Bars], *, unit: str, r
     if reference is not None:
         parts.append(f'<line x1="{LEFT}" x2="{width - RIGHT}" y1="{to_y(reference):.1f}" y2="{to_y(reference):.1f}" '
                      f'stroke="#000" stroke-dasharray="5 4"/>')
+    for k, (value, label) in enumerate(references):
+        ry, colour = to_y(value), PALETTE[-1 - k % len(PALETTE)]
+        parts.append(f'<g class="reference" data-value="{value:.6g}"><line x1="{LEFT}" x2="{width - RIGHT}" y1="{ry:.1f}" '
+                     f'y2="{ry:.1f}" stroke="{colour}" stroke-dasharray="6 3"/><text x="{width - RIGHT - 2}" y="{ry - 3:.1f}" '
+                     f'font-size="{FONT - 2}" text-anchor="end">{escape(label)}</text></g>')
     if len(series) > 1:
         parts += _legend([s.name for s in series], LEFT, 32)
     return "".join(parts) + "</svg>"

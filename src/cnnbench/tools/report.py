@@ -177,7 +177,41 @@ def throughput_sections(records: list[dict]) -> str:
         figures.append(figure(svg, marks(series), "Accelerator: mean of per-step images/s over the steady steps, error bar one "
                               "standard error. System: all images over the whole command's wall time; an error bar only "
                               "where a configuration ran more than once (standard error over its runs)."))
-    return section("Throughput", "The original's two figures for each configuration that ended ok.", figures)
+    return section("Throughput", "The original's two figures for each configuration that ended ok, then each "
+                   "configuration's achieved FLOP/s against its precision's roof.", figures + roof_figures(records))
+
+
+def roof_figures(records: list[dict]) -> list[str]:
+    """Per kind: achieved TFLOP/s (TOPS at int8) per configuration, a dashed line at each precision's peak (the
+    roof, core/efficiency.py: the latest record's peak of that precision and device) and, above each bar, its
+    share of the roof (`mfu`), or "above roof" where the peak was underestimated (`peak_underestimated`)."""
+    figures = []
+    for kind in ("train", "infer"):
+        ok = [r for r in runs_of(records, kind) if r.get("achieved_tflops") is not None]
+        if not ok:
+            continue
+        groups = list(dict.fromkeys(_group(r) for r in ok))
+        latest = latest_by(ok, lambda r: (_group(r), _variant(r)))
+        series = []
+        for v in dict.fromkeys(_variant(r) for r in ok):
+            picked = [latest.get((g, v)) for g in groups]
+            series.append(Bars(v, [r and r["achieved_tflops"] for r in picked], notes=[r and _roof_note(r) for r in picked]))
+        roofs = latest_by([r for r in ok if r.get("peak_tflops")], lambda r: (r["device"], r["peak_precision"]))
+        references = [(r["peak_tflops"] * int(r.get("num_accelerators") or 1),
+                       f"{r['peak_precision']} roof {charts.number(r['peak_tflops'])} ({r['device']})") for r in roofs.values()]
+        svg = charts.bar_chart(f"{kind}: achieved TFLOP/s against the roof", groups, series, unit="TFLOP/s",
+                               references=references)
+        figures.append(figure(svg, marks(series), "Achieved: forward GFLOPs per image x passes (3 training, 1 inference) x "
+                              "images/s (TOPS at int8). Dashed lines: each precision's peak on its device (datasheet, or the "
+                              "best of measured matrix products and convolutions; docs/roofline.md); above each bar its "
+                              "share of the roof (MFU), 'above roof' where the peak was measured too low."))
+    return figures
+
+
+def _roof_note(r: dict) -> str | None:
+    if r.get("peak_underestimated"):
+        return "above roof"
+    return None if r.get("mfu") is None else f"{100 * r['mfu']:.0f}%"
 
 
 def speedup_section(records: list[dict]) -> str:
