@@ -19,6 +19,7 @@ import contextlib
 import functools
 import importlib.metadata
 import importlib.util
+import re
 import warnings
 from typing import Iterator
 
@@ -91,8 +92,23 @@ def decode_rgb(data: bytes, where: str) -> tuple[torch.Tensor | None, str | None
     try:
         return decode(bytes(data)), None
     except (RuntimeError, ValueError) as exc:  # both libraries' way of saying "damaged or not an image"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"cannot decode image {where}: {reason}"
+        return None, f"cannot decode image {where}: {decoder_reason(exc)}"
+
+
+# A C++ check's message starts with where it failed (TORCH_CHECK in torchcodec: "read_header_and_start,
+# /__w/torchcodec/.../DecodeJpeg.cpp:208, Image is incomplete or truncated."): the function and the build
+# machine's source path tell a user nothing (issue 23), the reason after them does.
+_CHECK_PREFIX = re.compile(r"^[A-Za-z_][\w:]*, \S+\.(?:c|cc|cpp|cxx|h|hpp):\d+, ")
+_SOURCE_PATH = re.compile(r"\s*\(?(?:at |from )?\S*/\S+\.(?:c|cc|cpp|cxx|h|hpp):\d+\)?,?")
+
+
+def decoder_reason(exc: BaseException) -> str:
+    """A decoder's exception as its reason alone: the first line, without C++ function names and source paths."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    reason = _SOURCE_PATH.sub("", _CHECK_PREFIX.sub("", text.splitlines()[0])).strip(" ,")
+    return reason or type(exc).__name__
 
 
 def encode_jpeg(image: torch.Tensor, quality: int = 75) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -63,7 +64,11 @@ def load(path: Path, option: str = "--log-dir") -> object:
     advice = (f"delete it or point {option} elsewhere" if option == "--log-dir"
               else f"give {option} a state_dict (torch.save(model.state_dict(), FILE)) or a cnnbench checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # The weights-only unpickler's two-line warning about a pickle protocol above 2 came before cnnbench's
+            # own line on any file torch.save did not write (issue 23); such a file is loaded or refused here.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{option} {path} does not exist; {advice}") from None
     except pickle.UnpicklingError:
