@@ -1,6 +1,16 @@
-"""cnnbench: how fast a machine trains and runs convolutional networks, and whether the answers stay right."""
+"""cnnbench: how fast a machine trains and runs convolutional networks, and whether the answers stay right.
 
+Python API (docs/python-api.md): `cnnbench.train(model, **options)` and `cnnbench.infer(model, **options)`
+return the run's record; every mistake raises `cnnbench.CnnbenchError` (`cnnbench.UsageError` for what was
+asked, `cnnbench.EngineRefused` for an engine that cannot take the model) with the CLI's one-line message.
+"""
+
+import importlib as _importlib
 from importlib import metadata as _metadata
+
+from cnnbench.core.errors import CnnbenchError, EngineRefused, OutOfMemory, UsageError
+
+__all__ = ["train", "infer", "CnnbenchError", "UsageError", "EngineRefused", "OutOfMemory", "__version__"]
 
 
 def _version() -> str:
@@ -22,3 +32,11 @@ def _version() -> str:
 
 
 __version__ = _version()
+
+
+def __getattr__(name: str):
+    # train and infer on first use (PEP 562): `import cnnbench` (and `cnnbench --version`) stays free of torch,
+    # and the package every layer may read __version__ from imports no layer at import time.
+    if name in ("train", "infer"):
+        return getattr(_importlib.import_module("cnnbench.api"), name)
+    raise AttributeError(f"module 'cnnbench' has no attribute {name!r}")

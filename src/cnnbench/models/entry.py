@@ -8,6 +8,7 @@ Sources (ModelEntry.source, written to every record as `model_source`):
   keras        `keras:NAME`, a keras.applications model for --framework tensorflow (no PyTorch build)
   file         `path/to/file.py:FUNCTION` (user_models.py)
   module       `package.module:FUNCTION` (user_models.py)
+  python       an nn.Module instance given to cnnbench.train / cnnbench.infer (registry.register_instance)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable
 
 from torch import nn
 
-SOURCES = ("registry", "spec", "torchvision", "timm", "keras", "file", "module")
+SOURCES = ("registry", "spec", "torchvision", "timm", "keras", "file", "module", "python")
 
 
 @dataclass(frozen=True)

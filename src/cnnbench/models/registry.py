@@ -7,6 +7,8 @@ Accepted, in this order (names match case-insensitively where they are names):
   `keras:NAME`, keras.applications for --framework tensorflow         source "keras"
   `path/to/file.py:FUNCTION`, `package.module:FUNCTION` (user_models) source "file" / "module"
   any torchvision classification model (torchvision_models.py)        source "torchvision"
+  `python:NAME`, an nn.Module instance given to cnnbench.train/infer  source "python"
+    (register_instance: held in this process only; a child process cannot resolve it)
 An unknown name fails in one line with the closest known names (registry, torchvision and timm's).
 """
 
@@ -24,7 +26,7 @@ from cnnbench.models import entry as entry_module
 from cnnbench.models import keras_models, synnet, timm_models, torchvision_models, user_models
 from cnnbench.models.entry import ModelEntry, constant as _constant
 
-__all__ = ["ModelEntry", "resolve_entry", "resolve_any", "resolve_with_size", "check_image_size", "forward_flops",
+__all__ = ["ModelEntry", "resolve_entry", "register_instance", "unregister_instance", "resolve_any", "resolve_with_size", "check_image_size", "forward_flops",
            "count_parameters", "get_model", "model_names", "model_list", "is_reference"]
 
 
@@ -100,10 +102,56 @@ KERAS_REFERENCE = re.compile(r"^keras:[A-Za-z]\w*$")
 TIMM_REFERENCE = re.compile(r"^timm:[\w.\-]+$")
 
 
+INSTANCE_PREFIX = "python:"
+_INSTANCES: dict[str, ModelEntry] = {}  # python:NAME -> the entry of an nn.Module instance (cnnbench.api)
+
+
+def register_instance(module: nn.Module, name: str | None = None) -> str:
+    """A reference, `python:NAME`, that the resolver turns into an entry building copies of `module` (the Python
+    API's in-memory model). NAME: `name`, else the class's name, with -2, -3, ... where another instance holds
+    it. Each build is a deep copy, so a run trains or converts its own copy and leaves the caller's module (and
+    the fp32 reference the guard builds) as they were; its weights are the module's own (entry.pretrained).
+    The instance lives in this process only: nothing is pickled, and a child process (a sweep's, a launched
+    data-parallel job's) cannot resolve it (one line says so)."""
+    import copy
+
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"model must be a name or reference string or a torch.nn.Module, not {type(module).__name__}")
+    base = name or type(module).__name__
+    if not re.fullmatch(r"[\w.\-]+", base):
+        raise UsageError(f"model name {base!r}: use letters, digits, '_', '.' and '-' (it names files and table rows)")
+    reference, n = INSTANCE_PREFIX + base, 1
+    while reference in _INSTANCES:
+        n += 1
+        reference = f"{INSTANCE_PREFIX}{base}-{n}"
+
+    def build(image_size: int) -> nn.Module:
+        return copy.deepcopy(module)
+
+    def own_weights() -> tuple[str, dict]:
+        return f"the module's own weights ({type(module).__name__} instance)", module.state_dict()
+
+    _INSTANCES[reference] = ModelEntry(reference.removeprefix(INSTANCE_PREFIX), build, user_models.DEFAULT_SIZE, 1,
+                                       "imagenet", entry_module.default_learning_rate, source="python", probe=True,
+                                       pretrained=own_weights, notes={"source": "python", "where": "cnnbench.api"})
+    return reference
+
+
+def unregister_instance(reference: str) -> None:
+    """Forget an instance registered by register_instance (the API does once its run is over)."""
+    _INSTANCES.pop(reference, None)
+
+
 def resolve_entry(name: str) -> ModelEntry:
     """The one resolver: a registered name (any case), a spec file, timm:NAME, keras:NAME, a user's
-    file.py:FUNCTION or package.module:FUNCTION, or a torchvision classifier; else one line with the closest
-    names."""
+    file.py:FUNCTION or package.module:FUNCTION, an nn.Module instance registered in this process
+    (python:NAME), or a torchvision classifier; else one line with the closest names."""
+    if name in _INSTANCES:
+        return _INSTANCES[name]
+    if name.startswith(INSTANCE_PREFIX):
+        raise UsageError(f"model {name}: an nn.Module given to the Python API exists only in the process that was given "
+                         "it (cnnbench.train / cnnbench.infer run it there); a child process cannot resolve it: give "
+                         "a sweep a file.py:FUNCTION or package.module:FUNCTION reference instead")
     key = name.lower()
     if key in _REGISTRY:
         return _REGISTRY[key]
@@ -184,7 +232,7 @@ def resolve_with_size(model: str, image_size: int | None, framework: str = "pyto
     size = image_size or entry.input_size
     if entry.source == "keras" and framework != "tensorflow":
         raise UsageError(keras_models.refusal(entry.name))
-    if entry.source in ("file", "module"):  # one forward pass checks the size and counts the classes
+    if entry.source in ("file", "module", "python"):  # one forward pass checks the size and counts the classes
         return dataclasses.replace(entry, num_classes=user_models.probe_classes(entry.name, entry.build, size)), size
     check_image_size(entry, size)
     return entry, size
