@@ -3,6 +3,9 @@
 A `UsageError` is a mistake in what was asked (unknown model, impossible option):
 the CLI prints its one-line message and exits 2, never with a traceback.
 `OutOfMemory` is distinct (exit 3) so that a sweep can record it and go on.
+`EngineRefused` (exit 5) is an engine that cannot take the model (an export ONNX refuses, an int8 quantisation
+that fails, an OpenVINO conversion that fails): one line names the engine, the model and the reason, so that a
+sweep records the configuration as failed with it and goes on, and a script tells it from a typo (exit 2).
 `RecordNotSaved` and `CheckpointNotSaved` are late failures of a run whose figures exist (exit 4):
 their one line says where the data went instead, or which option to change.
 """
@@ -15,6 +18,7 @@ EXIT_REGRESSION = 1  # cnnbench compare --fail-below: a configuration got slower
 EXIT_USAGE = 2
 EXIT_OUT_OF_MEMORY = 3
 EXIT_RUN_FAILED = 4
+EXIT_ENGINE_REFUSED = 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM (timeout, SLURM, Kubernetes)
 EXIT_CRASH = 70  # an uncaught exception: a bug in cnnbench (sysexits.h EX_SOFTWARE, "internal software error")
@@ -27,6 +31,8 @@ EXIT_CODES = (
     (EXIT_OUT_OF_MEMORY, "out of memory (the record says so; a sweep records it and goes on)"),
     (EXIT_RUN_FAILED, "the run failed late (its figures exist): the line says where the data went; "
                       "train-all/infer-all --strict: a configuration failed"),
+    (EXIT_ENGINE_REFUSED, "the engine cannot take the model (export, conversion or int8 quantisation failed): the "
+                          "line names the engine, the model and the reason; another engine may take it"),
     (EXIT_CRASH, "cnnbench crashed: a bug; the traceback is printed, please report it"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C, SIGINT) after recording what completed"),
     (EXIT_TERMINATED, "terminated (SIGTERM) after recording what completed"),
@@ -41,6 +47,24 @@ class UsageError(CnnbenchError):
     """What is wrong and what to do, in one line."""
 
     exit_code = EXIT_USAGE
+
+
+class EngineRefused(UsageError):
+    """An engine that cannot take a model: `step` is what failed (the ONNX export, the int8 quantisation, the
+    OpenVINO conversion, ...), `cause` the library's own complaint. A UsageError (the request cannot be run as
+    asked, and no traceback is printed) with its own exit code. The engine raises it without the model's name,
+    which engines.build_engine adds (with_model)."""
+
+    exit_code = EXIT_ENGINE_REFUSED
+
+    def __init__(self, engine: str, step: str, cause: BaseException | str, model: str | None = None):
+        self.engine, self.step, self.model = engine, step, model
+        self.reason = cause if isinstance(cause, str) else one_line(cause)
+        super().__init__(f"--engine {engine} cannot take {f'model {model}' if model else 'this model'}: {step} failed "
+                         f"({self.reason}); nothing was measured; --engine eager runs any model PyTorch runs")
+
+    def with_model(self, model: str) -> "EngineRefused":
+        return EngineRefused(self.engine, self.step, self.reason, model)
 
 
 class RecordNotSaved(CnnbenchError):

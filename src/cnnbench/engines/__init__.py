@@ -66,11 +66,18 @@ def optimized_engine(device_type: str, providers: list[str] | None = None) -> tu
 
 def build_engine(name: str, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
                  calibration: Callable[[], list[torch.Tensor]], compile_mode: str, *,
-                 int8_activations: str | None = None) -> Engine:
+                 int8_activations: str | None = None, model_name: str | None = None) -> Engine:
     """The PyTorch engine `name`, built by the class its record names. int8_activations: u8 | s8 for int8
-    (onnx_export.quantize_int8); None or "auto": the device's default (u8 on the CPU, s8 on CUDA)."""
+    (onnx_export.quantize_int8); None or "auto": the device's default (u8 on the CPU, s8 on CUDA). An engine
+    that cannot take the model raises EngineRefused (base.refusal), to which the model's name is added here."""
+    from cnnbench.core.errors import EngineRefused
     from cnnbench.engines.base import BuildInputs
 
     spec = table.find("pytorch", name)
     inputs = BuildInputs(model, placement, example, cache, calibration, compile_mode, int8_activations)
-    return table.engine_class(spec).build(inputs)
+    try:
+        return table.engine_class(spec).build(inputs)
+    except EngineRefused as refused:
+        if model_name is None or refused.model:
+            raise
+        raise refused.with_model(model_name) from refused.__cause__

@@ -7,8 +7,11 @@ and may say why it cannot run on a machine with `unavailable(device_type, offere
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from cnnbench.core.errors import CnnbenchError, EngineRefused, is_out_of_memory
 
 if TYPE_CHECKING:  # the table imports no engine module; these are the types of a build's inputs only
     import torch
@@ -16,6 +19,21 @@ if TYPE_CHECKING:  # the table imports no engine module; these are the types of 
 
     from cnnbench.core.placement import Placement
     from cnnbench.engines.artifacts import ArtifactCache
+
+
+@contextlib.contextmanager
+def refusal(engine: str, step: str) -> Iterator[None]:
+    """A library's failure inside `step` of an engine's build (an export, a conversion, a quantisation) as the
+    one line of EngineRefused: the engine cannot take this model. cnnbench's own errors pass as they are, and
+    so does running out of memory (exit 3: a smaller batch may fit, another engine is not the answer)."""
+    try:
+        yield
+    except CnnbenchError:
+        raise
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise EngineRefused(engine, step, getattr(exc, "reason", None) or exc) from exc
 
 
 @dataclass(frozen=True)

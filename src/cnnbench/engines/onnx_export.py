@@ -15,7 +15,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from cnnbench.core.errors import UsageError
+from cnnbench.core.errors import UsageError, one_line
 
 ONNX_OPSET = 18
 
@@ -55,6 +55,15 @@ class _Calibration:
         pass
 
 
+class ExportFailed(RuntimeError):
+    """Both of torch.onnx's exporters refused the model; `reason` is the TorchScript exporter's complaint (it
+    names the operator) and the dynamo exporter's error type."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, half: bool = False) -> str:
     """Export with a fixed batch (static shapes suit TensorRT and CUDA graphs); returns the exporter used."""
     export_model, example = (model.half(), example.half()) if half else (model.float(), example.float())
@@ -67,7 +76,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, half: bool 
             torch.onnx.export(export_model, (example,), str(path), dynamo=True, verbose=False, external_data=False, **kwargs)
             exporter = "torch.onnx dynamo"
         except Exception as exc:  # recorded, not silent: the record names the exporter that produced the file
-            torch.onnx.export(export_model, (example,), str(path), dynamo=False, **kwargs)
+            try:
+                torch.onnx.export(export_model, (example,), str(path), dynamo=False, **kwargs)
+            except Exception as legacy:  # neither exporter takes the model: the engine's refusal (base.refusal)
+                raise ExportFailed(f"{one_line(legacy)}; the dynamo exporter failed first: {type(exc).__name__}") from legacy
             exporter = f"torch.onnx torchscript (dynamo exporter failed: {type(exc).__name__})"
     if half:
         model.float()

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnbench.core.errors import UsageError
+from cnnbench.core.errors import EngineRefused, UsageError
 from cnnbench.core.placement import Placement
 from cnnbench.engines.artifacts import ArtifactCache
-from cnnbench.engines.base import BuildInputs, Engine
+from cnnbench.engines.base import BuildInputs, Engine, refusal
 from cnnbench.engines.onnx_export import ONNX_OPSET, export_onnx, quantize_int8, resolve_int8_activations
 
 
@@ -85,7 +85,8 @@ class OnnxRuntimeEngine(Engine):
         onnx_path = cache.lookup(onnx_name)
         if onnx_path is None:
             onnx_path = cache.dir / onnx_name
-            self.info["exporter"] = export_onnx(model, example, onnx_path, half=self.placement.precision == "fp16")
+            with refusal(self.name, "the ONNX export"):
+                self.info["exporter"] = export_onnx(model, example, onnx_path, half=self.placement.precision == "fp16")
             cache.record(onnx_name)
             built = True
         if self.placement.precision == "int8":
@@ -96,7 +97,8 @@ class OnnxRuntimeEngine(Engine):
                 quantized = cache.dir / name
                 calib = calibration()
                 self.info["calibration_batches"] = len(calib)
-                quantize_int8(onnx_path, quantized, calib, activations=self.int8_activations)
+                with refusal(self.name, "ONNX Runtime's int8 quantisation"):
+                    quantize_int8(onnx_path, quantized, calib, activations=self.int8_activations)
                 cache.record(name)
                 built = True
             self.info.update(fp32_onnx_bytes=onnx_path.stat().st_size, int8_onnx_bytes=quantized.stat().st_size,
@@ -118,8 +120,8 @@ class OnnxRuntimeEngine(Engine):
         try:
             session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         except Exception as exc:
-            if self._built:
-                raise
+            if self._built:  # a graph just exported that ONNX Runtime cannot load (an operator without a kernel)
+                raise EngineRefused(self.name, "loading the exported graph into ONNX Runtime", exc) from exc
             raise _StaleArtifact(onnx_path, str(exc).splitlines()[0][:120]) from None
         self.info["engine_load_seconds"] = time.perf_counter() - start
         self.info["execution_provider"] = check_provider(session.get_providers(), _provider_name(providers[0]), self.name)

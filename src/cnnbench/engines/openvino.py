@@ -32,11 +32,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from cnnbench.core.errors import UsageError
+from cnnbench.core.errors import UsageError, one_line
 from cnnbench.core.placement import Placement
 from cnnbench.engines import table
 from cnnbench.engines.artifacts import ArtifactCache
-from cnnbench.engines.base import BuildInputs, Engine
+from cnnbench.engines.base import BuildInputs, Engine, refusal
 
 # The CPU plugin's names for the precisions it runs at (ov::hint::inference_precision).
 INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
@@ -74,7 +74,8 @@ class OpenVINOEngine(Engine):
                   # One synchronous request at a time, as the measured loop issues them: one stream on all cores.
                   "PERFORMANCE_HINT": "LATENCY"}
         start = time.perf_counter()
-        self.compiled = core.compile_model(core.read_model(str(ir)), "CPU", config)
+        with refusal(self.name, "compiling the IR for OpenVINO's CPU plugin"):
+            self.compiled = core.compile_model(core.read_model(str(ir)), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.info["engine_load_seconds"] = time.perf_counter() - start
         self.info["openvino_inference_precision"] = self._check_precision(config["INFERENCE_PRECISION_HINT"])
@@ -90,7 +91,8 @@ class OpenVINOEngine(Engine):
         fp32 = f"model.openvino-{self.info['openvino']}"
         xml = _lookup_ir(cache, fp32)
         if xml is None:
-            ov_model, self.info["exporter"] = convert(ov, model, example)
+            with refusal(self.name, "the OpenVINO conversion"):
+                ov_model, self.info["exporter"] = convert(ov, model, example)
             xml = _save_ir(ov, cache, ov_model, fp32)
             built = True
         if self.placement.precision == "int8":
@@ -101,7 +103,8 @@ class OpenVINOEngine(Engine):
             if quantized is None:
                 batches = calibration()
                 self.info["calibration_batches"] = len(batches)
-                quantized = _save_ir(ov, cache, quantize_int8(core.read_model(str(xml)), batches), int8)
+                with refusal(self.name, "NNCF's int8 quantisation"):
+                    quantized = _save_ir(ov, cache, quantize_int8(core.read_model(str(xml)), batches), int8)
                 built = True
             self.info["nncf"] = nncf_version
             xml = quantized
@@ -124,6 +127,14 @@ class OpenVINOEngine(Engine):
         return torch.from_numpy(outputs[0])  # a copy (share_outputs is off): the request's buffer is reused
 
 
+class ConversionFailed(RuntimeError):
+    """Neither torch.export nor the TorchScript trace took the model into OpenVINO; `reason` says both."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def convert(ov, model: nn.Module, example: torch.Tensor):
     """The OpenVINO model at the example batch's fixed shape, and how it was converted. torch.export first (the
     path PyTorch maintains); the TorchScript trace convert_model takes a module through, where export fails."""
@@ -134,10 +145,21 @@ def convert(ov, model: nn.Module, example: torch.Tensor):
             ov_model = ov.convert_model(torch.export.export(model, (example,)))
             how = "torch.export + openvino.convert_model"
         except Exception as exc:  # recorded, not silent: the record names the path that produced the IR
-            ov_model = ov.convert_model(model, example_input=example)
+            try:
+                ov_model = ov.convert_model(model, example_input=example)
+            except Exception as traced:  # neither path takes the model: the engine's refusal (base.refusal)
+                raise ConversionFailed(f"{_conversion_reason(traced)}; torch.export failed first: {type(exc).__name__}") from traced
             how = f"openvino.convert_model TorchScript trace (torch.export failed: {type(exc).__name__})"
     ov_model.reshape(list(example.shape))  # static shapes, as the ONNX export's: the plugin plans for them
     return ov_model, how
+
+
+def _conversion_reason(exc: BaseException) -> str:
+    """OpenVINO's conversion error in one line: its summary of the operators it has no rule for (the first line
+    of the message is only the C++ check that failed), else the error's first line."""
+    lines = [line.strip(" -") for line in str(exc).splitlines()]
+    summary = [line for line in lines if line.startswith(("No conversion rule found", "Conversion is failed"))]
+    return f"{type(exc).__name__}: {'; '.join(summary)[:300]}" if summary else one_line(exc)
 
 
 def quantize_int8(ov_model, batches: list[torch.Tensor]):

@@ -187,7 +187,7 @@ class PyTorchBackend(Backend):
         from cnnbench.engines import build_engine
 
         return build_engine(cfg.engine, model, placement, example, cache, calibration, compile_mode,
-                            int8_activations=cfg.int8_activations)
+                            int8_activations=cfg.int8_activations, model_name=entry.name)
 
     def to_host(self, logits) -> torch.Tensor:
         return logits.float().cpu()
