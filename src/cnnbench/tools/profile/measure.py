@@ -123,10 +123,12 @@ def _profiled_steps(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, pla
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if placement.device.type == "cuda" else [])
     if placement.device.type == "cpu":
-        # Kineto (torch.profiler's backend) logs "ERROR: gpuGetDeviceCount failed" on a machine without a GPU;
-        # its levels are 0 verbose .. 4 error, 5 USDT (kineto's Logger.h). On CUDA its errors stay visible
-        # (CUPTI permissions decide whether kernels are recorded at all).
-        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+        # Kineto (torch.profiler's backend) logs "ERROR: gpuGetDeviceCount failed" on a machine without a GPU,
+        # and "USDT: ... profiler_start" / "profiler_stop" around every profile (issue 23). Its levels are
+        # 0 verbose, 1 info, 2 warning, 3 stage, 4 error, 5 USDT, 6 the count (kineto's Logger.h): 6 prints
+        # nothing (tried: 5 still prints the two USDT lines). On CUDA its errors stay visible (CUPTI permissions
+        # decide whether kernels are recorded at all).
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     # A garbage collection inside a profiled step is Python's time, not the model's: after the counting pass
     # (hundreds of thousands of objects) a full collection cost 50-60 ms of a 40 ms forward of
     # mobilenet_v3_small here, every step. Collect now and keep the collector off while profiling, as
