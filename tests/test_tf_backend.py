@@ -34,7 +34,7 @@ def test_training_lowers_the_loss_saves_a_checkpoint_and_resumes(cli, tiny_spec)
     assert first["final_loss"] < 0.8 * first["initial_loss"], (first["initial_loss"], first["final_loss"])
     assert first["steady_steps"] == 10 and first["end_step"] == 12 and first["status"] == "ok"
     assert first["checkpoint"].endswith("tensorflow")
-    code, out, err = cli("train", tiny_spec, *TF, "--batch-size", "8", "--warmup", "1", "--num-batches", "2")
+    code, out, err = cli("train", tiny_spec, *TF, "--batch-size", "8", "--warmup", "1", "--num-batches", "2", "--resume")
     assert code == 0, err
     second = read_jsonl("results_train/runs.jsonl")[-1]
     assert second["resumed"] and second["start_step"] == 12 and second["end_step"] == 15

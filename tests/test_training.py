@@ -53,7 +53,7 @@ def test_resume_from_checkpoint_continues_the_step_count(cli, tiny_spec):
     # The tiny spec: resuming is the same for any model, and its checkpoint is kilobytes, not 200 MB.
     code, _, _ = cli("train", tiny_spec, *TINY16, "--log-dir", "ck")
     assert code == 0
-    code, out, _ = cli("train", tiny_spec, *TINY16, "--log-dir", "ck")
+    code, out, _ = cli("train", tiny_spec, *TINY16, "--log-dir", "ck", "--resume")
     assert code == 0 and "Resuming from checkpoint ck/checkpoint.pt at step 4" in out
     first, second = read_jsonl("results_train/runs.jsonl")
     assert (first["start_step"], first["end_step"]) == (0, 4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 
 from cnnbench.core.config import ORIGINAL_MODELS
 
@@ -85,11 +86,36 @@ def _cell(record: dict | None, field: str) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+REPEAT_TITLE = "Spread across repeated processes (--repeat), unit is images/second"
+REPEAT_TEXT = (
+    "Mean and sample standard deviation across the separate processes of each configuration (a sweep's --repeat N), "
+    "then the number of processes; the tables above show the mean. Noise within one run understates the noise between "
+    "runs (clocks, memory placement, a neighbour's load): this is the spread to judge a change by."
+)
+
+
+def spread(records: list[dict], field: str) -> tuple[float, float, int] | None:
+    """(mean, sample standard deviation, processes) of `field` across one configuration's repeats: the records
+    with a `repeat` index, the latest of each index, those that ended ok; None when fewer than 2."""
+    latest = {r["repeat"]: r for r in records if r.get("repeat") is not None}
+    values = [r[field] for r in latest.values() if r.get("status") == "ok" and r.get(field) is not None]
+    if len(values) < 2:
+        return None
+    return statistics.fmean(values), statistics.stdev(values), len(values)
+
+
+def _figure_cell(group: list[dict], field: str) -> str:
+    """A table's cell: the mean across repeated processes where there are some, else the latest record's."""
+    across = spread(group, field)
+    return f"{across[0]:.2f}" if across else _cell(group[-1] if group else None, field)
+
+
 def tables_csv(records: list[dict]) -> str:
     """The original's layout: for each variant, the system table, three blank lines, the accelerator table.
 
-    The latest record wins where a (model, batch) was run more than once. Records of no batch size
-    (a max-batch search's own record) are in runs.jsonl and runs.csv only.
+    The latest record wins where a (model, batch) was run more than once, except for a sweep's repeated
+    processes (--repeat: records with a `repeat` index), whose mean is shown, their spread in a table of its own.
+    Records of no batch size (a max-batch search's own record) are in runs.jsonl and runs.csv only.
     """
     records = [r for r in records if r.get("batch_size") is not None]
     name = row_names(records)
@@ -103,7 +129,9 @@ def tables_csv(records: list[dict]) -> str:
         chosen = [r for r in records if _variant(r) == variant]
         models = _ordered_models([name(r) for r in chosen])
         batches = sorted({int(r["batch_size"]) for r in chosen})
-        latest = {(name(r), int(r["batch_size"])): r for r in chosen}
+        groups: dict[tuple[str, int], list[dict]] = {}
+        for r in chosen:
+            groups.setdefault((name(r), int(r["batch_size"])), []).append(r)
         suffix = f" ({variant})" if variant and len(variants) > 1 else ""
         for t_index, (title, text, field) in enumerate(
             [(SYSTEM_TITLE, SYSTEM_TEXT, "system_images_per_sec"), (ACCEL_TITLE, ACCEL_TEXT, "images_per_sec")]
@@ -114,9 +142,26 @@ def tables_csv(records: list[dict]) -> str:
             writer.writerow([text])
             writer.writerow(["model", *[f"batch {b}" for b in batches]])
             for model in models:
-                writer.writerow([model, *[_cell(latest.get((model, b)), field) for b in batches]])
+                writer.writerow([model, *[_figure_cell(groups.get((model, b), []), field) for b in batches]])
+        _repeat_table(groups, models, batches, suffix, out)
     _efficiency_table(records, out)
     return out.getvalue()
+
+
+def _repeat_table(groups: dict[tuple[str, int], list[dict]], models: list[str], batches: list[int], suffix: str,
+                  out: io.StringIO) -> None:
+    """Rows (model, figure), a column per batch size: `mean ± stdev (n)`; only where some configuration repeated."""
+    if not any(spread(g, "images_per_sec") for g in groups.values()):
+        return
+    writer = csv.writer(out, lineterminator="\n")
+    out.write("\n\n\n")
+    writer.writerow([REPEAT_TITLE + suffix])
+    writer.writerow([REPEAT_TEXT])
+    writer.writerow(["model", "figure", *[f"batch {b}" for b in batches]])
+    for model in models:
+        for figure, field in (("accelerator", "images_per_sec"), ("system", "system_images_per_sec")):
+            cells = [spread(groups.get((model, b), []), field) for b in batches]
+            writer.writerow([model, figure, *["" if c is None else f"{c[0]:.2f} ± {c[1]:.2f} ({c[2]})" for c in cells]])
 
 
 EFFICIENCY_TITLE = "Scaling efficiency, unit is percent"

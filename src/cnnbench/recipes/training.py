@@ -49,7 +49,8 @@ def preflight(cfg: TrainConfig, world: World | None = None) -> Resolved:
     backend.check_world(cfg, world, placement)
     log_dir = run_record.log_dir(cfg, entry)
     files.ensure_writable(Path(cfg.results_dir), "--results-dir")
-    files.ensure_writable(log_dir, "--log-dir")
+    if not cfg.no_checkpoint:  # --no-checkpoint: nothing is written there, so nothing need be writable
+        files.ensure_writable(log_dir, "--log-dir")
     backend.ready()  # last: a mistake above is one line, before a framework's start-up lines
     return Resolved(entry, image_size, placement, log_dir)
 
@@ -68,11 +69,11 @@ def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dic
     r = preflight(cfg, world)
     backend.apply(r.placement, world)
     world = backend.join(world, r.placement, cfg.dist_timeout)
-    resume = backend.load_checkpoint(r.log_dir, r.entry, world)
+    resume = checkpoint_to_resume(cfg, r, world, backend)
     batch = cfg.measure.batch_size  # per process (replica); the job's global batch is world.size x batch
     lr0 = initial_learning_rate(cfg, r.entry, world.size)
     record = run_record.begin("train", cfg, r.entry, r.placement, batch, r.image_size,
-                              header_lines(cfg, r, world, lr0, backend),
+                              header_lines(cfg, r, world, lr0, backend, resume),
                               compile=cfg.compile, learning_rate=lr0, num_accelerators=world.size)
     with run_record.out_of_memory_recorded(record, cfg.results_dir, r.entry, r.placement, training=True, save=world.is_main):
         trainer = build(cfg, r, world, resume, lr0, backend)
@@ -99,6 +100,24 @@ def run(cfg: TrainConfig, started_at: float | None = None, annotate=None) -> dic
     return record
 
 
+def checkpoint_to_resume(cfg: TrainConfig, r: Resolved, world: World, backend: Backend):
+    """The checkpoint to continue from, with --resume only (issue 24: a second identical run resumed silently,
+    its schedule already decayed to a learning rate of 0, and so measured another workload). Without
+    --resume an existing checkpoint is left unread and, unless --no-checkpoint, overwritten at the end, as a
+    rerun of a benchmark is expected to measure what the first run did; one line says so."""
+    if cfg.resume:
+        resume = backend.load_checkpoint(r.log_dir, r.entry, world)
+        if resume is None:
+            raise errors.UsageError(f"--resume: no checkpoint in {backend.checkpoint_location(r.log_dir)}; train without "
+                                    "--resume first, or give --log-dir the folder that holds it")
+        return resume
+    location = backend.checkpoint_location(r.log_dir)
+    if world.is_main and location.exists():
+        fate = "left as it is (--no-checkpoint)" if cfg.no_checkpoint else "overwritten at the end"
+        terminal.say(f"Not resuming: {location} exists and is {fate}; this run starts fresh (--resume continues from it)")
+    return None
+
+
 def initial_learning_rate(cfg: TrainConfig, entry: ModelEntry, world_size: int) -> float:
     """--learning-rate, else the model's rule applied to the job's global batch (world size x the
     per-process batch): DDP averages the gradients over every rank's batch, so N ranks of batch B take
@@ -107,11 +126,15 @@ def initial_learning_rate(cfg: TrainConfig, entry: ModelEntry, world_size: int) 
     return cfg.learning_rate or entry.learning_rate(world_size * cfg.measure.batch_size)
 
 
-def header_lines(cfg: TrainConfig, r: Resolved, world: World, lr0: float, backend: Backend) -> list[str]:
+def header_lines(cfg: TrainConfig, r: Resolved, world: World, lr0: float, backend: Backend, resume=None) -> list[str]:
     e = r.entry
+    start = (f"resumed from step {backend.checkpoint_step(resume)} of {backend.checkpoint_location(r.log_dir)}"
+             if resume is not None else "fresh (no checkpoint read)")
+    saved = "no checkpoint written (--no-checkpoint)" if cfg.no_checkpoint else f"checkpoint saved in {r.log_dir}"
     lines = [f"resolved: {backend.describe()}{r.placement.describe()}, image {r.image_size}px, learning rate {lr0:g} "
-             f"(SGD momentum {e.momentum}, weight decay {e.weight_decay}, polynomial decay power {e.lr_decay_power})"
-             f"{f', {backend.compile_name}' if cfg.compile else ''}, log dir {r.log_dir}"]
+             f"(SGD momentum {e.momentum}, weight decay {e.weight_decay}, polynomial decay power {e.lr_decay_power} over "
+             f"this run's steps){f', {backend.compile_name}' if cfg.compile else ''}, log dir {r.log_dir}",
+             f"start: {start}; {saved}"]
     return lines + backend.world_lines(world, r.placement, cfg.measure.batch_size)
 
 
@@ -202,7 +225,7 @@ def finish(cfg: TrainConfig, r: Resolved, world: World, t: Trainer, times: StepT
     completed = ending["status"] == "ok"
     evaluation = evaluate_at_end(cfg, r, t, backend) if cfg.eval_at_end and completed and world.is_main else {}
     saved = unsaved = None
-    if completed and world.is_main:
+    if completed and world.is_main and not cfg.no_checkpoint:
         try:
             saved = backend.save_checkpoint(r.log_dir, r.entry.name, display.global_step, t)
         except errors.CheckpointNotSaved as exc:  # a full disk at the end: the figures are still good

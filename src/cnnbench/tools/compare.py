@@ -3,7 +3,8 @@ accounts for noise.
 
 A configuration is what was run (kind, model, batch size, image size, engine, precision, scenario,
 accelerators, device type, synthetic or real input); where a side ran it more than once, its latest record
-counts. For each configuration in both, the accelerator figure (mean images/s over the steady steps) of
+counts, unless the runs were a sweep's repeated processes (--repeat): then their mean counts, and se is
+the standard error across the processes (per_configuration). For each configuration in both, the accelerator figure (mean images/s over the steady steps) of
 each side with its standard error se (std / sqrt(n), stats.py), the ratio new / base, and a verdict:
 
   faster / slower     |new - base| > noise_factor x sqrt(se_base^2 + se_new^2)  and  |ratio - 1| >= threshold
@@ -126,10 +127,30 @@ class Comparison:
         return [r for r in self.rows if r.verdict == "failed in new" or (r.verdict == "slower" and r.ratio < fail_below)]
 
 
+def per_configuration(records: list[dict]) -> dict[tuple, dict]:
+    """key -> the record that stands for the configuration: its latest, or, where a sweep ran it in several
+    processes (--repeat: records with a `repeat` index), their mean with the standard error across processes
+    (stdev / sqrt(n)) as `images_per_sec_stderr` and their count as `repeats`: the noise between processes,
+    which the noise within one run understates (autocorrelated steps, a process's own memory placement)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(key_of(r), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        across = tables.spread(group, "images_per_sec")
+        if across is None:
+            out[key] = group[-1]
+            continue
+        mean, stdev, n = across
+        system = tables.spread(group, "system_images_per_sec")
+        out[key] = {**group[-1], "status": "ok", "images_per_sec": mean, "images_per_sec_stderr": stdev / math.sqrt(n),
+                    "repeats": n, "system_images_per_sec": system[0] if system else group[-1].get("system_images_per_sec")}
+    return out
+
+
 def compare(cfg: CompareConfig) -> Comparison:
     base, new = load(cfg.base), load(cfg.new)
-    latest_base = {key_of(r): r for r in base}
-    latest_new = {key_of(r): r for r in new}
+    latest_base, latest_new = per_configuration(base), per_configuration(new)
     rows = [judge(latest_base[k], latest_new[k], cfg.threshold, cfg.noise_factor) for k in latest_base if k in latest_new]
     return Comparison(cfg.base, cfg.new, environment_differences(base, new), rows,
                       [k for k in latest_base if k not in latest_new], [k for k in latest_new if k not in latest_base])
@@ -152,13 +173,16 @@ def _figure(record: dict) -> str:
     value, se = record.get("images_per_sec"), record.get("images_per_sec_stderr")
     if record.get("status") != "ok" or value is None:
         return str(record.get("status"))
-    return f"{number(value)} ± {number(se)}" if se is not None else number(value)
+    across = f" ({record['repeats']} processes)" if record.get("repeats") else ""
+    return (f"{number(value)} ± {number(se)}" if se is not None else number(value)) + across
 
 
 def markdown(c: Comparison, cfg: CompareConfig) -> str:
     lines = [f"# cnnbench compare: {c.base_path} -> {c.new_path}", "",
              f"Verdict: a change counts when it exceeds {cfg.noise_factor:g} standard errors of the difference and "
-             f"{cfg.threshold:.1%} of the base (accelerator images/s, mean over steady steps).", "",
+             f"{cfg.threshold:.1%} of the base (accelerator images/s, mean over steady steps). Where a side ran a "
+             "configuration in several processes (a sweep's --repeat), its figure is their mean and its standard error "
+             "the spread across those processes.", "",
              "## Environment differences", ""]
     if c.environment:
         lines += ["| field | base | new |", "| --- | --- | --- |"]
@@ -177,7 +201,7 @@ def markdown(c: Comparison, cfg: CompareConfig) -> str:
 
 
 COLUMNS = (*KEY_FIELDS, "base_images_per_sec", "base_stderr", "new_images_per_sec", "new_stderr", "ratio", "noise",
-           "base_system_images_per_sec", "new_system_images_per_sec", "verdict")
+           "base_system_images_per_sec", "new_system_images_per_sec", "verdict", "base_repeats", "new_repeats")
 
 
 def flat_rows(c: Comparison) -> list[dict]:
@@ -188,7 +212,8 @@ def flat_rows(c: Comparison) -> list[dict]:
                     "base_stderr": r.base.get("images_per_sec_stderr"), "new_images_per_sec": r.new.get("images_per_sec"),
                     "new_stderr": r.new.get("images_per_sec_stderr"), "ratio": r.ratio, "noise": r.noise,
                     "base_system_images_per_sec": r.base.get("system_images_per_sec"),
-                    "new_system_images_per_sec": r.new.get("system_images_per_sec"), "verdict": r.verdict})
+                    "new_system_images_per_sec": r.new.get("system_images_per_sec"), "verdict": r.verdict,
+                    "base_repeats": r.base.get("repeats"), "new_repeats": r.new.get("repeats")})
     for keys, verdict in ((c.only_base, "only in base"), (c.only_new, "only in new")):
         out += [{**dict(zip(KEY_FIELDS, k)), "verdict": verdict} for k in keys]
     return out

@@ -36,16 +36,17 @@ def build(seed: int, entry: ModelEntry, image_size: int, placement: Placement, w
     model = entry.build(image_size).to(placement.device, memory_format=placement.memory_format)
     torch.manual_seed(distributed.rank_seed(seed, world.rank))  # each rank its own random stream
     optimizer = torch.optim.SGD(model.parameters(), lr=lr0, momentum=entry.momentum, weight_decay=entry.weight_decay)
-    # The decay spans the whole training, the part already done before a resume included.
-    decay = polynomial_decay(start_step + planned, entry.lr_decay_power)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.uses_grad_scaler)
-    if resume is not None:
+    if resume is not None:  # weights, momentum buffers and loss scale continue; the schedule starts again below
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scheduler.lr_lambdas[0] = decay  # a lambda is not part of the saved state
         scaler.load_state_dict(resume["scaler"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr0  # the saved rate is the end of the last run's decay: 0 (issue 24)
+            group.pop("initial_lr", None)
+    # The decay spans this run's own steps, from lr0 (a resumed run too): continuing the first run's decay left
+    # a resumed run at a learning rate of 0, which measures no training at all (issue 24).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, polynomial_decay(planned, entry.lr_decay_power))
     model.train()
     return Trainer(model, State(optimizer, scheduler, scaler), source, start_step, planned)
 
