@@ -222,3 +222,75 @@ def test_tables_and_compare_keep_sources_apart():
     assert compare.label(compare.key_of(copied)) == "infer synNet batch 2, spec file"
     rows = [line.split(",")[0] for line in tables.tables_csv([registered, copied]).splitlines()]
     assert "synNet (registry)" in rows and "synNet (spec)" in rows
+
+
+# Issue 22 #4: an engine that cannot take a model. torch.linalg.eigvalsh has no ONNX operator (neither torch.onnx
+# exporter takes it) and no OpenVINO conversion rule: a real refusal, not a simulated one.
+SPECTRAL = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Spectral(nn.Module):  # the head reads the eigenvalues of a channel Gram matrix
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.fc = nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            f = torch.relu(self.conv(x)).flatten(2)
+            return self.fc(torch.linalg.eigvalsh(f @ f.transpose(1, 2) / f.shape[-1]))
+
+    def build(num_classes=10):
+        return Spectral(num_classes)
+""")
+
+
+@pytest.fixture
+def spectral(tmp_path):
+    (tmp_path / "spectral.py").write_text(SPECTRAL)
+    return "spectral.py:build"
+
+
+@pytest.mark.parametrize("engine, step, reason", [
+    ("onnxruntime", "the ONNX export failed", "Exporting the operator 'aten::linalg_eigvalsh' to ONNX opset version 18 "
+                                              "is not supported"),
+    ("openvino", "the OpenVINO conversion failed", "No conversion rule found for operations: aten::linalg_eigvalsh"),
+])
+def test_an_engine_that_cannot_take_the_model_says_so_in_one_line(cli, spectral, engine, step, reason):
+    from cnnbench.core import errors
+
+    code, out, err = cli("infer", spectral, "--engine", engine, "--random-weights", *SMALL)
+    assert code == errors.EXIT_ENGINE_REFUSED == 5
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"cnnbench: error: --engine {engine} cannot take model spectral.py:build: {step} (")
+    assert reason in err and "nothing was measured; --engine eager runs any model PyTorch runs" in err
+
+
+def test_a_failed_int8_quantisation_is_the_engines_refusal(monkeypatch, net):
+    import cnnbench
+    from cnnbench.engines import onnxruntime
+
+    def broken(*args, **kwargs):  # what onnxruntime.quantization raises on a graph it cannot calibrate
+        raise ValueError("no calibration range for tensor /conv/Conv_output_0")
+
+    monkeypatch.setattr(onnxruntime, "quantize_int8", broken)
+    with pytest.raises(cnnbench.EngineRefused) as refused:
+        cnnbench.infer(f"{net}:build", engine="onnxruntime", precision="int8", random_weights=True, calib_batches=1,
+                       batch_size=2, image_size=32, num_batches=2, warmup=1, device="cpu")
+    assert str(refused.value) == (
+        "--engine onnxruntime cannot take model net.py:build: ONNX Runtime's int8 quantisation failed (ValueError: no "
+        "calibration range for tensor /conv/Conv_output_0); nothing was measured; --engine eager runs any model "
+        "PyTorch runs")
+    assert (refused.value.engine, refused.value.model, refused.value.exit_code) == ("onnxruntime", "net.py:build", 5)
+
+
+@pytest.mark.usefixtures("cpu_calibration")  # the suite's calibration, shared
+def test_a_sweep_records_the_refusal_and_goes_on(cli, tmp_path, spectral, net):
+    code, out, err = cli("infer-all", "--models", f"{spectral},{net}:build", "--batch-sizes", "2", "--image-size", "32",
+                         "--num-batches", "2", "--warmup", "1", "--random-weights", "--engines", "onnxruntime",
+                         "--precisions", "fp32", "--device", "cpu")
+    assert code == 0, err
+    records = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")
+    assert [(r["model"], r["status"]) for r in records] == [("spectral.py:build", "failed"), ("net.py:build", "ok")]
+    assert records[0]["reason"].startswith("exit code 5: cnnbench: error: --engine onnxruntime cannot take model "
+                                           "spectral.py:build: the ONNX export failed (UnsupportedOperatorError: ")
