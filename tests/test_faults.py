@@ -955,3 +955,297 @@ def test_a_record_of_a_newer_schema_is_refused_not_read_as_this_version(cli, tmp
                                         f"cnnbench (record schema_version 99; this one reads up to {store.SCHEMA_VERSION}); "
                                         "update cnnbench to read it"]
     assert not (tmp_path / "r.html").exists()
+
+
+# --- issue 23, round three (FAULTS): the original's entry point, data commands, spec names, synth's budget,
+# TensorFlow's checkpoints and start-up lines, the noise before cnnbench's own lines ------------------------
+
+def _nvcnn_module():
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("nvcnn_faults", REPO / "nvcnn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_nvcnn_runs_in_the_venv_when_python3_is_the_venvs_own_interpreter(tmp_path):
+    """`python3 nvcnn.py` where python3 is the very interpreter the venv's bin/python links to: it must re-exec
+    into the venv (sys.prefix differs), not say "cnnbench is not installed". A usage error keeps it short."""
+    from helpers import REPO
+
+    base = Path(os.path.realpath(REPO / ".venv" / "bin" / "python"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    if subprocess.run([str(base), "-c", "import cnnbench"], env=env, capture_output=True).returncode == 0:
+        pytest.skip(f"{base} imports cnnbench by itself: no re-exec to check")
+    done = subprocess.run([str(base), str(REPO / "nvcnn.py"), "--model=resnet50", "--use_trt"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "not installed" not in done.stderr
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "nvcnn.py: error: --use_trt applies to inference; add --eval"], done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--use_trt"], "--use_trt applies to inference; add --eval"),
+    (["--eval", "--trt_precision", "int8"], "--trt_precision needs --use_trt (as in the original)"),
+    (["--num_gpus", "0"], "--num_gpus 0: give 1 or more"),
+    (["--num_gpus", "-3"], "--num_gpus -3: give 1 or more"),
+])
+def test_nvcnn_usage_errors_exit_2_with_one_line(capsys, args, message):
+    nvcnn = _nvcnn_module()
+    with pytest.raises(SystemExit) as stopped:
+        nvcnn.translate(["--model=resnet50", *args], "cpu", [])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"nvcnn.py: error: {message}"]
+
+
+def _image_folder(root: Path) -> Path:
+    from cnnbench.data.codec import encode_png
+
+    folder = root / "train" / "a"
+    folder.mkdir(parents=True)
+    (folder / "0.png").write_bytes(encode_png(torch.full((3, 8, 8), 100, dtype=torch.uint8)))
+    for path in (root, root / "train", folder, folder / "0.png"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def test_data_convert_into_a_read_only_folder_is_one_line_before_any_work(shared_dir):
+    _image_folder(shared_dir / "src")
+    locked = shared_dir / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    done = run_as_nobody("sys.exit(cli.main(['data', 'convert', 'src', 'locked/shards']))\n", cwd=shared_dir,
+                         prelude=CLI_PARSER + "from cnnbench.core import terminal\nfrom cnnbench.data import commands, sample\n")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"cnnbench: error: DST locked/shards: cannot write in {locked} (Permission "
+                                                "denied); give DST a folder you can write to"]
+    assert list(locked.iterdir()) == []
+
+
+def test_data_convert_from_a_missing_folder_says_it_does_not_exist(cli, tmp_path):
+    code, out, err = cli("data", "convert", tmp_path / "nowhere", tmp_path / "shards")
+    line = _one_error_line(code, out, err)
+    assert line == f"cnnbench: error: {tmp_path / 'nowhere'} does not exist; give the folder holding train/ and/or val/"
+    assert not (tmp_path / "shards").exists()
+
+
+def test_data_sample_of_zero_images_per_class_is_refused(cli, tmp_path):
+    code, out, err = cli("data", "sample", tmp_path / "digits", "--max-per-class", "0")
+    line = _one_error_line(code, out, err)
+    assert line == "cnnbench: error: --max-per-class must be at least 1, got 0; leave it out for every image"
+    assert not (tmp_path / "digits").exists()
+
+
+def test_data_bench_warns_of_more_workers_than_cores(warnings_seen):
+    from cnnbench.core.environment import usable_cores
+    from cnnbench.data.commands import parse_workers
+
+    cores = usable_cores()
+    assert parse_workers(f"1,{cores}") == [1, cores] and warnings_seen == []
+    assert parse_workers(f"1,{cores + 498}") == [1, cores + 498]
+    assert len(warnings_seen) == 1 and warnings_seen[0].startswith(
+        f"--workers {cores + 498}: more loader processes than this machine's {cores} usable cores")
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "a/b", "..", ".hidden", "a..b", "back\\slash", ""])
+def test_a_spec_name_that_is_not_a_file_name_is_refused_before_any_folder(cli, tmp_path, monkeypatch, name):
+    work = tmp_path / "w1" / "w2" / "w3"
+    work.mkdir(parents=True)
+    spec = work / "spec.json"
+    spec.write_text(json.dumps({**TINY_SPEC, "name": name}))
+    monkeypatch.chdir(work)
+    code, out, err = cli("train", spec, *TINY16)  # no --log-dir: the default log folder is named by the spec
+    line = _one_error_line(code, out, err)
+    assert line.startswith(f"cnnbench: error: {spec}: 'name' {name!r} is not a file name; use letters, digits")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["w1", "w1/w2", "w1/w2/w3",
+                                                                                 "w1/w2/w3/spec.json"]
+
+
+def test_the_spec_schema_checks_names_as_the_code_does():
+    import re
+    from importlib import resources
+
+    schema = json.loads((resources.files("cnnbench.models") / "specs" / "spec.schema.json").read_text())
+    pattern = schema["properties"]["name"]["pattern"]
+    for good in ["tinyNet", "synNet", "proxy-1.5_b", "Net2"]:
+        assert re.search(pattern, good), good
+    for bad in ["../../../escaped", "a/b", "..", ".hidden", "a..b", "", "a b"]:
+        assert not re.search(pattern, bad), bad
+
+
+def test_a_same_kernel_far_larger_than_its_input_warns_once(cli, tmp_path, monkeypatch):
+    from cnnbench.models import synnet
+
+    monkeypatch.setattr(synnet, "_WARNED", set())
+    spec = tmp_path / "wide.json"
+    spec.write_text(json.dumps({"name": "wide", "input": {"height": 32, "width": 32, "channels": 3},
+                                "groups": [{"name": "g", "layers": [{"type": "conv", "filters": 4, "kernel": [101, 101]}]}],
+                                "head": {"fully_connected": {"outputs": 10}}}))
+    code, out, err = cli("train", spec, "--image-size", "32", "--batch-size", "2", "--num-batches", "1", "--warmup", "0",
+                         "--results-dir", tmp_path / "r", "--log-dir", tmp_path / "ck")
+    assert code == 0, err
+    warned = [line for line in (out + err).splitlines() if "twice the size of its input" in line]
+    assert warned == ["WARNING: wide: g layer 1 (conv): a 101x101 kernel on a 32x32 input is more than twice the size of "
+                      "its input with 'same' padding, so most of each window is zero padding; use a smaller kernel or a "
+                      "larger input"], err
+    # an ordinary small map stays quiet: 3x3 kernels on 2x2 and 1x1 maps, as ResNet-like specs meet at small sizes
+    monkeypatch.setattr(synnet, "_WARNED", set())
+    seen = []
+    monkeypatch.setattr(synnet, "warn", seen.append)
+    synnet.build_from_spec({**TINY_SPEC, "groups": TINY_SPEC["groups"] + [
+        {"name": "g3", "layers": [{"type": "conv", "filters": 8, "kernel": [3, 3]}, {"type": "maxpool"},
+                                  {"type": "conv", "filters": 8, "kernel": [3, 3]}]}]}, 16)
+    assert seen == []
+
+
+def test_synth_refuses_a_layer_count_beyond_its_cap_before_profiling(cli, tiny_spec, tmp_path):
+    from cnnbench.tools import synth
+
+    code, out, err = cli("synth", "--target", tiny_spec, "--layers", "100000", "--out", tmp_path / "x.json")
+    line = _one_error_line(code, out, err)
+    assert line.startswith(f"cnnbench: error: --layers 100000: cnnbench synth makes at most {synth.MAX_LAYERS} convolutions")
+    assert out == "" and not (tmp_path / "x.json").exists()
+
+
+def test_synth_refuses_an_absurd_flop_budget_up_front_with_the_cap(tiny_spec, tmp_path):
+    """--gflops 1e6 (FLOPs typed for GFLOPs) ran for minutes in silence: a real process, which must answer fast."""
+    from helpers import cnnbench_process
+
+    started = time.monotonic()
+    done = cnnbench_process("synth", "--target", tiny_spec, "--image-size", "16", "--gflops", "1e6", "--out",
+                            tmp_path / "x.json", timeout=120)
+    assert time.monotonic() - started < 120
+    line = _one_error_line(done.returncode, done.stdout, done.stderr)
+    assert line.startswith("cnnbench: error: --gflops 1e+06 takes about ") and "cnnbench synth makes at most 1000" in line
+    assert "give --gflops of at most about" in line and not (tmp_path / "x.json").exists()
+
+
+def test_synth_shows_progress_while_fitting_a_long_network(tiny_spec, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from cnnbench.tools import synth
+
+    screen = io.StringIO()
+    monkeypatch.setattr(terminal, "console", Console(file=screen, force_terminal=True, width=120))
+    mix = synth.mix_of(synth.load_targets(str(tiny_spec), 16, 2, "fp32"), 16)
+    spec = synth.generate(mix, seed=0, layers=200, gflops=None, name="long")
+    assert spec["name"] == "long" and "fitting the widths of" in screen.getvalue()
+
+
+def test_synth_validate_with_only_the_baseline_says_there_is_nothing_to_compare(monkeypatch):
+    from cnnbench.tools import synth_validation
+
+    said = []
+    monkeypatch.setattr(terminal, "say", said.append)
+    monkeypatch.setattr(terminal, "summary_table", lambda *args, **kwargs: None)
+    rows = [{"configuration": "eager-fp32", "batch_size": 2, "proxy_ms_per_image": 1.0, "mix_ms_per_image": 2.0,
+             "targets_ms_per_image": {"t": 2.0}, "proxy_speedup": 1.0, "mix_speedup": 1.0,
+             "speedup_error_percent": 0.0, "baseline": True}]
+    synth_validation.show(rows, synth_validation.summary_of(rows, [], "proxy"), "proxy", "eager-fp32")
+    assert said[0].startswith("speed-up error and Spearman rank correlation: nothing to compare"), said
+    assert not any(line.startswith(("speed-up error:", "Spearman rank correlation")) for line in said)  # no MISSED
+
+
+@pytest.fixture(scope="module")
+def tf_checkpoint(tmp_path_factory):
+    """One TensorFlow training run as a real process: its checkpoint, and its stderr (TensorFlow's start-up lines)."""
+    pytest.importorskip("tensorflow")
+    from helpers import cnnbench_process
+
+    work = tmp_path_factory.mktemp("tfck")
+    (work / "tiny.json").write_text(json.dumps(TINY_SPEC))
+    done = cnnbench_process("train", "tiny.json", "--framework", "tensorflow", *TINY16, "--log-dir", "ck",
+                            "--results-dir", "res", cwd=work)
+    assert done.returncode == 0, done.stderr
+    return work, done
+
+
+def test_tensorflow_start_up_lines_are_not_printed(tf_checkpoint):
+    _, done = tf_checkpoint
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
+        assert noise not in done.stderr + done.stdout, done.stderr
+
+
+def _damage(work: Path, how: str) -> Path:
+    ck = work / f"ck_{how}"
+    shutil.rmtree(ck, ignore_errors=True)
+    shutil.copytree(work / "ck", ck)
+    data, = (ck / "tensorflow").glob("step-*.data-*")
+    index, = (ck / "tensorflow").glob("step-*.index")
+    if how == "truncated":
+        os.truncate(data, data.stat().st_size // 2)
+    else:  # a bit flipped in every 4 KiB of the tensors: the bundle's checksums see it
+        raw = bytearray(data.read_bytes())
+        for i in range(0, len(raw), 4096):
+            raw[i] ^= 0x01
+        data.write_bytes(bytes(raw))
+    return ck / "tensorflow" / index.name.removesuffix(".index")
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
+def test_a_damaged_tensorflow_checkpoint_is_one_line_naming_it_on_infer(tf_checkpoint, how):
+    from helpers import cnnbench_process
+
+    work, _ = tf_checkpoint
+    prefix = _damage(work, how.split("-")[0])
+    done = cnnbench_process("infer", "tiny.json", "--framework", "tensorflow", *TINY16, "--log-dir", prefix.parent.parent.name,
+                            "--results-dir", "resi", cwd=work)
+    line = _one_error_line(done.returncode, done.stdout, done.stderr)
+    assert line.startswith(f"cnnbench: error: cannot read the TensorFlow checkpoint {prefix.relative_to(work)} (its .index "
+                           "and .data files): ") and "truncated or damaged" in line
+    assert not (work / "resi" / "runs.jsonl").exists()
+
+
+def test_a_damaged_tensorflow_checkpoint_is_one_line_naming_it_on_resumed_training(tf_checkpoint):
+    from helpers import cnnbench_process
+
+    work, _ = tf_checkpoint
+    prefix = _damage(work, "truncated")
+    done = cnnbench_process("train", "tiny.json", "--framework", "tensorflow", *TINY16, "--log-dir", prefix.parent.parent.name,
+                            "--resume", "--results-dir", "rest", cwd=work)
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"cnnbench: error: cannot read the TensorFlow checkpoint {prefix.relative_to(work)} (its .index and .data files): "
+        "IndexError: Read less bytes than requested; the files are truncated or damaged: train without --resume (afresh, "
+        "overwriting it) or give another --log-dir"]
+
+
+def test_a_pickled_object_as_weights_is_refused_without_torchs_pickle_warning(tmp_path):
+    import pickle
+    import warnings
+
+    path = tmp_path / "objects.pt"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as seen, pytest.raises(errors.UsageError) as refused:
+        warnings.simplefilter("always")
+        checkpoints.load(path, "--weights")
+    assert "cnnbench never unpickles" in str(refused.value)
+    assert [str(w.message) for w in seen] == []
+
+
+def test_profile_measure_prints_no_profiler_usdt_lines(tiny_spec, tmp_path, capfd):
+    from cnnbench.cli import main
+
+    assert main(["profile", str(tiny_spec), "--measure", "--image-size", "16", "--batch-size", "2",
+                 "--out", str(tmp_path / "p.json")]) == 0
+    captured = capfd.readouterr()
+    assert "USDT" not in captured.err + captured.out and "profiler_start" not in captured.err, captured.err
+
+
+@pytest.mark.parametrize("kind", ["truncated jpeg", "bad png header"])
+def test_a_damaged_image_is_named_with_the_decoders_reason_not_its_source_path(kind):
+    from cnnbench.data.codec import decode_rgb, encode_jpeg
+
+    if kind == "truncated jpeg":
+        jpeg = encode_jpeg(torch.full((3, 32, 32), 100, dtype=torch.uint8))
+        image, message = decode_rgb(jpeg[: len(jpeg) // 2], "x/a.jpg")
+        assert message == "cannot decode image x/a.jpg: Image is incomplete or truncated."
+    else:
+        image, message = decode_rgb(b"\x89PNG\r\n\x1a\n" + b"0" * 30, "x/b.png")
+        assert message.startswith("cannot decode image x/b.png: ") and "bad header" in message
+    assert image is None and ".cpp" not in message and "/__w/" not in message
