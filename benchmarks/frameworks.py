@@ -3,7 +3,8 @@
 
     .venv/bin/python benchmarks/frameworks.py                      # the five models, this CPU
     .venv/bin/python benchmarks/frameworks.py --models resnet50 --seconds 4 --image-size 64   # a smoke run
-    flock /tmp/cnnbench-bench.lock .venv/bin/python benchmarks/frameworks.py --models resnet50   # docs/tensorflow.md
+    flock /tmp/cnnbench-bench.lock .venv/bin/python benchmarks/frameworks.py --models resnet50 --kinds infer \
+        --precisions fp32,bf16 --seconds 5                     # the reduced run in docs/tensorflow.md
 
 Each configuration is its own `cnnbench train|infer` process (random weights, synthetic input, the same
 seed), so each framework starts as a user's run does; the figure is cnnbench's own: mean images/s over
@@ -78,6 +79,8 @@ def measure(args, tmp: Path, rec: Recorder) -> list[dict]:
     rows = []
     for model in args.models.split(","):
         for kind, framework, engine, precision in CONFIGS:
+            if kind not in args.kinds.split(",") or precision not in args.precisions.split(","):
+                continue
             load = os.getloadavg()[0]
             done = subprocess.run(command(args, tmp, model, kind, framework, engine, precision), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -155,6 +158,8 @@ def best_per_precision(rec: Recorder, rows: list[dict]) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--kinds", default="train,infer", help="a reduced run: train, infer or both")
+    p.add_argument("--precisions", default="fp32,bf16,int8", help="a reduced run: some of fp32, bf16, int8")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=None, help="default: each model's own (224)")
     p.add_argument("--warmup", type=int, default=2, help="steps before timing (tracing, XLA compilation)")
