@@ -1088,7 +1088,7 @@ def test_a_same_kernel_far_larger_than_its_input_warns_once(cli, tmp_path, monke
                          "--results-dir", tmp_path / "r", "--log-dir", tmp_path / "ck")
     assert code == 0, err
     warned = [line for line in (out + err).splitlines() if "twice the size of its input" in line]
-    assert warned == ["WARNING: wide: g layer 1 (conv): a 101x101 kernel on a 32x32 input is more than twice the size of "
+    assert warned == [f"WARNING: {spec}: g layer 1 (conv): a 101x101 kernel on a 32x32 input is more than twice the size of "
                       "its input with 'same' padding, so most of each window is zero padding; use a smaller kernel or a "
                       "larger input"], err
     # an ordinary small map stays quiet: 3x3 kernels on 2x2 and 1x1 maps, as ResNet-like specs meet at small sizes

@@ -400,8 +400,9 @@ class _Builder:
         more = f" (and {len(self.oversized) - 1} more such layers)" if len(self.oversized) > 1 else ""
         line = (f"{self.oversized[0]}{more} is more than twice the size of its input with 'same' padding, so most "
                 "of each window is zero padding; use a smaller kernel or a larger input")
-        if line not in _WARNED:
-            _WARNED.add(line)
+        key = line.split(": ", 1)[-1]  # the same layer named from another source ("spec", the file's path)
+        if key not in _WARNED:
+            _WARNED.add(key)
             warn(line)
 
     def sequence(self, layers: list[dict], shape: Shape, prefix: str) -> tuple[list[nn.Module], Shape]:
