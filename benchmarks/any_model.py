@@ -15,7 +15,8 @@ its verdict; a configuration that fails or is refused is a row with its one line
 The winner of a model is its fastest configuration whose guard passed. A short steady window (--seconds)
 keeps the 56 runs within an afternoon on 2 cores: figures are indicative (standard errors shown), and the
 1-minute load average before and after each run is saved with it (`uptime` before and after the grid).
---stop-at HH:MM (UTC) bounds the whole grid: configurations not started by then are listed as not run.
+--stop-at HH:MM (UTC) bounds the whole grid: configurations not started by then are listed as not run; --timeout
+bounds one configuration (a torch.compile autotuning a large model on 2 cores can take minutes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,13 +70,20 @@ def run_one(args, tmp: Path, model: str, engine: str, precision: str) -> dict:
     runs = tmp / "results" / "runs.jsonl"
     before = len(runs.read_text().splitlines()) if runs.exists() else 0
     # cwd: the temporary folder, so that no file of the caller's folder shadows a package the run imports.
-    done = subprocess.run(command(args, tmp, model, engine, precision), text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, cwd=tmp)
+    # Its own session, so that a configuration past --timeout is stopped with the compile workers it started.
+    child = subprocess.Popen(command(args, tmp, model, engine, precision), text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+    try:
+        output, _ = child.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        output = f"timed out after {args.timeout:g} s (--timeout): not measured"
     records = [json.loads(line) for line in runs.read_text().splitlines()[before:]] if runs.exists() else []
     row = {"model": model, "engine": engine, "precision": precision, "load_average_before": load,
            "load_average_after": os.getloadavg()[0], "wall_seconds": time.monotonic() - start}
-    if done.returncode != 0 or not records:
-        return {**row, "images_per_sec": None, "error": (done.stdout.strip().splitlines() or ["?"])[-1]}
+    if child.returncode != 0 or not records:
+        return {**row, "images_per_sec": None, "error": (output.strip().splitlines() or ["?"])[-1]}
     return {**row, **{key: records[-1].get(key) for key in KEYS}}
 
 
@@ -172,6 +181,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="steps before timing (compilation, first-touch), excluded")
     p.add_argument("--guard-batches", type=int, default=1)
     p.add_argument("--calib-batches", type=int, default=2, help="int8 calibration batches, the same for both engines")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="stop a configuration (build included) after this long; its row says so")
     p.add_argument("--stop-at", default=None, metavar="HH:MM",
                    help="start no configuration after this UTC time (the rest are listed as not run)")
     add_save_option(p)
