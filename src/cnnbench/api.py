@@ -66,6 +66,7 @@ def infer(model, **options) -> dict:
 
     if not isinstance(model, str) and not any(options.get(k) for k in ("weights", "pretrained", "random_weights")):
         options = {**options, "pretrained": True}  # the instance's own weights (registry.register_instance)
+
     def run(cfg: config.InferConfig) -> dict:
         return loadgen.run(cfg) if cfg.loadgen.enabled else inference.run(cfg, started_at=time.time())
 
