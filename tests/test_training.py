@@ -60,9 +60,48 @@ def test_resume_from_checkpoint_continues_the_step_count(cli, tiny_spec):
     assert (second["start_step"], second["end_step"], second["resumed"]) == (4, 8, True)
 
 
+def _learning_rates(out: str) -> list[float]:
+    """The lr column of the step lines (step epoch img/s loss lr)."""
+    return [float(l.split()[4]) for l in out.splitlines() if len(l.split()) == 5 and l.split()[0].isdigit()]
+
+
+def test_a_rerun_into_the_same_log_dir_starts_fresh_without_resume(cli, tiny_spec):
+    """Issue 24: a second identical run resumed silently, at a learning rate of 0, so it measured another workload."""
+    code, first_out, _ = cli("train", tiny_spec, *TINY16, "--log-dir", "ck")
+    assert code == 0
+    code, out, _ = cli("train", tiny_spec, *TINY16, "--log-dir", "ck")
+    assert code == 0 and "Resuming" not in out
+    assert "Not resuming: ck/checkpoint.pt exists and is overwritten at the end; this run starts fresh (--resume " in out
+    assert "start: fresh (no checkpoint read); checkpoint saved in ck" in out
+    first, second = read_jsonl("results_train/runs.jsonl")
+    assert (second["start_step"], second["end_step"], second["resumed"]) == (0, 4, False)
+    assert _learning_rates(out) == _learning_rates(first_out) and _learning_rates(out)[0] > 0  # the same schedule
+
+
+def test_resume_continues_the_weights_at_a_learning_rate_of_its_own_steps(cli, tiny_spec):
+    code, first_out, _ = cli("train", tiny_spec, *TINY16, "--log-dir", "ck")
+    assert code == 0 and _learning_rates(first_out)[-1] == 0.0  # the first run's schedule ends at 0
+    code, out, _ = cli("train", tiny_spec, *TINY16, "--log-dir", "ck", "--resume")
+    assert code == 0 and "start: resumed from step 4 of ck/checkpoint.pt" in out
+    assert _learning_rates(out)[:2] == _learning_rates(first_out)[:2] and _learning_rates(out)[0] > 0
+    first, second = read_jsonl("results_train/runs.jsonl")
+    assert second["resumed"] and second["initial_loss"] < first["initial_loss"]  # the trained weights continued
+
+
+def test_resume_without_a_checkpoint_is_one_line(cli, tiny_spec):
+    code, _, err = cli("train", tiny_spec, *TINY16, "--log-dir", "nothing_here", "--resume")
+    assert code == 2 and "--resume: no checkpoint in nothing_here/checkpoint.pt" in err
+
+
+def test_no_checkpoint_writes_nothing_to_the_log_dir(cli, tiny_spec, tmp_path):
+    code, out, _ = cli("train", tiny_spec, *TINY16, "--log-dir", "ck", "--no-checkpoint")
+    assert code == 0 and "no checkpoint written (--no-checkpoint)" in out
+    assert not (tmp_path / "ck").exists() and read_jsonl("results_train/runs.jsonl")[-1]["checkpoint"] is None
+
+
 def test_checkpoint_of_another_model_is_refused(cli, tiny_spec):
     assert cli("train", tiny_spec, *TINY16, "--log-dir", "ck")[0] == 0
-    code, _, err = cli("train", "resnet50", *TINY, "--log-dir", "ck")
+    code, _, err = cli("train", "resnet50", *TINY, "--log-dir", "ck", "--resume")  # read only when resuming (issue 24)
     assert code == 2 and "written for model tinyNet, not resnet50" in err
 
 

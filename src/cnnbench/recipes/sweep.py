@@ -546,7 +546,10 @@ def failure_reason(code: int, log_path: Path) -> str:
         name = signal.Signals(-code).name
         hint = " (likely the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
+    # The child's last line, or for a crash (exit 70) the exception's line above the "this is a bug" one.
     lines = [l for l in log_path.read_text().splitlines() if l.strip() and not l.startswith("# ")]
+    if code == errors.EXIT_CRASH and len(lines) > 1:
+        lines = lines[:-1]
     return f"exit code {code}: {lines[-1][:300] if lines else 'no output'}"
 
 
