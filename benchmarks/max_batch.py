@@ -83,6 +83,10 @@ def user_wait(rec: Recorder) -> None:
     if done.returncode:
         rec.say(done.stderr.rstrip())
     rec.say("after: " + load_average())
+    if not records or records[-1].get("kind") != "max_batch":
+        rec.say(f"exit {done.returncode} after {seconds:.1f} s wall-clock: no search record")
+        rec.row(kind="user_wait", exit_code=done.returncode, wall_seconds=seconds)
+        return
     s = records[-1]
     rec.say(f"exit {done.returncode} after {seconds:.1f} s wall-clock: largest batch {s['max_batch_size']} "
             f"({s['images_per_sec_at_max'] or 0:.2f} img/s), {s['probes']} probes {s['probe_batch_sizes']}")
