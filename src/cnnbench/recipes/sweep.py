@@ -266,7 +266,11 @@ def held(results_dir: Path, may_rotate: bool):
     results_dir = Path(results_dir)
     results_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = results_dir.parent / f".{results_dir.name}.sweep.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # POSIX record locks need a writable descriptor
+    except OSError as exc:
+        raise errors.UsageError(f"--results-dir {results_dir}: cannot open the sweep lock {lock} ({exc.strerror}); "
+                                "give --results-dir a folder whose parent you can write to") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX, 1, GUARD)
         try:
