@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import random
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -15,7 +17,8 @@ import torch
 
 from cnnbench.tools import loadgen
 
-from cnnbench.core import store
+from cnnbench.core import memory, store
+from cnnbench.recipes import run_record
 from cnnbench.core.tables import tables_csv
 from cnnbench.tools.batching import DynamicBatcher
 from cnnbench.core.config import InferConfig, LoadGenConfig
@@ -310,3 +313,103 @@ BAD = [
 def test_bad_loadgen_options_say_what_to_change(cli, tiny_spec, args, message):
     code, out, err = cli("infer", tiny_spec, "--random-weights", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+# Issue 23: a signal at any stage of a LoadGen run ends it with exit 143 or 130, no C++ abort, and the record of
+# what completed. Real processes and real signals: LoadGen's C++ threads are what made these go wrong.
+SIGNALLED = {
+    # scenario, options, the line after which the signal is sent, signal
+    "server-sigterm-mid-run": (["--scenario", "server", "--target-qps", "0.05", "--min-queries", "100"],
+                               "run: about", signal.SIGTERM),  # LoadGen asleep until its next query, minutes away
+    "offline-sigterm-mid-run": (["--scenario", "offline", "--min-duration", "600"], "run: about", signal.SIGTERM),
+    "multi-stream-sigterm-mid-run": (["--scenario", "multi-stream", "--min-duration", "600"], "run: about",
+                                     signal.SIGTERM),
+    "server-sigint-mid-run": (["--scenario", "server", "--target-qps", "100", "--latency-bound-ms", "500",
+                               "--min-duration", "600"], "run: about", signal.SIGINT),
+    "offline-sigterm-at-warm-up": (["--scenario", "offline", "--warmup", "1000000"], "sample library", signal.SIGTERM),
+}
+
+
+@needs_loadgen
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SIGNALLED)
+def test_a_signal_ends_a_loadgen_run_with_its_exit_status_and_record(tmp_path, tiny_spec, case):
+    options, after, signum = SIGNALLED[case]
+    argv = [sys.executable, "-m", "cnnbench", "infer", str(tiny_spec), *SHORT, *options]
+    # SIGINT's default disposition in the child, whatever this process inherited (a background job ignores it)
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if after in line:
+                break
+        else:
+            raise AssertionError(f"the run ended before {after!r}: {''.join(seen)}{process.stderr.read()}")
+        time.sleep(1.0)  # into the stage: LoadGen's run has started (the duration line comes just before it)
+        process.send_signal(signum)
+        sent = time.monotonic()
+        out, err = process.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+    out = "".join(seen) + out
+    status = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupted"}[signum]
+    assert process.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[signum], out + err
+    assert "terminate called" not in err and "Traceback" not in out + err and "Segmentation" not in err
+    record = read_jsonl(tmp_path / "results_infer" / "runs.jsonl")[-1]
+    assert record["status"] == status and record["harness"] == "loadgen"
+    assert record["reason"].startswith(run_record.STOPS[signal.Signals(signum).name][1])
+    assert ("during the warm-up" if "warm-up" in case else "during LoadGen's run") in record["reason"]
+    assert record["loadgen_result"] is None and "Result: not judged" in out  # a stopped run is never judged
+    if "mid-run" in case:  # what completed: the samples answered while it ran
+        assert "samples answered in" in record["reason"] and record["images_per_sec"] is not None
+    # Stopped within LoadGen's grace and the record's writing (a busy host's FLOP/s probe included), not the run's
+    # minutes; the Server's LoadGen thread, asleep, is left behind
+    assert took < 60, took
+    if case.startswith("server-sigterm"):
+        assert "exiting without waiting for it" in out
+
+
+@needs_loadgen
+def test_expected_duration_is_said_before_each_run():
+    lg = loadgen.require()
+    settings = loadgen.mlperf_settings(lg, "server")
+    settings.server_target_qps, settings.min_query_count, settings.min_duration_ms = 0.01, 100, 1000
+    assert loadgen.expected_duration_line("server", settings, 0.01, 4) == \
+        "LoadGen Server run: about 10,000.0 s expected (100 queries at 0.01 qps)"
+    settings = loadgen.mlperf_settings(lg, "offline")  # MLPerf's 600 s outlast 24,576 samples at 400 a second
+    assert loadgen.expected_duration_line("offline", settings, 0.01, 4) == \
+        "LoadGen Offline run: about 600.0 s expected (the minimum duration 600 s)"
+    settings = loadgen.mlperf_settings(lg, "single-stream")
+    settings.min_duration_ms = 100
+    assert loadgen.expected_duration_line("single-stream", settings, 0.02, 1) == \
+        "LoadGen SingleStream run: about 2.0 s expected (100 queries of about 20.0 ms)"
+
+
+@needs_loadgen
+def test_a_server_rate_whose_queries_would_not_fit_in_memory_is_refused_before_the_run(cli, tiny_spec):
+    # issue 23: 1e9 qps over MLPerf's 600 s was killed by the kernel at 23.7 GB, LoadGen generating its queries
+    code, out, err = cli("infer", tiny_spec, "--random-weights", "--loadgen", "--scenario", "server", "--target-qps", "1e9")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    highest = loadgen.QUERY_MEMORY_SHARE * memory.available_bytes("cpu") / loadgen.BYTES_PER_QUERY / 600
+    assert "--target-qps 1e+09 over 600 s makes LoadGen generate 6e+11 queries" in err
+    assert f"at most {highest:.4g} qps fit" in err and "--min-duration" in err
+    assert not Path("results_infer").exists() and "engine =" not in out  # refused before any work
+    # a shorter run at the same rate fits where its queries do
+    bound, seconds = loadgen.query_memory_bound(InferConfig(model="m", scenario="server", loadgen=LoadGenConfig(
+        enabled=True, target_qps=1e9, min_duration=1e-3)), loadgen.require())
+    assert seconds == 1e-3 and bound == pytest.approx(highest * 600 / 1e-3)
+
+
+def test_drained_batcher_runs_nothing_it_took_out_and_no_empty_batch():
+    runs = []
+    with DynamicBatcher(runs.append, max_batch=4, max_wait=0.2) as batcher:
+        batcher.submit([1, 2])
+        time.sleep(0.05)  # the worker waits for the batch to fill
+        assert batcher.drain() == [1, 2]
+        time.sleep(0.3)  # past the wait: nothing left, so no batch
+        batcher.submit([3])
+    assert runs == [[3]]

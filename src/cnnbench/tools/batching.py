@@ -9,7 +9,8 @@ that long while every worker was busy goes out at once, with whatever else is wa
 
 One worker forms a batch at a time (the others wait their turn), so two workers never split one
 batch between them. Offline uses the same queue with no wait: every query is there at once, so every
-batch is full but the last.
+batch is full but the last. `drain` takes everything still waiting out of the queue at once (a run
+stopped by a signal answers it without running it).
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ class DynamicBatcher:
             self._pending.extend((now, item) for item in items)
             self._ready.notify_all()
 
+    def drain(self) -> list:
+        """Everything still waiting, taken out of the queue: no worker will run it."""
+        with self._ready:
+            items = [item for _, item in self._pending]
+            self._pending.clear()
+            return items
+
     def close(self) -> None:
         """Run whatever is queued, then stop and join the workers."""
         with self._ready:
@@ -79,19 +87,21 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list | None:
         with self._forming, self._ready:
-            while not self._pending and not self._closed:
-                self._ready.wait()
-            if not self._pending:
-                return None  # closed and drained
-            taken = time.perf_counter()
-            first_arrival = self._pending[0][0]
-            deadline = first_arrival + self.max_wait
-            while len(self._pending) < self.max_batch and not self._closed:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self._ready.wait(left)
-            size = min(self.max_batch, len(self._pending))
-            items = [self._pending.popleft()[1] for _ in range(size)]
-            self.batches.append(BatchTimes(first_arrival, taken, time.perf_counter(), size))
-            return items
+            while True:
+                while not self._pending and not self._closed:
+                    self._ready.wait()
+                if not self._pending:
+                    return None  # closed and drained
+                taken = time.perf_counter()
+                first_arrival = self._pending[0][0]
+                deadline = first_arrival + self.max_wait
+                while 0 < len(self._pending) < self.max_batch and not self._closed:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._ready.wait(left)
+                size = min(self.max_batch, len(self._pending))
+                if size:  # none when `drain` emptied the queue during the wait: wait for the next arrival
+                    items = [self._pending.popleft()[1] for _ in range(size)]
+                    self.batches.append(BatchTimes(first_arrival, taken, time.perf_counter(), size))
+                    return items

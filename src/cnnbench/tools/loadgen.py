@@ -31,6 +31,8 @@ import contextlib
 import datetime as _dt
 import json
 import math
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ import torch
 
 from cnnbench.recipes import run_record
 
-from cnnbench.core import files, telemetry, terminal
+from cnnbench.core import errors, files, memory, telemetry, terminal
 from cnnbench.tools.batching import DynamicBatcher
 from cnnbench.core.config import InferConfig
 from cnnbench.data.normalization import Normalizer
@@ -50,7 +52,7 @@ from cnnbench.core.errors import UsageError
 from cnnbench.data.evaluation import Accuracy, top5_classes
 from cnnbench.recipes.inference import Harness, Resolved
 from cnnbench.recipes.inference import run as run_inference
-from cnnbench.core.timing import measure
+from cnnbench.core.timing import Terminated, measure
 
 INSTALL = ("--loadgen needs MLCommons LoadGen (the mlcommons-loadgen package): pip install 'cnnbench[loadgen]' "
            "(in this repository: .venv/bin/pip install mlcommons-loadgen)")
@@ -71,6 +73,19 @@ PERCENTILES = {"p50": "50.00", "p90": "90.00", "p99": "99.00"}
 # a peak search that found nothing: each lower probe ran fewer queries).
 EARLY_STOPPING_CONFIDENCE = 0.99
 EARLY_STOPPING_FORGIVEN_SHARE = 0.5
+# A signal stops a run (LoadGenTest): the main thread looks for one this often while LoadGen runs, then
+# gives LoadGen this long to end once every query is completed. Offline's and the streams' runs end
+# within it (a tiny model's stream at MLPerf's 600 s: about a second of unanswered queries); a Server
+# run asleep until its next scheduled query is left behind, and the process exits without it.
+SIGNAL_POLL_SECONDS = 0.1
+STOP_GRACE_SECONDS = 3.0
+# LoadGen generates every query of a run before it starts (loadgen.cc GenerateQueries; a Server run's
+# are target_qps x min_duration). Measured by benchmarks/loadgen_scenarios.py --query-memory: 317 bytes
+# of peak resident memory per one-sample Server query (2e5..4e6 queries); counted here as 400 for the
+# latency and response records each also gets. A run whose queries would take more than half the host's
+# memory (the rest for the model, the engine, the sample library and everything else) is refused.
+BYTES_PER_QUERY = 400
+QUERY_MEMORY_SHARE = 0.5
 
 
 def require():
@@ -83,7 +98,17 @@ def require():
 
 
 def run(cfg: InferConfig) -> dict:
-    return run_inference(cfg, harness=LoadGenHarness())
+    """inference.run with LoadGen measuring. A stopped Server run whose LoadGen thread is still asleep
+    (LoadGenTest) cannot be joined, and the interpreter's exit would end it mid-C++ (std::terminate, issue
+    23): once the record is saved, this process exits at once with the stop's status (143 or 130)."""
+    harness = LoadGenHarness()
+    record = run_inference(cfg, harness=harness)
+    if harness.abandoned is not None and harness.abandoned.is_alive():
+        terminal.say("LoadGen's run is asleep until its next scheduled query: exiting without waiting for it")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(errors.EXIT_TERMINATED if record["status"] == "terminated" else errors.EXIT_INTERRUPTED)
+    return record
 
 
 class SampleLibrary:
@@ -142,24 +167,40 @@ def open_library(cfg: InferConfig, r: Resolved, source, mlperf_samples: int) -> 
 
 
 class SystemUnderTest:
-    """Answers LoadGen's queries with the engine. `issue` and `flush` are LoadGen's IssueQuery and FlushQueries."""
+    """Answers LoadGen's queries with the engine. `issue` and `flush` are LoadGen's IssueQuery and FlushQueries.
+    After `stop` (a signal) every waiting and every later query is completed at once, unanswered, so that
+    LoadGen's run ends instead of waiting for answers that will not come."""
 
     def __init__(self, lg, engine: Callable[[torch.Tensor], torch.Tensor], library: SampleLibrary, batch: int,
                  accuracy: bool):
         self.lg, self.engine, self.library, self.batch, self.accuracy = lg, engine, library, batch, accuracy
         self.batcher: DynamicBatcher | None = None  # offline and server: set for each run
         self.failure: BaseException | None = None
-        self.answered = 0
+        self.answered = 0  # samples the engine answered, every run of this SUT
+        self.stopping = False
         self._count = threading.Lock()
 
     def issue(self, samples: list) -> None:
-        if self.batcher is not None:
+        if self.stopping:
+            self.complete_unanswered(samples)
+        elif self.batcher is not None:
             self.batcher.submit(samples)
         else:  # single- and multi-stream: the query is the batch, and the next one waits for it
             self.answer(samples)
 
     def flush(self) -> None:
         pass  # nothing is held back: a batch leaves when full or when its wait is over
+
+    def stop(self) -> None:
+        """From now on complete every query at once without running it, those waiting in the queue first
+        (a batch the engine is running finishes and is answered)."""
+        self.stopping = True
+        if self.batcher is not None:
+            self.complete_unanswered(self.batcher.drain())
+
+    def complete_unanswered(self, samples: list) -> None:
+        if samples:
+            self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(s.id, 0, 0) for s in samples])
 
     def answer(self, samples: list) -> None:
         """Run one batch and complete its samples. A failure still completes them (LoadGen would wait for
@@ -192,16 +233,43 @@ def warm_up(cfg: InferConfig, r: Resolved, engine, library: SampleLibrary) -> fl
     """--warmup batches (MLPerf allows warming the SUT up before the run), then --min-steady-steps timed
     ones; returns the fastest one's seconds, from which LoadGen sizes its run. The fastest, not the
     median: an estimate too slow makes Offline's one query too small to last the minimum duration
-    (INVALID), one too fast only makes the run longer."""
+    (INVALID), one too fast only makes the run longer.
+
+    On a thread of its own, as the SUT's answers run (LoadGen's and the batcher's threads), not on the
+    main one: on a busy 2-core host a tiny model's warm-up batch took 140-200 ms on the main thread while
+    its run answered in 0.3-0.6 ms on LoadGen's, and the streams ran out of queries (INVALID). The main
+    thread waits for it in short steps, so that a signal stops it after its current batch."""
     first = list(range(min(r.batch, library.total)))
     library.load(first)
     images = library.batch(first, r.batch)
-    times = measure(lambda: engine(images), lambda: r.backend.synchronize(r.placement), warmup=cfg.measure.warmup,
-                    max_steps=cfg.measure.min_steady_steps)
+    stop = threading.Event()
+    outcome: dict = {}
+
+    def step():
+        if stop.is_set():
+            raise KeyboardInterrupt  # measure() keeps what completed
+        return engine(images)
+
+    def work():
+        try:
+            outcome["times"] = measure(step, lambda: r.backend.synchronize(r.placement), warmup=cfg.measure.warmup,
+                                       max_steps=cfg.measure.min_steady_steps)
+        except BaseException as exc:  # raised on the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="cnnbench-warm-up", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(SIGNAL_POLL_SECONDS)
+    except KeyboardInterrupt:  # the harness records what completed
+        stop.set()
+        _through_signals(thread.join)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
     library.unload(first)
-    if times.interrupted:
-        raise KeyboardInterrupt
-    return min(times.steady_seconds)
+    return min(outcome["times"].steady_seconds)
 
 
 def early_stopping_queries(percentile: float, over_share: float, confidence: float = EARLY_STOPPING_CONFIDENCE) -> int:
@@ -270,6 +338,8 @@ class Runner:
                  device: torch.device):
         self.lg, self.cfg, self.sut, self.batch_seconds, self.log_root = lg, cfg, sut, batch_seconds, log_root
         self.device = device
+        self.completed: list[dict] = []  # each finished run's fields, in order
+        self.abandoned: threading.Thread | None = None  # a stopped run's LoadGen thread that did not end
 
     def settings(self, target_qps: float | None):
         cfg, lg, batch = self.cfg, self.lg, self.sut.batch
@@ -309,13 +379,25 @@ class Runner:
         return DynamicBatcher(self.sut.answer, self.sut.batch, wait_ms / 1000, cfg.loadgen.workers, worker_setup=setup)
 
     def run(self, target_qps: float | None = None, name: str | None = None) -> dict:
+        """One LoadGen test and its figures. A signal during it stops the SUT, waits for LoadGen to end (or
+        leaves its thread behind: `abandoned`), and is re-raised; the completed runs are in `completed`."""
         settings, reasons = self.settings(target_qps)
         log_dir = self.log_root / name if name else self.log_root
         log_dir.mkdir(parents=True, exist_ok=True)
+        terminal.say(expected_duration_line(self.cfg.scenario, settings, self.batch_seconds, self.sut.batch))
         batcher = self.batcher()
         self.sut.batcher = batcher
-        with batcher or contextlib.nullcontext():
-            start_test(self.lg, settings, self.sut, log_dir)
+        test = LoadGenTest(self.lg, settings, self.sut, log_dir)
+        try:
+            test.run()
+        except KeyboardInterrupt:
+            if batcher is not None:
+                _through_signals(batcher.close)
+            if not test.ended:
+                self.abandoned = test.thread
+            raise
+        if batcher is not None:
+            batcher.close()
         if self.sut.failure is not None:
             raise self.sut.failure
         fields = loadgen_fields(self.cfg.scenario, read_detail(log_dir / DETAIL_LOG), self.sut.batch)
@@ -325,7 +407,80 @@ class Runner:
                       mlperf_noncompliance="; ".join(reasons) if reasons else None,
                       loadgen_latency_bound_ms=self.cfg.loadgen.latency_bound_ms if target_qps else None,
                       **batch_fields(batcher))
+        self.completed.append(fields)
         return fields
+
+
+def expected_duration_line(scenario: str, settings, batch_seconds: float, batch: int) -> str:
+    """How long LoadGen's run will take, said before it starts (issue 23: a Server run at 0.01 qps ran for
+    minutes in silence): the minimum duration, or longer where the minimum query count takes longer at the
+    target rate (server), the warm-up's throughput (offline) or its latency per query (the streams)."""
+    minimum = settings.min_duration_ms / 1000
+    queries = settings.min_query_count
+    if scenario == "server":
+        rate, what = settings.server_target_qps, f"{queries} queries at {settings.server_target_qps:g} qps"
+    elif scenario == "offline":
+        rate, what = batch / batch_seconds, f"{queries} samples at about {batch / batch_seconds:.1f} samples/s"
+    else:
+        rate, what = 1 / batch_seconds, f"{queries} queries of about {batch_seconds * 1000:.1f} ms"
+    seconds = max(minimum, queries / rate)
+    why = f"the minimum duration {minimum:g} s" if seconds == minimum else what
+    return f"LoadGen {LOADGEN_SCENARIOS[scenario]} run: about {seconds:,.1f} s expected ({why})"
+
+
+class LoadGenTest:
+    """One LoadGen test on a thread of its own, while the main thread waits for it in short steps.
+
+    LoadGen's StartTest blocks in C++ with Python's lock released (loadgen/bindings/python_api.cc:
+    gil_scoped_release). On the main thread, Python's signal handlers (Ctrl-C; the CLI's SIGTERM handler)
+    could not run until it returned, or ran inside a LoadGen callback there and raised through C++
+    frames: a segmentation fault or std::terminate, and no record (issue 23). Here every LoadGen callback
+    runs on LoadGen's threads or this one, never on the main thread, where the signal's exception is
+    raised. On a signal the SUT completes every outstanding and later query at once, unanswered, and
+    LoadGen ends its run: Offline's single query is then complete, the streams run out of pre-generated
+    queries. A Server run sleeps until each query's scheduled time (issue_query_controller.cc:
+    sleep_until), minutes at a low rate; after STOP_GRACE_SECONDS it is left behind (`ended` False)."""
+
+    def __init__(self, lg, settings, sut: SystemUnderTest, log_dir: Path):
+        self.lg, self.settings, self.sut, self.log_dir = lg, settings, sut, log_dir
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._test, name="cnnbench-loadgen", daemon=True)
+
+    @property
+    def ended(self) -> bool:
+        return self.done.is_set()
+
+    def _test(self) -> None:
+        try:
+            start_test(self.lg, self.settings, self.sut, self.log_dir)
+        except BaseException as exc:  # raised on the main thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def run(self) -> None:
+        self.thread.start()
+        try:
+            while not self.done.wait(SIGNAL_POLL_SECONDS):
+                pass
+        except KeyboardInterrupt:
+            self.sut.stop()
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            _through_signals(lambda: self.done.wait(max(0.0, deadline - time.monotonic())))
+            raise
+        if self.error is not None:
+            raise self.error
+
+
+def _through_signals(wait: Callable[[], object]) -> None:
+    """`wait()` to its end, though a second signal arrive while the first is acted on."""
+    while True:
+        try:
+            wait()
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def start_test(lg, settings, sut: SystemUnderTest, log_dir: Path) -> None:
@@ -436,25 +591,34 @@ def find_peak(probe: Callable[[float], bool], start: float, max_probes: int,
 
 def peak_search(runner: Runner, start: float, max_probes: int) -> dict:
     """--find-peak-qps: Server runs by `find_peak`, each printed; the record is the highest VALID run's,
-    with the peak and every probe."""
-    runs: dict[float, dict] = {}
+    with the peak and every probe. A rate whose queries would not fit in memory fails without a run."""
+    bound = query_memory_bound(runner.cfg, runner.lg)
 
     def probe(qps: float) -> bool:
-        fields = runner.run(qps, f"probe-{len(runs) + 1:02d}-{qps:.1f}qps")
-        runs[qps] = fields
+        if bound is not None and qps > bound[0]:
+            terminal.say(f"probe at {qps:.1f} qps: not run, its queries would not fit in memory (at most {bound[0]:.4g} qps)")
+            return False
+        fields = runner.run(qps, f"probe-{len(runner.completed) + 1:02d}-{qps:.1f}qps")
         p99 = fields["latency_ms_p99"]
-        terminal.say(f"probe {len(runs)}: {qps:.1f} qps -> {fields['loadgen_result']} (p99 "
+        terminal.say(f"probe {len(runner.completed)}: {qps:.1f} qps -> {fields['loadgen_result']} (p99 "
                       f"{'-' if p99 is None else f'{p99:.2f}'} ms, completed {fields['loadgen_samples_per_sec'] or 0:.1f} "
                       f"samples/s){'' if fields['loadgen_result'] == 'VALID' else ': ' + (fields['loadgen_reasons'] or '')}")
         return fields["loadgen_result"] == "VALID"
 
     peak, probes = find_peak(probe, start, max_probes)
-    best = runs[peak] if peak is not None else runs[probes[-1][0]]
     terminal.say(f"Peak valid Server QPS: {peak:.1f} ({len(probes)} LoadGen runs)" if peak is not None else
                   f"No VALID Server run in {len(probes)} LoadGen runs, the lowest at {min(q for q, _ in probes):.1f} qps")
-    return {**best, "loadgen_peak_qps": peak,
-            "loadgen_probes": [{"qps": q, "result": runs[q]["loadgen_result"], "p99_ms": runs[q]["latency_ms_p99"]}
-                               for q, _ in probes]}
+    return peak_fields(runner.completed)
+
+
+def peak_fields(completed: list[dict]) -> dict:
+    """A peak search's record from its completed runs: the highest VALID run's fields (else the last run's),
+    the peak and every run, in order."""
+    valid = [f for f in completed if f["loadgen_result"] == "VALID"]
+    best = max(valid, key=lambda f: f["loadgen_target_qps"]) if valid else completed[-1]
+    return {**best, "loadgen_peak_qps": best["loadgen_target_qps"] if valid else None,
+            "loadgen_probes": [{"qps": f["loadgen_target_qps"], "result": f["loadgen_result"], "p99_ms": f["latency_ms_p99"]}
+                               for f in completed]}
 
 
 def log_accuracy(log_dir: Path, library: SampleLibrary) -> tuple[float | None, float | None, int]:
@@ -485,30 +649,87 @@ def plain_accuracy(engine, library: SampleLibrary, batch: int) -> tuple[float | 
     return accuracy.result()
 
 
+def query_memory_bound(cfg: InferConfig, lg) -> tuple[float, float] | None:
+    """A Server run's queries, all generated before it starts, against QUERY_MEMORY_SHARE of the host's
+    memory: (the highest --target-qps that fits, the run's seconds), or None where the host's memory is unknown."""
+    total = memory.available_bytes("cpu")
+    if total is None:
+        return None
+    settings = mlperf_settings(lg, "server")
+    seconds = cfg.loadgen.min_duration if cfg.loadgen.min_duration is not None else settings.min_duration_ms / 1000
+    return QUERY_MEMORY_SHARE * total / BYTES_PER_QUERY / seconds, seconds
+
+
+def check_query_memory(cfg: InferConfig, lg) -> None:
+    """--target-qps whose query set would not fit in memory: one line with the bound, before any work
+    (issue 23: 1e9 qps was killed by the kernel at 23.7 GB)."""
+    bound = query_memory_bound(cfg, lg)
+    if cfg.scenario != "server" or cfg.loadgen.target_qps is None or bound is None:
+        return
+    highest, seconds = bound
+    if cfg.loadgen.target_qps > highest:
+        raise UsageError(f"--target-qps {cfg.loadgen.target_qps:g} over {seconds:g} s makes LoadGen generate "
+                         f"{cfg.loadgen.target_qps * seconds:.3g} queries before it starts, about "
+                         f"{cfg.loadgen.target_qps * seconds * BYTES_PER_QUERY / 2**30:,.0f} GiB; at most "
+                         f"{highest:.4g} qps fit in half of this host's {memory.available_bytes('cpu') / 2**30:.1f} GiB "
+                         f"(or shorten the run with --min-duration)")
+
+
 class LoadGenHarness(Harness):
-    """inference.run's measuring stage when --loadgen is given."""
+    """inference.run's measuring stage when --loadgen is given. A signal at any point of it (the warm-up,
+    LoadGen's run, the results) ends it with the record of what completed, status interrupted or
+    terminated; `abandoned` is a stopped Server run's LoadGen thread that is still asleep (see `run`)."""
+
+    def __init__(self):
+        self.sut: SystemUnderTest | None = None
+        self.runner: Runner | None = None
+        self.stage = "before the warm-up"
+        self.run_started: float | None = None
+
+    @property
+    def abandoned(self) -> threading.Thread | None:
+        return self.runner.abandoned if self.runner is not None else None
 
     def preflight(self, cfg: InferConfig, r: Resolved) -> None:
         self.lg = require()
         files.ensure_writable(r.log_dir, "--log-dir")
+        check_query_memory(cfg, self.lg)
 
     def measure(self, cfg: InferConfig, r: Resolved, engine, source, started_at: float) -> dict:
+        sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
+        try:
+            fields = self.measured(cfg, r, engine, source, sampler)
+        except KeyboardInterrupt as exc:
+            fields = self.stopped(cfg, r, exc)
+        answered = self.sut.answered if self.sut is not None else 0
+        # the sampler runs over LoadGen's runs only, started after the warm-up
+        fields.update(sampler.fields(answered) if self.run_started is not None else
+                      telemetry.empty_fields("off", "stopped before LoadGen's run"))
+        images = r.batch * (cfg.measure.warmup + cfg.measure.min_steady_steps) + answered
+        wall = time.time() - started_at
+        fields.update(harness="loadgen", loadgen_scenario=LOADGEN_SCENARIOS[cfg.scenario], loadgen_mode=cfg.loadgen.mode,
+                      system_images_per_sec=images / wall, images_processed=images, wall_seconds=wall,
+                      warmup_steps=cfg.measure.warmup)
+        return fields
+
+    def measured(self, cfg: InferConfig, r: Resolved, engine, source, sampler) -> dict:
         lg = self.lg
         library = open_library(cfg, r, source, mlperf_settings(lg, cfg.scenario).performance_sample_count_override)
         terminal.say(f"LoadGen sample library: {library.total} images, {library.performance_count} loaded per run")
         engine = backend_engine(r, engine)
+        self.stage = "during the warm-up, before LoadGen's run"
         batch_seconds = warm_up(cfg, r, engine, library)
         accuracy = cfg.loadgen.mode == "accuracy"
-        sut = SystemUnderTest(lg, engine, library, r.batch, accuracy)
+        self.sut = sut = SystemUnderTest(lg, engine, library, r.batch, accuracy)
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        runner = Runner(lg, cfg, sut, batch_seconds, r.log_dir / "loadgen" / f"{cfg.scenario}-{cfg.loadgen.mode}-{stamp}",
-                        r.placement.device)
+        self.runner = runner = Runner(lg, cfg, sut, batch_seconds,
+                                      r.log_dir / "loadgen" / f"{cfg.scenario}-{cfg.loadgen.mode}-{stamp}", r.placement.device)
         terminal.say(f"LoadGen {LOADGEN_SCENARIOS[cfg.scenario]} ({cfg.loadgen.mode}); warm-up: "
                       f"{batch_seconds * 1000:.2f} ms per batch of {r.batch}")
         if cfg.scenario == "server" and (cfg.loadgen.min_queries or math.inf) < (floor := runner.server_queries()):
             terminal.warn(f"--min-queries {cfg.loadgen.min_queries} is under the {floor} queries with which LoadGen's "
                            f"early stopping forgives a few over the latency bound: a run can be INVALID for its length")
-        sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
+        self.stage, self.run_started = "during LoadGen's run", time.perf_counter()
         with sampler:
             sampler.mark_steady()  # the window is LoadGen's runs, after the warm-up
             if cfg.loadgen.find_peak_qps:
@@ -516,17 +737,36 @@ class LoadGenHarness(Harness):
                 fields = peak_search(runner, 0.5 * r.batch / batch_seconds, cfg.loadgen.peak_probes)
             else:
                 fields = runner.run(cfg.loadgen.target_qps)
-        fields.update(sampler.fields(sut.answered))
-        images = r.batch * (cfg.measure.warmup + cfg.measure.min_steady_steps) + sut.answered
-        wall = time.time() - started_at
-        fields.update(harness="loadgen", loadgen_scenario=LOADGEN_SCENARIOS[cfg.scenario], loadgen_mode=cfg.loadgen.mode,
-                      system_images_per_sec=images / wall, images_processed=images, wall_seconds=wall,
-                      warmup_steps=cfg.measure.warmup, status="ok", reason=None)
+        self.stage = "after LoadGen's run, while reading its results"
+        fields.update(status="ok", reason=None)
         if accuracy:
             top1, top5, evaluated = log_accuracy(Path(fields["loadgen_log_dir"]), library)
             plain1, plain5, _ = plain_accuracy(engine, library, r.batch)
             fields.update(top1=top1, top5=top5, images_evaluated=evaluated, plain_top1=plain1, plain_top5=plain5,
                           accuracy_matches_plain=(top1, top5) == (plain1, plain5))
+        return fields
+
+    def stopped(self, cfg: InferConfig, r: Resolved, exc: KeyboardInterrupt) -> dict:
+        """The record's fields of a run stopped by a signal: the completed LoadGen runs' (a peak search's best
+        VALID probe and its probes), else the samples the engine answered over the seconds LoadGen ran, never
+        judged; the reason says at which stage it stopped and what completed."""
+        status, reason = run_record.STOPS["SIGTERM" if isinstance(exc, Terminated) else "SIGINT"]
+        completed = self.runner.completed if self.runner is not None else []
+        fields = loadgen_fields(cfg.scenario, {"errors": []}, r.batch)
+        fields.update(loadgen_target_qps=cfg.loadgen.target_qps, loadgen_log_dir=None)
+        answered = self.sut.answered if self.sut is not None else 0
+        seconds = time.perf_counter() - self.run_started if self.run_started is not None else 0.0
+        if cfg.loadgen.find_peak_qps and completed:
+            fields.update(peak_fields(completed))
+        elif completed:
+            fields.update(completed[-1])
+        elif seconds > 0:
+            fields.update(images_per_sec=answered / seconds, loadgen_log_dir=str(self.runner.log_root))
+        runs = f"{len(completed)} LoadGen run{'s' if len(completed) > 1 else ''}" if completed else "no LoadGen run"
+        what = (f"{runs} completed, {answered} samples answered in {seconds:.1f} s" if self.run_started is not None
+                else "no LoadGen run started")
+        terminal.say(f"LoadGen stopped {self.stage}: {what}")
+        fields.update(status=status, reason=f"{reason}, {self.stage}: {what}")
         return fields
 
     def report(self, cfg: InferConfig, record: dict) -> None:
@@ -546,13 +786,16 @@ def report_lines(cfg: InferConfig, record: dict) -> list[str]:
                          f"{ms('loadgen_early_stopping_latency_ms')})",
         "multi-stream": f"99th-percentile per-query latency {ms('loadgen_query_latency_ms_p99')} "
                         f"({record['batch_size']} images a query)",
-        "server": f"target {record['loadgen_target_qps'] or 0:.1f} qps, completed {record['loadgen_samples_per_sec'] or 0:.1f} "
+        "server": f"target {record['loadgen_target_qps'] or 0:g} qps, completed {record['loadgen_samples_per_sec'] or 0:.1f} "
                   f"samples/s, 99th-percentile latency {ms('latency_ms_p99')} (bound {cfg.loadgen.latency_bound_ms:g} ms)",
     }[cfg.scenario]
     lines = [f"LoadGen {record['loadgen_scenario']}: {headline}",
              f"Latency: p50 {ms('latency_ms_p50')}  p90 {ms('latency_ms_p90')}  p99 {ms('latency_ms_p99')}  "
              f"max {ms('latency_ms_max')}",
-             f"Result: {record['loadgen_result']}" + (f" ({record['loadgen_reasons']})" if record["loadgen_reasons"] else "")]
+             f"Result: {record['loadgen_result']}" + (f" ({record['loadgen_reasons']})" if record["loadgen_reasons"] else "")
+             if record["loadgen_result"] else f"Result: not judged ({record['reason']})"]
+    if record["status"] != "ok" and record["loadgen_result"]:
+        lines.append(f"Stopped: {record['reason']}")
     if record.get("mlperf_compliant") is not None:
         lines.append("MLPerf-compliant settings: " + ("yes" if record["mlperf_compliant"] else
                                                      f"no, {record['mlperf_noncompliance']}"))
@@ -563,5 +806,6 @@ def report_lines(cfg: InferConfig, record: dict) -> list[str]:
         lines.append(f"Accuracy (LoadGen's accuracy log): top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%  over "
                      f"{record['images_evaluated']} images; plain inference on them: top-1 {record['plain_top1']:.2f}%  "
                      f"top-5 {record['plain_top5']:.2f}% ({agree})")
-    lines.append(f"LoadGen logs: {record['loadgen_log_dir']}")
+    if record.get("loadgen_log_dir"):
+        lines.append(f"LoadGen logs: {record['loadgen_log_dir']}")
     return lines
