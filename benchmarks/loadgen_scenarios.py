@@ -10,7 +10,11 @@ images: speed only):
      samples/s at the same batch: target, within 5% of each other;
   2. LoadGen SingleStream: the 90th-percentile latency of one image at a time;
   3. --find-peak-qps: the highest Server QPS LoadGen judges VALID under --latency-bound-ms, dynamic batches
-     of at most --server-max-batch, as a fraction of LoadGen's Offline samples/s.
+     of at most --server-max-batch, as a fraction of LoadGen's Offline samples/s;
+  4. --server-grid B:W:N,...: one Server run per setting (batches of at most B, W ms wait, N workers) at
+     --server-share of LoadGen's Offline samples/s (issue 26: 80%), VALID or not, and its p99;
+  5. --query-memory: LoadGen's peak resident bytes per pre-generated Server query (tools/loadgen.py's
+     BYTES_PER_QUERY, the bound on --target-qps), a memory figure, in a child process per size.
 Every LoadGen run is shortened (--seconds, --probe-seconds, not MLPerf's 600 s; Offline's minimum query
 count lifted so the duration decides), so none is MLPerf-compliant and the record of each says so.
 Output saved under benchmarks/results/ (record.py).
@@ -55,14 +59,20 @@ def run_child(cfg: InferConfig) -> dict:
 
 
 def runs(args, tmp: str) -> dict[str, dict]:
-    """The four measurements, each a cnnbench record."""
+    """The measurements, each a cnnbench record."""
     shortened = dict(enabled=True, min_duration=args.seconds)
     measured = {
         "builtin offline": run_child(config(args, tmp, "offline", args.batch_size)),
         # min_queries 1: MLPerf's 24,576 Offline samples would take minutes on a CPU; the duration decides.
         "loadgen offline": run_child(config(args, tmp, "offline", args.batch_size, **shortened, min_queries=1)),
-        "loadgen single-stream": run_child(config(args, tmp, "single-stream", args.batch_size, **shortened)),
     }
+    if not args.skip_single_stream:
+        measured["loadgen single-stream"] = run_child(config(args, tmp, "single-stream", args.batch_size, **shortened))
+    qps = args.server_share * measured["loadgen offline"]["loadgen_samples_per_sec"]
+    for batch, wait, workers in args.server_grid:
+        measured[f"server b{batch} w{wait:g}ms x{workers}"] = run_child(config(
+            args, tmp, "server", args.batch_size, enabled=True, min_duration=args.probe_seconds, target_qps=round(qps, 1),
+            latency_bound_ms=args.latency_bound_ms, max_batch=batch, max_wait_ms=wait, workers=workers))
     if not args.skip_server:
         measured["loadgen server peak"] = run_child(config(
             args, tmp, "server", args.batch_size, enabled=True, min_duration=args.probe_seconds, find_peak_qps=True,
@@ -93,9 +103,22 @@ def verdicts(rec: Recorder, args, records: dict[str, dict]) -> None:
             f"(target within {AGREEMENT:.0%}): {'PASS' if abs(gap) <= AGREEMENT else 'FAIL'}")
     rec.row(kind="verdict", target=f"LoadGen Offline within {AGREEMENT:.0%} of cnnbench infer", value=gap,
             passed=abs(gap) <= AGREEMENT)
-    single = records["loadgen single-stream"]
-    rec.say(f"SingleStream: 90th-percentile latency {single['latency_ms_p90']:.2f} ms ({single['loadgen_result']})")
-    rec.row(kind="summary", single_stream_p90_ms=single["latency_ms_p90"], single_stream_result=single["loadgen_result"])
+    if "loadgen single-stream" in records:
+        single = records["loadgen single-stream"]
+        rec.say(f"SingleStream: 90th-percentile latency {single['latency_ms_p90']:.2f} ms ({single['loadgen_result']})")
+        rec.row(kind="summary", single_stream_p90_ms=single["latency_ms_p90"], single_stream_result=single["loadgen_result"])
+    grid = {name: r for name, r in records.items() if name.startswith("server b")}
+    for name, r in grid.items():
+        share = r["loadgen_samples_per_sec"] / offline if r["loadgen_samples_per_sec"] else 0.0
+        rec.say(f"{name} at {r['loadgen_target_qps']:g} qps ({args.server_share:.0%} of LoadGen Offline): "
+                f"{r['loadgen_result']}, p99 {r['latency_ms_p99'] or 0:.1f} ms, completed {share:.0%} of Offline"
+                + (f" ({r['loadgen_reasons']})" if r["loadgen_reasons"] else ""))
+        rec.row(kind="grid", setting=name, target_qps=r["loadgen_target_qps"], result=r["loadgen_result"],
+                p99_ms=r["latency_ms_p99"], completed_share_of_offline=share)
+    if grid:
+        valid = [name for name, r in grid.items() if r["loadgen_result"] == "VALID"]
+        rec.say(f"Server at {args.server_share:.0%} of Offline under a {args.latency_bound_ms:g} ms p99 bound: "
+                + (f"VALID with {', '.join(valid)}: PASS" if valid else "no setting VALID: FAIL"))
     if "loadgen server peak" not in records:
         rec.say("Server: not measured (--skip-server)")
         return
@@ -107,6 +130,50 @@ def verdicts(rec: Recorder, args, records: dict[str, dict]) -> None:
             f"of {args.probe_seconds:g} s): {share}")
     rec.row(kind="summary", server_peak_qps=peak, server_peak_share_of_offline=peak / offline if peak else None,
             latency_bound_ms=args.latency_bound_ms, probes=server["loadgen_probes"])
+
+
+def query_memory(rec: Recorder) -> None:
+    """LoadGen's peak resident memory per pre-generated one-sample Server query: a run whose queries are all
+    generated, then ended after its first (max_query_count 1), in a child process per size."""
+    rows = []
+    for queries in (200_000, 1_000_000, 4_000_000):
+        out = subprocess.run([sys.executable, "-c", QUERY_MEMORY_CHILD, str(queries)], check=True, capture_output=True,
+                             text=True).stdout.split()
+        rows.append((queries, int(out[-1])))
+        rec.say(f"query memory: {queries:,} Server queries: {int(out[-1]) / 2**20:,.1f} MiB peak resident above the "
+                f"start, {int(out[-1]) / queries:.0f} bytes a query")
+        rec.row(kind="query_memory", queries=queries, peak_bytes=int(out[-1]))
+    rec.say(f"tools/loadgen.py counts {loadgen.BYTES_PER_QUERY} bytes a query")
+
+
+QUERY_MEMORY_CHILD = """
+import sys, tempfile
+import mlperf_loadgen as lg
+queries = int(sys.argv[1])
+def peak():  # VmHWM, this process's own (getrusage's ru_maxrss keeps the parent's across exec)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+def issue(samples):
+    lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s in samples])
+sut = lg.ConstructSUT(issue, lambda: None)
+qsl = lg.ConstructQSL(64, 64, lambda i: None, lambda i: None)
+s = lg.TestSettings()
+s.scenario, s.mode = lg.TestScenario.Server, lg.TestMode.PerformanceOnly
+s.server_target_qps, s.min_duration_ms, s.min_query_count, s.max_query_count = queries, 1000, 1, 1
+log = lg.LogSettings()
+log.log_output.outdir, log.enable_trace = tempfile.mkdtemp(), False
+before = peak()
+lg.StartTestWithLogSettings(sut, qsl, s, log)
+print(peak() - before)
+"""
+
+
+def grid_setting(text: str) -> list[tuple[int, float, int]]:
+    settings = []
+    for item in filter(None, text.split(",")):
+        batch, wait, workers = item.split(":")
+        settings.append((int(batch), float(wait), int(workers)))
+    return settings
 
 
 def parse_args() -> argparse.Namespace:
@@ -131,7 +198,12 @@ def parse_args() -> argparse.Namespace:
     # near this CPU's peak.
     p.add_argument("--probe-seconds", type=float, default=20.0, help="minimum duration of each Server probe")
     p.add_argument("--peak-probes", type=int, default=8)
-    p.add_argument("--skip-server", action="store_true", help="Offline and SingleStream only")
+    p.add_argument("--skip-server", action="store_true", help="no peak search")
+    p.add_argument("--skip-single-stream", action="store_true")
+    p.add_argument("--server-grid", type=grid_setting, default=[], metavar="B:W:N,...",
+                   help="Server runs at --server-share of Offline: batches of at most B, W ms wait, N workers")
+    p.add_argument("--server-share", type=float, default=0.8, help="the grid's rate as a share of LoadGen Offline")
+    p.add_argument("--query-memory", action="store_true", help="only LoadGen's bytes per pre-generated query")
     add_save_option(p)
     return p.parse_args()
 
@@ -140,10 +212,16 @@ def main() -> None:
     args = parse_args()
     rec = Recorder(__file__, args.save_to)
     loadgen.require()
+    rec.say(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    if args.query_memory:
+        query_memory(rec)
+        rec.save()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         records = runs(args, tmp)
     table(rec, args, records)
     verdicts(rec, args, records)
+    rec.say(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])} (a shared 2-core host)")
     rec.save()
 
 

@@ -80,8 +80,9 @@ EARLY_STOPPING_FORGIVEN_SHARE = 0.5
 SIGNAL_POLL_SECONDS = 0.1
 STOP_GRACE_SECONDS = 3.0
 # LoadGen generates every query of a run before it starts (loadgen.cc GenerateQueries; a Server run's
-# are target_qps x min_duration). Measured by benchmarks/loadgen_scenarios.py --query-memory: 317 bytes
-# of peak resident memory per one-sample Server query (2e5..4e6 queries); counted here as 400 for the
+# are target_qps x min_duration). Measured by benchmarks/loadgen_scenarios.py --query-memory (saved output
+# benchmarks/results/loadgen_scenarios-20261207T191043Z.txt): 316-361 bytes of peak resident memory per
+# one-sample Server query (2e5..4e6 queries); counted here as 400 for the
 # latency and response records each also gets. A run whose queries would take more than half the host's
 # memory (the rest for the model, the engine, the sample library and everything else) is refused.
 BYTES_PER_QUERY = 400
