@@ -27,7 +27,6 @@ Without the package, --loadgen fails before any work with the line that installs
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
