@@ -565,6 +565,8 @@ def summary(kind: str, results_dir: Path) -> None:
     several = any((r.get("num_accelerators") or 1) > 1 for r in records)
     if several:
         columns += [("accelerators", "num_accelerators")]
+    if any(r.get("repeat") for r in records):  # --repeat: one row per process
+        columns += [("repeat", "repeat")]
     columns += [("status", "status"), ("img/s", "images_per_sec"), ("+/-", "images_per_sec_stderr"),
                 ("jitter", "images_per_sec_jitter"), ("system img/s", "system_images_per_sec")]
     if several:
