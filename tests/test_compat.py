@@ -2,7 +2,7 @@
 
 Compared on their Python sources (the PyPI wheels of 2.11.0 and 0.26.0 against those installed here), the
 two differ, where cnnbench looks, in what the newer ones add and in torchvision.io's deprecation warning
-(README, "torch versions"). So:
+(docs/torch-versions.md). So:
 - the torch 2.11 machines' codecs, the one place where cnnbench takes a fallback, are simulated here:
   TorchCodec absent, or present but built for another torch, with torchvision 0.26's codecs, which do not
   warn (0.29's warn DeprecationWarning at every call);

@@ -324,7 +324,7 @@ def test_write_shards_balances_examples(tmp_path, tiny_jpeg):
 
 
 def test_without_google_crc32c_a_tfrecord_read_is_one_line_saying_what_to_install(monkeypatch):
-    # the lent GPU machines' python has no google-crc32c (README "torch versions"): image folders still work there
+    # the lent GPU machines' python has no google-crc32c (docs/torch-versions.md): image folders still work there
     monkeypatch.setitem(sys.modules, "google_crc32c", None)  # `import google_crc32c` now raises ImportError
     with pytest.raises(UsageError, match=r"^TFRecord files need google-crc32c to check their records: pip install google-crc32c"):
         tfrecord.crc32c(b"record")

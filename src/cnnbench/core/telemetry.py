@@ -15,7 +15,7 @@ over the steady window only, the one images/s is computed over.
 
 The sampler's own cost is recorded (`telemetry_cpu_seconds`: the thread's CPU time, `telemetry_cpu_share`:
 that over the steady window's wall time); benchmarks/efficiency.py measures its cost on throughput.
-Record fields: `fields()` and README "Telemetry and efficiency".
+Record fields: `fields()` and docs/figures.md "Telemetry and efficiency".
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ ORT_CUDA_INT8 = ("ONNX Runtime's CUDA provider has no int8 convolution kernels: 
 # PyTorch's records come first, eager first (the reference every other engine is guarded against); then the
 # order of preference for --engines optimized: TensorRT where installed, else ONNX Runtime, else torch.compile.
 # Default sweep: the framework baseline and the machine's best, at fp32 and at reduced precision: on a CPU
-# ONNX Runtime beats eager and compile at fp32 (2.07x eager on the dev EPYC, 1.7x on AVX2; README engines
+# ONNX Runtime beats eager and compile at fp32 (2.07x eager on the dev EPYC, 1.7x on AVX2; docs/engines.md
 # table) and its int8 is the fastest (6.7x, 3.0x); on CUDA compile at bf16 and fp16, TensorRT where installed.
 # On a CPU with native bf16 (NATIVE_BF16) the default set adds the fastest guarded bf16 engine (issue 26), measured
 # by benchmarks/bf16_default.py on the 2-core AMD EPYC (AVX-512 with VNNI and BF16), ResNet-50 batch 16, 224 px,

@@ -1,6 +1,6 @@
 """Networks described by a JSON spec file: AI Matrix's synNet and any network of the same form.
 
-The format (README "Spec files"; JSON Schema in specs/spec.schema.json): `input`, `conv_defaults`,
+The format (docs/spec-files.md "Spec files"; JSON Schema in specs/spec.schema.json): `input`, `conv_defaults`,
 `groups` of `layers`, `head`. A layer is a conv, a max/avg/global pool, a batch norm or an activation,
 or a block: residual (body + identity or projection shortcut, added), dense (DenseNet: each repetition's
 output concatenated to its input) or branches (Inception: the branches' outputs concatenated). Blocks

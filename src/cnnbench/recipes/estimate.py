@@ -41,7 +41,7 @@ class EngineEstimate:
     speedup: dict[str, float]
 
 
-# By the kind a record names. Speed-ups: a conservative reading of the README's engines table (ResNet-50
+# By the kind a record names. Speed-ups: a conservative reading of docs/engines.md's measured table (ResNet-50
 # batch 16: onnxruntime fp32 1.5x-1.7x, int8 3.0x on AVX2 and 4.9x on AVX-512 VNNI, compile 1.2x-1.3x).
 # Build seconds (export, compile, TensorRT's engine build), measured on the 2-core development CPUs for
 # ResNet-50; larger graphs take longer, roughly with their FLOPs, so the figure scales by FLOPs^0.5.
@@ -57,7 +57,7 @@ CUDA_REDUCED_SPEEDUP = 2.0
 INT8_QUANTISE_SECONDS = 10.0
 REFERENCE_GFLOPS = 8.2  # ResNet-50's forward GFLOPs per image at 224 px (`cnnbench models`), the unit of BUILD_SECONDS' scaling
 TRAIN_PASSES = 3.0  # a training step is about 3 forward passes (forward, backward for activations and weights)
-# The calibration takes seconds on a CPU (README: a few seconds on a 2-core one); a child still running after
+# The calibration takes seconds on a CPU (docs/engines.md: a few seconds on a 2-core one); a child still running after
 # this long is stuck, and the sweep says so rather than wait for ever.
 CALIBRATION_TIMEOUT_SECONDS = 600
 

@@ -64,7 +64,7 @@ CPU_PLANS = {
     "infer": Plan("cpu", 2, ORIGINAL, 10.0, 3, "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady "
                                          "batches per configuration"),
 }
-# Every model once at batch 16, training then inference, in minutes on a 2-core CPU (README: measured).
+# Every model once at batch 16, training then inference, in minutes on a 2-core CPU (docs/options.md, "Sweeps and their plans": measured).
 # The guard keeps one batch against eager fp32 and int8 calibrates on 2 batches: enough to check, not to rank.
 QUICK_PLANS = {
     "train": Plan("quick", 1, ORIGINAL, 3.0, 2, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at least 2 "

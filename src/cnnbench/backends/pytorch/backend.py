@@ -151,7 +151,7 @@ class PyTorchBackend(Backend):
         weights = weights_module.resolve(entry, weights_file=cfg.weights, pretrained=cfg.pretrained,
                                          random_weights=cfg.random_weights, log_dir=log_dir)
         if cfg.random_weights and weights.source != "random":
-            terminal.warn(f"--random-weights: {weights.description} takes precedence (README: weights); it is what runs")
+            terminal.warn(f"--random-weights: {weights.description} takes precedence (docs/engines.md: weights); it is what runs")
         return InferenceWeights(weights.source, weights.description, weights)
 
     def load_model(self, entry: ModelEntry, image_size: int, placement: Placement, weights: InferenceWeights):
