@@ -323,7 +323,7 @@ def estimate_line(first: Probe, rough: Estimate | None, cfg: MaxBatchConfig) -> 
     return (f"Estimate: the memory model puts the largest batch at no more than about {top:,.0f}; about "
             f"{len(planned) + 1} probes to within {cfg.tolerance:g}% (exact below {config.MAX_BATCH_EXACT_BELOW}), "
             f"each {first.seconds:.0f} s of start-up plus {passes} steps at its batch (~{passes * sum(planned[:2]):,.0f} "
-            f"images in all); priced after the next probe")
+            f"images in all); priced in minutes once the probes' memory gives a fit")
 
 
 def time_line(done: Probe, fit: Estimate, probes_left: int, cfg: MaxBatchConfig, startup: float) -> str:
@@ -366,12 +366,14 @@ def run(cfg: MaxBatchConfig) -> int:
         limit_bytes = memory.available_bytes(resolved.placement.device) if on_gpu else limit_gib * GIB
         predict = predictor(limit_bytes or limit_gib * GIB, image_bytes, "peak_memory_mib" if on_gpu else "host_peak_rss_mib")
         done: list[Probe] = []
+        priced: list[bool] = []
 
         def probe(batch: int) -> Probe:
             result = run_probe(cfg, batch, int(limit_gib * GIB), Path(scratch))
             if not done:
                 terminal.say(estimate_line(result, predict([result]), cfg))
-            elif len(done) == 1 and result.ran and result.images_per_sec and (fit := predict([*done, result])) and fit.fitted:
+            elif not priced and result.ran and result.images_per_sec and (fit := predict([*done, result])) and fit.fitted:
+                priced.append(True)  # once: the first probe whose memory gives a fit prices the rest
                 terminal.say(time_line(result, fit, 2, cfg, done[0].seconds))
             done.append(result)
             terminal.say(describe_probe(result))
