@@ -105,8 +105,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     rec = Recorder(__file__, args.save_to)
-    rec.say(f"uptime before: {subprocess.run(['uptime'], text=True, capture_output=True).stdout.strip()}")
-    rec.say(f"CPU cores usable: {len(os.sched_getaffinity(0))}, shared with other processes; ISA: {rec.env.get('env.cpu_isa')}")
+    rec.say_load("before")
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for engine, precision in CONFIGS:
@@ -115,7 +114,7 @@ def main() -> None:
                     if row["images_per_sec"] else f"not run: {row['error']}"))
             rows.append(row)
     report(args, rec, rows)
-    rec.say(f"uptime after: {subprocess.run(['uptime'], text=True, capture_output=True).stdout.strip()}")
+    rec.say_load("after")
     rec.save()
 
 

@@ -171,13 +171,12 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     rec = Recorder(__file__, args.save_to)
-    rec.say(f"uptime before: {subprocess.run(['uptime'], text=True, capture_output=True).stdout.strip()}")
-    rec.say(f"CPU cores usable: {len(os.sched_getaffinity(0))}, shared with other processes; ISA: {rec.env.get('env.cpu_isa')}")
+    rec.say_load("before")
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(args, Path(tmp), rec)
     table(rec, args, rows)
     best_per_precision(rec, rows)
-    rec.say(f"uptime after: {subprocess.run(['uptime'], text=True, capture_output=True).stdout.strip()}")
+    rec.say_load("after")
     rec.save()
 
 

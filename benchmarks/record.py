@@ -17,7 +17,9 @@ import argparse
 import datetime as _dt
 import io
 import json
+import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,6 +50,14 @@ class Recorder:
     @property
     def stem(self) -> str:
         return f"{self.script}-{self.started.strftime('%Y%m%dT%H%M%SZ')}"
+
+    def say_load(self, when: str) -> None:
+        """`uptime` (the load averages) before or after the measurements: the cores may be shared, and a figure
+        taken under load says so beside it. Before: the usable cores and the CPU's vector ISA too."""
+        self.say(f"uptime {when}: {subprocess.run(['uptime'], text=True, capture_output=True).stdout.strip()}")
+        if when == "before":
+            self.say(f"CPU cores usable: {len(os.sched_getaffinity(0))}, shared with other processes; "
+                     f"ISA: {self.env.get('env.cpu_isa')}")
 
     def row(self, **fields) -> None:
         """One JSON line of the saved output (not printed)."""

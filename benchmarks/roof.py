@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import torch
@@ -31,10 +30,6 @@ from record import Recorder, add_save_option
 
 PRECISIONS = ("fp32", "bf16", "int8")
 SOURCES = ("bf16_default", "openvino_onnxruntime", "frameworks")  # scripts whose saved rows are read
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], text=True, capture_output=True).stdout.strip()
 
 
 def measure_roofs(rec: Recorder) -> dict[str, float]:
@@ -102,11 +97,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     rec = Recorder(__file__, args.save_to)
-    rec.say(f"uptime before: {uptime()}")
-    rec.say(f"CPU cores usable: {len(os.sched_getaffinity(0))}, shared with other processes; ISA: {rec.env.get('env.cpu_isa')}")
+    rec.say_load("before")
     roofs = measure_roofs(rec)
     report(args, rec, roofs, latest_rows(args.model, Path(args.save_to)))
-    rec.say(f"uptime after: {uptime()}")
+    rec.say_load("after")
     rec.save()
 
 
