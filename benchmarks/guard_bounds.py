@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from cnnbench import engines
 
 from cnnbench.recipes import inference
 from cnnbench.core.config import DataConfig, InferConfig, MeasureConfig, PlacementConfig

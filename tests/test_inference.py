@@ -1,7 +1,6 @@
 """`cnnbench infer`: every CPU engine x precision checked against eager fp32, caching, weights, accuracy."""
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest

@@ -6,7 +6,7 @@ from torch import nn
 
 from cnnbench.core.errors import UsageError
 from cnnbench.models.registry import count_parameters, forward_flops, get_model, model_names, resolve_entry
-from cnnbench.models.synnet import build_from_spec, load_spec
+from cnnbench.models.synnet import build_from_spec
 
 # torchvision's documented parameter counts (googlenet without its auxiliary heads).
 PARAMETERS = {

@@ -6,14 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from cnnbench.cli import main
 from cnnbench.core import config, errors, store, tables
 from cnnbench.tools import compare
 from conftest import TINY_SPEC

@@ -243,7 +243,6 @@ def test_scripts_take_framework_from_the_environment(tmp_path):
 
 
 def test_compare_sets_the_frameworks_side_by_side(cli, tmp_path):
-    from cnnbench.tools import compare
     from cnnbench.core import store
 
     base = {"kind": "infer", "model": "resnet50", "batch_size": 16, "image_size": 224, "engine": "eager",

@@ -31,7 +31,7 @@ import torch
 from cnnbench.core import config, environment, errors, store, tables, terminal
 
 from cnnbench.recipes import estimate
-from cnnbench.core.config import InferConfig, RunConfig, SweepConfig, TrainConfig
+from cnnbench.core.config import RunConfig, SweepConfig
 from cnnbench.models.registry import model_list, resolve_entry
 from cnnbench.core.placement import resolve_device
 from cnnbench.core.timing import Terminated

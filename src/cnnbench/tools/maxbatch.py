@@ -32,8 +32,6 @@ configuration and the environment. results.csv holds the probes' images/s table 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import signal
