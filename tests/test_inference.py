@@ -305,3 +305,13 @@ def test_infer_all_sweeps_engines_and_precisions(cli, trained, tmp_path, monkeyp
     table = (tmp_path / "results_infer" / "results.csv").read_text()
     assert table.count("System performance, unit is images/second") == 3  # a table pair per engine/precision
     assert "(onnxruntime int8)" in table
+
+
+def test_the_guard_judges_all_zero_reference_logits_without_dividing_by_zero():
+    from cnnbench.recipes.inference import GUARD_BOUNDS, judge_guard
+
+    zeros = torch.zeros(4, 10)
+    same = judge_guard("onnxruntime", "int8", zeros.clone(), zeros, batches=1)
+    assert same["guard_relative_error"] == 0.0 and same["guard_ok"] is True and same["guard_top1_agreement"] == 100.0
+    off = judge_guard("onnxruntime", "int8", torch.full((4, 10), 0.5), zeros, batches=1)
+    assert off["guard_relative_error"] == 1.0 > GUARD_BOUNDS["int8"] and off["guard_ok"] is False

@@ -226,7 +226,12 @@ def judge_guard(engine: str, precision: str, outputs: torch.Tensor, reference: t
     """The guard's verdict on an engine's logits against the reference's."""
     bound = GUARD_BOUNDS[precision]
     agreement = 100.0 * (outputs.argmax(1) == reference.argmax(1)).float().mean().item()
-    relative = (torch.linalg.vector_norm(outputs - reference) / torch.linalg.vector_norm(reference)).item()
+    difference, scale = torch.linalg.vector_norm(outputs - reference), torch.linalg.vector_norm(reference)
+    if scale == 0:
+        # All-zero reference logits (a zero-initialised head: torchvision's ViT with random weights) have no scale
+        # of their own: zeros agree exactly (0), anything else is off by its whole size (1), never 0/0.
+        scale = torch.linalg.vector_norm(outputs)
+    relative = (difference / scale).item() if scale > 0 else 0.0
     checks = guard_fields(bound, batches, agreement, relative)
     terminal.say(f"fp32 guard: top-1 agreement {agreement:.2f}%, relative error {relative:.2e} (bound {bound:g} for "
                   f"{precision}) on {batches} batches")
