@@ -15,10 +15,11 @@ cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
 # torch and torchvision releases cnnbench is tested with; on a CUDA machine pip takes the ordinary (CUDA) build.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-# The extras installed: what running needs (onnx: the ONNX Runtime engines of the default inference sweep),
-# on an NVIDIA machine onnx-gpu instead (onnxruntime-gpu; never both, the two wheels overwrite each other) and
-# gpu (nvidia-ml-py: NVML's device memory and power); with --test, the test extra too.
-EXTRAS=onnx
+# The extras installed: what running needs. On a CPU machine onnx (the ONNX Runtime engines of the default
+# inference sweep) and openvino (its bf16 engine where the CPU has native bf16: engines/table.py); on an NVIDIA
+# machine onnx-gpu instead (onnxruntime-gpu; never both, the two wheels overwrite each other) and gpu
+# (nvidia-ml-py: NVML's device memory and power). With --test, the test extra too.
+EXTRAS=onnx,openvino
 command -v nvidia-smi >/dev/null 2>&1 && EXTRAS=onnx-gpu,gpu
 if [ "${1:-}" = --test ]; then
     EXTRAS="$EXTRAS,test"

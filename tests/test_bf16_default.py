@@ -14,6 +14,7 @@ ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512vnni avx512_bf16\n"
 SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f avx512_vnni amx_tile amx_int8 amx_bf16\n"
 CPU = torch.device("cpu")
 TODAY = [("eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+WITH_BF16 = [*TODAY, ("openvino", "bf16")]  # the measured bf16 engine (engines/table.py): last, in table order
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
@@ -28,16 +29,16 @@ def test_native_bf16_is_read_from_the_cpu_flags():
 def test_the_table_adds_the_measured_bf16_engine_only_where_bf16_is_native():
     said = []
     assert table.default_pairs("pytorch", "cpu", environment.cpu_flags(AVX2_ONLY), said.append) == TODAY
-    assert said == ["Default eager/bf16 left out: this CPU has none of avx512_bf16, amx_bf16, so its bf16 is emulated, "
+    assert said == ["Default openvino/bf16 left out: this CPU has none of avx512_bf16, amx_bf16, so its bf16 is emulated, "
                     "slower than fp32"]
     said.clear()
     pairs = table.default_pairs("pytorch", "cpu", environment.cpu_flags(SAPPHIRE_RAPIDS), said.append)
-    assert pairs == [("eager", "fp32"), ("eager", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
-    assert said[0].startswith("Default eager/bf16 added: this CPU has amx_bf16 (native bf16); PyTorch eager was the "
+    assert pairs == WITH_BF16
+    assert said[0].startswith("Default openvino/bf16 added: this CPU has amx_bf16 (native bf16); OpenVINO was the "
                               "fastest guarded bf16 engine measured")
     assert table.default_pairs("pytorch", "cpu") == TODAY  # no flags given: nothing conditional
-    assert ("eager", "bf16") not in table.default_pairs("pytorch", "cuda", environment.cpu_flags(ZEN4))
-    assert "eager fp32 (+bf16 where the CPU has avx512_bf16 or amx_bf16)" in table.default_pairs_help()
+    assert ("openvino", "bf16") not in table.default_pairs("pytorch", "cuda", environment.cpu_flags(ZEN4))
+    assert "openvino bf16 where the CPU has avx512_bf16 or amx_bf16" in table.default_pairs_help()
 
 
 def test_infer_all_s_defaults_follow_the_machine_s_cpu(monkeypatch, capsys):
@@ -45,10 +46,10 @@ def test_infer_all_s_defaults_follow_the_machine_s_cpu(monkeypatch, capsys):
     avx2 = environment.cpu_flags(AVX2_ONLY)
     monkeypatch.setattr(environment, "cpu_flags", lambda: avx2)
     assert sweep.engine_pairs(settings, CPU) == TODAY
-    assert "Default eager/bf16 left out: this CPU has none of" in capsys.readouterr().out
+    assert "Default openvino/bf16 left out: this CPU has none of" in capsys.readouterr().out
     monkeypatch.setattr(environment, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
-    assert sweep.engine_pairs(settings, CPU) == [("eager", "fp32"), ("eager", "bf16"), *TODAY[1:]]
-    assert "Default eager/bf16 added: this CPU has avx512_bf16" in capsys.readouterr().out
+    assert sweep.engine_pairs(settings, CPU) == WITH_BF16
+    assert "Default openvino/bf16 added: this CPU has avx512_bf16" in capsys.readouterr().out
     # an explicit --precisions is the user's: no CPU rule adds to it or takes from it
     chosen = config.build(config.InferSweepConfig, {"engines": "eager", "precisions": "fp32"})
     assert sweep.engine_pairs(chosen, CPU) == [("eager", "fp32")]

@@ -76,16 +76,18 @@ ORT_CUDA_INT8 = ("ONNX Runtime's CUDA provider has no int8 convolution kernels: 
 # table) and its int8 is the fastest (6.7x, 3.0x); on CUDA compile at bf16 and fp16, TensorRT where installed.
 # On a CPU with native bf16 (NATIVE_BF16) the default set adds the fastest guarded bf16 engine (issue 26), measured
 # by benchmarks/bf16_default.py on the 2-core AMD EPYC (AVX-512 with VNNI and BF16), ResNet-50 batch 16, 224 px,
-# benchmarks/results/bf16_default-20261207T184418Z.txt: eager bf16 64.1 img/s (1.56x ONNX Runtime fp32's 41.0),
-# OpenVINO bf16 16.8, torch.compile bf16 8.6 (each guarded, all ok; a shared machine, load average 3-7).
-# An AVX2-only CPU keeps the fp32/int8 set: its bf16 is emulated.
+# on a quiet machine (load average 1.0-1.6), benchmarks/results/bf16_default-20261207T195823Z.txt: OpenVINO bf16
+# 111.2 img/s (2.28x ONNX Runtime fp32's 48.8), torch.compile bf16 90.6, eager bf16 66.9, each guarded, all ok.
+# (An earlier run on a loaded machine, bf16_default-20261207T184418Z, had put eager first: load hurts compile
+# and OpenVINO most.) ./setup.sh installs the openvino extra on CPU machines for it; where OpenVINO is missing
+# the sweep leaves the pair out with its install line. An AVX2-only CPU keeps the fp32/int8 set: its bf16 is
+# emulated.
 ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec(
         name="eager", framework="pytorch", title="PyTorch eager",
         precisions={"cpu": ("fp32", "fp16", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
-        layout="any", optimized_on=(), sweep={"cpu": ("fp32", "bf16"), "cuda": ("fp32",)}, estimate="eager",
-        install=None, requires=(), refused={}, engine_class="cnnbench.engines.eager:EagerEngine",
-        sweep_needs={("cpu", "bf16"): NATIVE_BF16}),
+        layout="any", optimized_on=(), sweep={"cpu": ("fp32",), "cuda": ("fp32",)}, estimate="eager",
+        install=None, requires=(), refused={}, engine_class="cnnbench.engines.eager:EagerEngine"),
     EngineSpec(
         name="tensorrt", framework="pytorch", title="TensorRT",
         precisions={"cuda": ("fp32", "fp16", "int8")},
@@ -104,12 +106,14 @@ ENGINES: tuple[EngineSpec, ...] = (
         precisions={"cpu": ("fp32", "fp16", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
         layout="any", optimized_on=("cpu", "cuda"), sweep={"cuda": ("bf16", "fp16")}, estimate="compile",
         install=None, requires=(), refused={}, engine_class="cnnbench.engines.eager:CompiledEngine"),
-    # OpenVINO, Intel's CPU runtime: bf16 where the CPU has it natively (the class refuses it elsewhere). Not
-    # optimized nor in the default sweep until measured against ONNX Runtime across CPUs (issue 26).
+    # OpenVINO, Intel's CPU runtime: bf16 where the CPU has it natively (the class refuses it elsewhere), and then
+    # the default sweep's bf16 engine (measured above). Not the optimized engine, nor in the fp32/int8 defaults,
+    # until measured against ONNX Runtime across CPUs (issue 26).
     EngineSpec(
         name="openvino", framework="pytorch", title="OpenVINO",
         precisions={"cpu": ("fp32", "int8", "bf16")},
-        layout="NCHW", optimized_on=(), sweep={}, estimate="export",
+        layout="NCHW", optimized_on=(), sweep={"cpu": ("bf16",)}, sweep_needs={("cpu", "bf16"): NATIVE_BF16},
+        estimate="export",
         install="pip install 'cnnbench[openvino]' (or .venv/bin/pip install -e '.[openvino]')",
         requires=("openvino", "nncf"), refused={}, engine_class="cnnbench.engines.openvino:OpenVINOEngine"),
     # TensorFlow's: its graph (eager: a tf.function), XLA (compile) and, on a CPU, TensorFlow Lite's
@@ -273,6 +277,8 @@ def default_pairs_help(framework: str = DEFAULT_FRAMEWORK) -> str:
         plain = [p for p in spec.sweep[device] if (device, p) not in spec.sweep_needs]
         needing = [f"{p} where the CPU has {' or '.join(spec.sweep_needs[device, p])}" for p in spec.sweep[device]
                    if (device, p) in spec.sweep_needs]
+        if not plain:  # only conditional pairs: "openvino bf16 where the CPU has ..."
+            return f"{spec.name} " + " and ".join(needing)
         return f"{spec.name} {'/'.join(plain)}" + "".join(f" (+{n})" for n in needing)
 
     return "; ".join(f"{device}: " + ", ".join(pair(spec, device) for spec in specs(framework) if device in spec.sweep)
