@@ -16,7 +16,7 @@ import torch
 from onnx import numpy_helper
 
 from cnnbench import engines
-from cnnbench.engines import ArtifactCache, build_engine
+from cnnbench.engines import ArtifactCache, build_engine, table
 from cnnbench.engines import onnxruntime as ort_engine
 from cnnbench.core.errors import UsageError
 from cnnbench.recipes.inference import GUARD_BOUNDS
@@ -140,11 +140,11 @@ def test_onnxruntime_int8_on_cuda_is_refused_with_its_reason(monkeypatch):
     for providers in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]):
         monkeypatch.setattr(ort_engine, "ort_providers", lambda providers=providers: providers)
         with pytest.raises(UsageError) as refused:
-            engines.check_engine("onnxruntime", "int8", "cuda")
+            table.check("pytorch", "onnxruntime", "int8", "cuda")
         assert str(refused.value) == reason
-    engines.check_engine("onnxruntime", "fp16", "cuda")  # the CUDA provider's real pairs still pass
-    engines.check_engine("onnxruntime", "int8", "cpu")
-    assert "onnxruntime: fp32, fp16;" in engines.supported_pairs("cuda")
+    table.check("pytorch", "onnxruntime", "fp16", "cuda")  # the CUDA provider's real pairs still pass
+    table.check("pytorch", "onnxruntime", "int8", "cpu")
+    assert "onnxruntime: fp32, fp16;" in table.supported_pairs("pytorch", "cuda")
 
 
 # ONNX Runtime on CUDA, on this CPU-only machine: provider options are pure functions; sessions and torch's

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from cnnbench.engines import SUPPORTED, check_engine
+from cnnbench.engines import table
 from cnnbench.core.errors import UsageError
 from helpers import read_jsonl, run_process
 
@@ -51,13 +51,13 @@ def test_training_on_cuda(cli, tiny_spec, precision, memory_format, compile):
 
 
 def _cuda_pairs() -> list[tuple[str, str]]:
-    return [(engine, precision) for engine, devices in SUPPORTED.items() for precision in devices.get("cuda", ())]
+    return [(spec.name, precision) for spec in table.specs("pytorch") for precision in spec.precisions.get("cuda", ())]
 
 
 @pytest.mark.parametrize("engine, precision", _cuda_pairs())
 def test_every_engine_and_precision_against_eager_fp32(cli, tiny_spec, engine, precision):
     try:
-        check_engine(engine, precision, "cuda")
+        table.check("pytorch", engine, precision, "cuda")
     except UsageError as missing:  # e.g. no onnxruntime-gpu or TensorRT on this machine
         pytest.skip(str(missing))
     model = str(tiny_spec) if engine == "compile" else "resnet50"  # as in training: compile time

@@ -13,7 +13,7 @@ from helpers import read_jsonl
 
 QUICK = ["--image-size", "16", "--batch-size", "4", "--num-batches", "3", "--warmup", "1", "--display-every", "1"]
 
-# Every engine/precision pair that runs on a CPU (engines.SUPPORTED), with eager fp32 as the reference.
+# Every engine/precision pair that runs on a CPU (the engine table's precisions), with eager fp32 as the reference.
 CPU_PAIRS = [("eager", "fp32"), ("eager", "fp16"), ("eager", "bf16"), ("compile", "fp32"), ("compile", "bf16"),
              ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
 

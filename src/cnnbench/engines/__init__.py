@@ -38,30 +38,10 @@ _LAZY = {
     "TensorRTEngine": "tensorrt", "tensorrt_provider_options": "tensorrt",
 }
 
-# PyTorch's engines as the names before the table (read from it): engine names, engine -> device type ->
-# precisions, and (engine, precision, device type) -> why refused.
-ENGINES = table.names("pytorch")
-SUPPORTED = {spec.name: dict(spec.precisions) for spec in table.specs("pytorch")}
-REFUSED = {(spec.name, precision, device): why for spec in table.specs("pytorch")
-           for (precision, device), why in spec.refused.items()}
-
-
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f"cnnbench.engines.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'cnnbench.engines' has no attribute {name!r}")
-
-
-def supported_pairs(device_type: str) -> str:
-    return table.supported_pairs("pytorch", device_type)
-
-
-def check_engine(engine: str, precision: str, device_type: str) -> None:
-    table.check("pytorch", engine, precision, device_type)
-
-
-def optimized_engine(device_type: str, providers: list[str] | None = None) -> tuple[str, str]:
-    return table.optimized("pytorch", device_type, providers)
 
 
 def build_engine(name: str, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,

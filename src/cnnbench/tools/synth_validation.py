@@ -56,7 +56,7 @@ class Setting:
 
 
 def parse_settings(text: str | None, device_type: str) -> list[Setting]:
-    from cnnbench.engines import REFUSED, SUPPORTED
+    from cnnbench.engines import table
 
     names = [n.strip() for n in text.split(",") if n.strip()] if text else list(DEFAULT_SETTINGS[device_type])
     out = []
@@ -64,8 +64,7 @@ def parse_settings(text: str | None, device_type: str) -> list[Setting]:
         head, _, precision = name.rpartition("-")
         if head == "train" and precision in ("fp32", "tf32", "fp16", "bf16"):
             out.append(Setting(name, "train", None, precision))
-        elif head in SUPPORTED and precision in SUPPORTED[head].get(device_type, ()) and \
-                (head, precision, device_type) not in REFUSED:
+        elif head in table.names("pytorch") and table.find("pytorch", head).runs(precision, device_type):
             out.append(Setting(name, "infer", head, precision))
         else:
             raise UsageError(f"--configs: {name!r} is not a configuration that runs on {device_type}; use train-PRECISION "
