@@ -69,14 +69,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def optimized_engine(framework: str, device_type: str, providers: list[str]) -> tuple[str, str]:
-    """The engine --use_trt runs, and why: the engine table's optimized engine of the device (engines/table.py,
-    shared with `infer-all --engines optimized`); `providers`: ONNX Runtime's, as this machine offers them."""
-    from cnnbench.engines import table
-
-    return table.optimized(framework, device_type, providers)
-
-
 def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[list[str], str | None]:
     """nvcnn.py arguments -> cnnbench arguments, and a note saying which engine --use_trt chose."""
     a = parser().parse_args(argv)
@@ -97,7 +89,11 @@ def translate(argv: list[str], device_type: str, providers: list[str]) -> tuple[
         if a.num_gpus > 1:
             note = f"--num_gpus {a.num_gpus}: inference runs on one accelerator, as in the original"
         if a.use_trt:
-            engine, why = optimized_engine(a.framework, device_type, providers)
+            # the engine table's optimized engine of the device, as `infer-all --engines optimized` picks it;
+            # providers: ONNX Runtime's, as this machine offers them
+            from cnnbench.engines import table
+
+            engine, why = table.optimized(a.framework, device_type, providers)
             note = f"--use_trt: running engine {engine} ({why})"
             out += ["--engine", engine, "--precision", a.trt_precision, "--calib-batches", str(a.calib_num_batches)]
         elif a.trt_precision != "fp32":
