@@ -482,8 +482,10 @@ class SynthValidateConfig:
     image_size: int | None = option(None, "input height and width of every run; default: the spec's")
     batch_sizes: str = option("4,16", "comma-separated batch sizes; every configuration runs at each")
     configs: str | None = option(None, "comma-separated configurations, each train-PRECISION or ENGINE-PRECISION; "
-                                       "default on a CPU train-fp32, eager-fp32, compile-fp32, onnxruntime-fp32, "
-                                       "onnxruntime-int8; on CUDA train-fp32, train-bf16, eager-fp32, eager-tf32, "
+                                       "default on a CPU train-fp32 and every installed engine at fp32 and int8 "
+                                       "(eager, compile, onnxruntime, openvino), plus train-bf16 and the engine "
+                                       "table's default bf16 pair where the CPU has native bf16 (the listing is "
+                                       "printed); on CUDA train-fp32, train-bf16, eager-fp32, eager-tf32, "
                                        "eager-bf16, eager-fp16, compile-bf16")
     baseline: str = option("eager-fp32", "the configuration speed-ups are taken against (at the first batch size)")
     num_batches: int = option(10, "timed steps of each run")
@@ -496,6 +498,8 @@ class SynthValidateConfig:
                                                "validation.jsonl and validation.csv the comparison")
     reuse: bool = option(False, "reuse a run recorded in --results-dir by an earlier validation whose whole configuration "
                                 "matches, instead of running it again")
+    synnet: bool = option(False, "also time AI Matrix's synNet and judge it against the same target runs, beside the "
+                                 "proxy (made for the equal mix of densenet121, googlenet, resnet152, resnet50)")
 
     def validate(self) -> None:
         if not self.spec:
