@@ -112,7 +112,8 @@ def test_one_convolution_counted_by_hand():
     assert profile["layers"] == [{
         "index": 0, "name": "0", "type": "conv", "function": "conv2d", "in_channels": 3, "out_channels": 8,
         "kernel": [3, 3], "stride": [1, 1], "groups": 1, "input_hw": [16, 16], "output_hw": [16, 16], "flops": flops,
-        "parameters": 216, "bytes_read": read, "bytes_written": written, "arithmetic_intensity": flops / (read + written)}]
+        "parameters": 216, "bytes_read": read, "bytes_written": written, "arithmetic_intensity": flops / (read + written),
+        "inputs": []}]  # the first layer reads the input, which no layer wrote
     half = profile_file.profile_model(_one_conv(), 16, 2, "bf16")["totals"]
     assert (half["bytes_read"], half["bytes_written"], half["flops_per_image"]) == (read // 2, written // 2, flops // 2)
 

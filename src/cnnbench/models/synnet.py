@@ -1,8 +1,8 @@
 """Networks described by a JSON spec file: AI Matrix's synNet and any network of the same form.
 
 The format (docs/spec-files.md "Spec files"; JSON Schema in specs/spec.schema.json): `input`, `conv_defaults`,
-`groups` of `layers`, `head`. A layer is a conv, a max/avg/global pool, a batch norm or an activation,
-or a block: residual (body + identity or projection shortcut, added), dense (DenseNet: each repetition's
+`groups` of `layers`, `head`. A layer is a conv, a max/avg/global pool, a batch norm or an activation (on their
+own before a conv: pre-activation), a gate (squeeze-excitation: the input scaled per channel), or a block: residual (body + identity or projection shortcut, added), dense (DenseNet: each repetition's
 output concatenated to its input) or branches (Inception: the branches' outputs concatenated). Blocks
 nest. A spec of the original format (conv and maxpool layers only) builds exactly the network it built
 before the extension: same modules in the same order, so the same weights for the same seed.
@@ -48,7 +48,11 @@ LAYER_FIELDS = {
     "residual": ("body", "projection", "activation"),
     "dense": ("repeat", "growth_rate", "body"),
     "branches": ("branches",),
+    "gate": ("reduction", "activation", "function"),
 }
+# A gate's sigmoid: the logistic function (Hu et al. 2018's squeeze-excitation, EfficientNet) or its piecewise-linear
+# form relu6(x + 3) / 6 (MobileNetV3, Howard et al. 2019).
+GATE_FUNCTIONS = {"sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid}
 NOTE_KEYS = ("name", "note")
 PROJECTION_FIELDS = ("stride", "batch_norm", "bias")
 BATCH_NORM_FIELDS = ("epsilon", "momentum_tf", "affine")
@@ -242,6 +246,20 @@ def _residual(layer: dict, d: dict, where: str) -> dict:
             "activation": _choice(layer.get("activation", "none"), ACTIVATIONS, f"{where}: 'activation'")}
 
 
+def _gate(layer: dict, d: dict, where: str) -> dict:
+    reduction = layer.get("reduction", 4)
+    if not (_is_number(reduction) and 1 <= reduction < float("inf")):
+        raise SpecError(f"{where}: 'reduction' (channels / squeezed channels) must be a number of at least 1, got {_got(reduction)}")
+    return {"reduction": reduction,
+            "activation": _choice(layer.get("activation", "relu"), ACTIVATIONS, f"{where}: 'activation'"),
+            "function": _choice(layer.get("function", "sigmoid"), GATE_FUNCTIONS, f"{where}: 'function'")}
+
+
+def squeezed(channels: int, reduction: float) -> int:
+    """A gate's squeezed channels: channels / reduction, rounded, at least 1."""
+    return max(1, round(channels / reduction))
+
+
 def _stride_product(layers: list[dict]) -> list[int]:
     """A body's total stride per axis: the projection's default, exact when the body pads 'same'."""
     total = [1, 1]
@@ -282,6 +300,7 @@ _NORMALIZERS = {
     "residual": _residual,
     "dense": _dense,
     "branches": _branches,
+    "gate": _gate,
 }
 
 
@@ -369,6 +388,22 @@ class Branches(nn.Module):
         return torch.cat([branch(x) for branch in self.branches], dim=1)
 
 
+class Gate(nn.Module):
+    """A multiplicative gate (squeeze-excitation, Hu et al. 2018; torchvision's SqueezeExcitation): x times
+    function(expand(activation(reduce(global average pool(x))))), reduce and expand 1x1 convs with bias."""
+
+    def __init__(self, channels: int, squeeze: int, activation: str, function: str):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.activation = ACTIVATIONS[activation]() if activation != "none" else nn.Identity()
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+        self.function = GATE_FUNCTIONS[function]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(self.expand(self.activation(self.reduce(self.pool(x))))) * x
+
+
 class _Builder:
     """Follows the shapes through a normalised spec, checking that every layer fits what reaches it;
     with `make`, also builds the modules (in spec order, so a seed gives the same weights)."""
@@ -380,7 +415,7 @@ class _Builder:
         self.bn = bn if isinstance(bn, dict) else DEFAULT_BATCH_NORM
         self.steps = {"conv": self.conv, "maxpool": self.pool, "avgpool": self.pool, "globalpool": self.globalpool,
                       "batch_norm": self.batch_norm, "activation": self.activation, "residual": self.residual,
-                      "dense": self.dense, "branches": self.branches}
+                      "dense": self.dense, "branches": self.branches, "gate": self.gate}
 
     def network(self, height: int, width: int, source: str) -> tuple[list[nn.Module], Shape]:
         shape, modules = (self.spec["input"]["channels"], height, width), []
@@ -458,6 +493,10 @@ class _Builder:
         # Not in place: first in a block, it would overwrite the input the shortcut or the concatenation still needs.
         made = self.make and layer["function"] != "none"
         return ([ACTIVATIONS[layer["function"]]()] if made else []), shape
+
+    def gate(self, layer: dict, shape: Shape, where: str) -> tuple[list[nn.Module], Shape]:
+        squeeze = squeezed(shape[0], layer["reduction"])
+        return ([Gate(shape[0], squeeze, layer["activation"], layer["function"])] if self.make else []), shape
 
     def _batch_norm(self, channels: int) -> nn.BatchNorm2d:
         # TF: moving = decay * moving + (1 - decay) * batch; PyTorch: moving = (1 - m) * moving + m * batch.

@@ -65,10 +65,17 @@ from pathlib import Path
 
 from cnnbench.core import terminal
 from cnnbench.core.errors import UsageError
+from cnnbench.tools.profile.motifs import conv_motifs
+from cnnbench.tools.profile.motifs import shares as motif_shares
+from cnnbench.models.synnet import squeezed
 
 CONV_TYPES = ("conv", "depthwise_conv", "grouped_conv")
 FLOP_TOLERANCE = 0.05  # issue 11: FLOPs and parameters within 5% of the mix (or the budget)
 SHARE_TOLERANCE = 0.05  # issue 11: FLOP share per operation type within 5 percentage points
+# Issue 25: the share of convolutions in each motif (pre-activation, gated, feeding a concat, ...) within 10
+# percentage points. Wider than the FLOP shares' 5: a motif rides on whole sampled convs and blocks, so a network
+# of n convs can only hit multiples of 1/n (1/20 of a 20-conv budget proxy is already 5 points).
+MOTIF_TOLERANCE = 0.10
 MIN_LEVEL_SHARE = 0.01  # a level with at least this share of the FLOPs gets a conv
 # The most convolutions a generated network has, by --layers or by the layers a --gflops budget implies. Issue 23:
 # --gflops 25 made 23,643 layers in 44 s and --gflops 1e6 (FLOPs typed for GFLOPs) ran for minutes in silence,
@@ -101,6 +108,13 @@ class Proto:
     depth: float  # its position in its own network, 0 (first layer) to 1
     weight: float  # its share of the mix's FLOPs
     count: float  # its target's weight: how often the mix runs it per image
+    # Its motif (tools/profile/motifs.py), None where its profile has no dataflow (made before issue 25): then
+    # batch norm and the mix's activation follow it, as before.
+    pre: bool = False  # batch norm-activation before it that no conv can fold (DenseNet)
+    post: str | None = None  # "bn_act", "bn", "act", "none": what follows it
+    activation: str | None = None  # its own activation, in a spec's vocabulary
+    gate: tuple[float, str, str] | None = None  # (reduction, activation, function) of the gate on its output
+    block: str | None = None  # the merge closing its real block: "add", "concat" or None (blocks_of)
 
 
 @dataclass
@@ -128,6 +142,8 @@ class Mix:
     global_pool: bool
     num_classes: int
     intensity: list[tuple[float, float]]  # (log2 FLOPs per byte, FLOP weight) of every layer with FLOPs
+    motif_shares: dict[str, float] | None = None  # motifs.shares of the mix; None when a profile has no motifs
+    pooled_parameters: float = 0.0  # share of the parameters in convs and linears on 1x1 maps, the classifier's aside
 
 
 # ---------------------------------------------------------------- targets
@@ -200,8 +216,12 @@ def mix_of(targets: list[Target], image_size: int) -> Mix:
         layers, size = t.profile["layers"], t.profile["image_size"]
         scale = (image_size / size) ** 2 / t.profile["batch_size"]
         depth_of = {id(l): i / max(len(layers) - 1, 1) for i, l in enumerate(layers)}
+        motifs = conv_motifs(layers)
         for layer in layers:
             kind, layer_flops = layer["type"], layer["flops"] * scale
+            motif = motifs.get(layer["index"]) if "index" in layer else None
+            if motif is not None and motif["in_gate"]:
+                continue  # a gate's own convs come with the gate on the conv it scales (_motif_fields)
             if layer_flops:
                 shares[kind] = shares.get(kind, 0.0) + t.weight * layer_flops / flops
                 if layer["arithmetic_intensity"] > 0:
@@ -214,7 +234,7 @@ def mix_of(targets: list[Target], image_size: int) -> Mix:
             if not where:
                 continue
             level = levels.setdefault(level_of(where[0], size), Level())
-            _count(level, layer, t.weight, t.weight * layer_flops / flops, depth_of[id(layer)], flops / t.weight)
+            _count(level, layer, t.weight, t.weight * layer_flops / flops, depth_of[id(layer)], flops / t.weight, motif)
     conv_share = sum(level.flop_share for level in levels.values())
     for level in levels.values():
         level.flop_share /= conv_share or 1.0
@@ -222,14 +242,39 @@ def mix_of(targets: list[Target], image_size: int) -> Mix:
     return Mix(targets, image_size, flops, sum(t.weight * t.profile["totals"]["parameters"] for t in targets), shares,
                dict(sorted(levels.items())), mean_convs, counts["batchnorm"] >= 0.5 * mean_convs,
                _spec_activation(activations), counts["global_pool"] >= 0.5,
-               max(_classes(t.profile) for t in targets), intensity)
+               max(_classes(t.profile) for t in targets), intensity, mix_motif_shares(targets),
+               sum(t.weight * _pooled_parameters(t.profile) for t in targets))
+
+
+def _pooled_parameters(profile: dict) -> float:
+    """The share of a model's parameters in convs and linear layers that run on 1x1 maps or pooled features, but
+    for the classifier (the last linear): squeeze-excitation gates' convs, MobileNetV3's hidden 960 -> 1280 layer.
+    Such parameters cost few FLOPs; a proxy that must hold them at a map's full size cannot afford them."""
+    layers = [l for l in profile["layers"] if l["type"] in (*CONV_TYPES, "linear") and l["parameters"]]
+    pooled = [l for l in layers[:-1] if l["type"] == "linear" or list(l.get("input_hw") or [1, 1]) == [1, 1]]
+    return sum(l["parameters"] for l in pooled) / max(profile["totals"]["parameters"], 1)
+
+
+def mix_motif_shares(targets: list[Target]) -> dict[str, float] | None:
+    """motifs.shares of the mix: each target's counts weighted by its weight, over its convolutions so weighted
+    (shares of the convolutions the fleet runs); None when a target's profile has no motifs (made before issue 25)."""
+    if any(not t.profile.get("motifs") for t in targets):
+        return None
+    totals: dict[str, float] = {}
+    for t in targets:
+        convs = t.weight * t.profile["motifs"]["convs"]
+        for key, share in motif_shares(t.profile["motifs"]).items():
+            totals[key] = totals.get(key, 0.0) + convs * share
+    convs = sum(t.weight * t.profile["motifs"]["convs"] for t in targets) or 1.0
+    return {key: value / convs for key, value in totals.items()}
 
 
 def _per_image(t: Target, image_size: int) -> float:
     return t.profile["totals"]["flops_per_image"] * (image_size / t.profile["image_size"]) ** 2
 
 
-def _count(level: Level, layer: dict, weight: float, flop_share: float, depth: float, flops_all: float) -> None:
+def _count(level: Level, layer: dict, weight: float, flop_share: float, depth: float, flops_all: float,
+           motif: dict | None) -> None:
     kind = layer["type"]
     if kind in CONV_TYPES:
         level.convs += weight
@@ -237,7 +282,7 @@ def _count(level: Level, layer: dict, weight: float, flop_share: float, depth: f
         if flop_share > 0:
             level.protos.append(Proto(kind, tuple(layer["kernel"]), max(layer["stride"]), layer["in_channels"],
                                       layer["out_channels"], layer["groups"], flop_share * flops_all, depth,
-                                      flop_share, weight))
+                                      flop_share, weight, **_motif_fields(motif)))
     elif kind == "add":
         level.adds += weight
     elif kind == "concat":
@@ -246,6 +291,24 @@ def _count(level: Level, layer: dict, weight: float, flop_share: float, depth: f
         level.maxpools += weight
     elif kind == "avgpool":
         level.avgpools += weight
+
+
+def _motif_fields(motif: dict | None) -> dict:
+    """A real conv's motif as Proto's fields (a spec's vocabulary: "act_bn" is written bn_act, an activation a
+    spec cannot name is left to the mix's)."""
+    if motif is None:
+        return {}
+    gate = motif["gate"]
+    if gate is not None:
+        gate = (max(1.0, gate["reduction"]), _spec_name(gate["activation"]) or "relu", gate["function"])
+    post = {"act_bn": "bn_act"}.get(motif["post"], motif["post"])
+    return {"pre": motif["pre"], "post": post, "activation": _spec_name(motif["activation"]), "gate": gate,
+            "block": motif["block"]}
+
+
+def _spec_name(function: str | None) -> str | None:
+    base = (function or "").rstrip("_")
+    return base if base in SPEC_ACTIVATIONS else None
 
 
 def _spec_activation(seen: dict[str, float]) -> str:
@@ -323,6 +386,10 @@ def blocks_of(level: Level, protos: list[Proto]) -> tuple[list[Block], Proto | N
     if not count:
         return ([Block("plain", body)] if body else []), strided
     kinds = _interleave(residual, concat)
+    if any(p.block for p in body):  # motifs known: residual blocks get the convs of real residual blocks first,
+        kinds = ["residual"] * residual + ["concat"] * concat  # concatenation blocks those of dense ones
+        rank = {"add": 0, None: 1, "concat": 2}
+        body = sorted(body, key=lambda p: rank[p.block])
     sizes = [len(body) // count + (1 if i < len(body) % count else 0) for i in range(count)]
     blocks, start = [], 0
     for kind, size in zip(kinds, sizes):
@@ -334,8 +401,10 @@ def blocks_of(level: Level, protos: list[Proto]) -> tuple[list[Block], Proto | N
 def chained(protos: list[Proto]) -> list[Proto]:
     """The block's picks reordered so that each takes about the width the one before gives (greedy, from the
     shallowest), as the layers of a real block do: a picked 3x3 conv of 64 channels should not have to read
-    the 256 a picked 1x1 expansion wrote. Its FLOPs and intensity then stay near its own network's."""
-    left = sorted(protos, key=lambda p: p.depth)
+    the 256 a picked 1x1 expansion wrote. Its FLOPs and intensity then stay near its own network's. A
+    pre-activation pick opens the block (DenseNet's layers and pre-activation ResNets begin with their batch
+    norm-ReLU): after a conv without a batch norm of its own, its batch norm would fold into that conv."""
+    left = sorted(protos, key=lambda p: (not p.pre, p.depth))
     out = [left.pop(0)] if left else []
     while left:
         width = out[-1].cout
@@ -367,6 +436,7 @@ class LevelPlan:
     width: float = 1.0
     entry_width: int | None = None  # the strided conv's filters, when set apart from `width` (fit_parameters)
     exit_width: int | None = None  # a last 1x1 conv of this many filters (fit_parameters)
+    exit_pooled: bool = False  # that conv runs after the global pool (fit_parameters)
 
 
 def plan(mix: Mix, layers: int | None, flops: float, seed: int) -> list[LevelPlan]:
@@ -393,6 +463,11 @@ def plan(mix: Mix, layers: int | None, flops: float, seed: int) -> list[LevelPla
 
 
 EXIT = Proto("conv", (1, 1), 1, 0, 0, 1, 0.0, 1.0, 0.0, 0.0)  # fit_parameters' last 1x1 conv
+# fit_parameters' hidden layer after the global pool (a 1x1 conv on the 1x1 map is a fully connected layer, as
+# MobileNetV3's 960 -> 1280): its activation but no batch norm, which a 1x1 map at batch 1 cannot train.
+POOLED_EXIT = dataclasses.replace(EXIT, post="act")
+# Pooled parameters above this share of the mix's (squeeze-excitation convs, hidden linears) go after the pool.
+POOLED_PARAMETERS = 0.05
 
 
 @dataclass
@@ -403,8 +478,12 @@ class Shape:
     parameters: float = 0.0
 
 
-def conv_layer(p: Proto, shape: Shape, width: float, stride: int, out: int | None, bn: bool, activation: str) -> dict:
-    """The spec of one slot at this width, and `shape` advanced through it (FLOPs and parameters added)."""
+def conv_layer(p: Proto, shape: Shape, width: float, stride: int, out: int | None, bn: bool, activation: str,
+               last: bool = False) -> list[dict]:
+    """The spec layers of one slot at this width (its motif: a batch norm-activation before it when its real
+    conv has one that cannot fold, the batch norm and activation after it that its real conv has, a gate on
+    its output), and `shape` advanced through them (FLOPs and parameters added). `bn` and `activation` are the
+    mix's, for a slot without a motif; `last`: it ends a residual body, whose activation comes after the add."""
     cin = shape.channels
     if p.type == "depthwise_conv":
         groups, cout, spec_groups = cin, cin, "depthwise"
@@ -415,14 +494,28 @@ def conv_layer(p: Proto, shape: Shape, width: float, stride: int, out: int | Non
             groups = _nearest_divisor(math.gcd(cin, cout) if out is not None else cin, cin * p.groups / p.cin)
             cout = cout if out is not None else max(groups, round(cout / groups) * groups)
         spec_groups = groups
+    own = p.activation or activation
+    after_bn = bn if p.post is None else "bn" in p.post
+    after_act = activation if p.post is None else (own if "act" in p.post else "none")
+    layers = []
+    if p.pre:  # its own batch norm, over its input: 2 parameters a channel
+        layers += [{"type": "batch_norm"}, {"type": "activation", "function": own}]
+        shape.parameters += 2 * cin
     size = -(-shape.size // stride)
     kh, kw = p.kernel
     weights = kh * kw * (cin // groups) * cout
     shape.flops += 2.0 * size * size * weights
-    shape.parameters += weights + (2 * cout if bn else 0)
+    shape.parameters += weights + (2 * cout if after_bn else 0)
     shape.channels, shape.size = cout, size
-    return {"type": "conv", "filters": cout, "kernel": [kh, kw], "stride": [stride, stride], "groups": spec_groups,
-            "activation": activation}
+    layers.append({"type": "conv", "filters": cout, "kernel": [kh, kw], "stride": [stride, stride],
+                   "groups": spec_groups, "batch_norm": after_bn, "activation": "none" if last else after_act})
+    if p.gate is not None:
+        reduction, gate_activation, function = p.gate
+        squeeze = squeezed(cout, reduction)
+        shape.flops += 2.0 * 2 * cout * squeeze  # reduce and expand, on 1x1
+        shape.parameters += 2 * cout * squeeze + squeeze + cout
+        layers.append({"type": "gate", "reduction": reduction, "activation": gate_activation, "function": function})
+    return layers
 
 
 def scaled_width(width: int, factor: float) -> int:
@@ -450,11 +543,16 @@ def realise(mix: Mix, plans: list[LevelPlan], image_size: int) -> tuple[list[dic
             shape.size = (shape.size + 2 - 3) // 2 + 1 if pool == "maxpool" else shape.size // 2
         before = shape.flops
         if lp.strided is not None:
-            layers.append(conv_layer(lp.strided, shape, lp.width, 2, lp.entry_width, mix.batch_norm, mix.activation))
+            layers += conv_layer(lp.strided, shape, lp.width, 2, lp.entry_width, mix.batch_norm, mix.activation)
         for block in lp.blocks:
             layers += _block(mix, block, shape, lp.width)
-        if lp.exit_width is not None:
-            layers.append(conv_layer(EXIT, shape, 1.0, 1, lp.exit_width, mix.batch_norm, mix.activation))
+        if lp.exit_width is not None and not lp.exit_pooled:
+            layers += conv_layer(EXIT, shape, 1.0, 1, lp.exit_width, mix.batch_norm, mix.activation)
+        if lp is plans[-1] and mix.global_pool:  # (a slice's last level while fitting: a pool adds no FLOPs)
+            layers.append({"type": "globalpool", "pool": "avg"})
+            shape.size = 1
+        if lp.exit_width is not None and lp.exit_pooled:
+            layers += conv_layer(POOLED_EXIT, shape, 1.0, 1, lp.exit_width, mix.batch_norm, mix.activation)
         per_level.append(shape.flops - before)
         groups.append({"name": f"level_{lp.level}", "layers": layers,
                        "note": f"input / {2 ** lp.level}: {lp.target_flops / 1e9:.3f} GFLOPs per image wanted"})
@@ -464,13 +562,13 @@ def realise(mix: Mix, plans: list[LevelPlan], image_size: int) -> tuple[list[dic
 def _block(mix: Mix, block: Block, shape: Shape, width: float) -> list[dict]:
     bn, act = mix.batch_norm, mix.activation
     if block.kind == "plain":
-        return [conv_layer(p, shape, width, 1, None, bn, act) for p in block.protos]
+        return [layer for p in block.protos for layer in conv_layer(p, shape, width, 1, None, bn, act)]
     start = shape.channels
     last = max((i for i, p in enumerate(block.protos) if p.type != "depthwise_conv"), default=None)
     body = []
     for i, p in enumerate(block.protos):
         keep = start if block.kind == "residual" and i == last else None
-        body.append(conv_layer(p, shape, width, 1, keep, bn, "none" if keep is not None else act))
+        body += conv_layer(p, shape, width, 1, keep, bn, act, last=keep is not None)
     if block.kind == "residual":
         return [{"type": "residual", "body": body, "activation": act}]
     growth = shape.channels
@@ -504,9 +602,13 @@ def fit_parameters(mix: Mix, plans: list[LevelPlan], image_size: int, parameters
     width. So the width that sets it gets the value (the level's other convs refitted to its FLOPs each time)
     that brings the network's parameters to `parameters`, by bisection: the last level's entry conv when its
     blocks are all residual (they keep the width they get), else a last 1x1 conv added for the purpose (as
-    MobileNetV3 and EfficientNet widen before pooling), unless the parameters are already within 1%."""
+    MobileNetV3 and EfficientNet widen before pooling), unless the parameters are already within 1%. When the
+    targets hold more than POOLED_PARAMETERS of theirs on 1x1 maps (gates' convs, hidden linears), that conv
+    runs after the global pool, where parameters cost as few FLOPs as there (issue 25: with the gates' convs
+    generated inside the gates, a conv at the last map's size could not reach MobileNetV3's parameters)."""
     last = plans[-1]
-    by_entry = last.strided is not None and all(block.kind == "residual" for block in last.blocks)
+    last.exit_pooled = mix.global_pool and mix.pooled_parameters > POOLED_PARAMETERS
+    by_entry = not last.exit_pooled and last.strided is not None and all(b.kind == "residual" for b in last.blocks)
     if not by_entry and abs(network_parameters(mix, plans, image_size) / parameters - 1) <= 0.01:
         return
 
@@ -570,8 +672,6 @@ def generate(mix: Mix, *, seed: int, layers: int | None, gflops: float | None, n
         fit_parameters(mix, plans, mix.image_size, mix.parameters * flops / mix.flops_per_image)
         bar.advance()
     groups, _, _ = realise(mix, plans, mix.image_size)
-    if mix.global_pool:
-        groups[-1]["layers"].append({"type": "globalpool", "pool": "avg"})
     targets = ", ".join(f"{t.name}:{t.weight:.3g}" for t in mix.targets)
     return {
         "name": name,
@@ -617,7 +717,18 @@ def comparison(mix: Mix, profile: dict, scale: float) -> list[dict]:
     distance = wasserstein(mix.intensity, proxy)
     rows.append({"what": "intensity distance (W1, octaves)", "wanted": 0.0, "got": distance, "off": distance,
                  "unit": "octaves", "goal": None, "met": None})
-    return rows
+    return rows + motif_rows(mix, profile)
+
+
+def motif_rows(mix: Mix, profile: dict) -> list[dict]:
+    """The share of convolutions in each motif (tools/profile/motifs.py), the mix's against the network's, within
+    MOTIF_TOLERANCE; none when a target's profile has no motifs."""
+    if mix.motif_shares is None or not profile.get("motifs"):
+        return []
+    got = motif_shares(profile["motifs"])
+    return [{"what": f"conv share: {key}", "wanted": wanted * 100, "got": got[key] * 100, "off": (got[key] - wanted) * 100,
+             "unit": "pp", "goal": MOTIF_TOLERANCE * 100, "met": abs(got[key] - wanted) <= MOTIF_TOLERANCE + 1e-12}
+            for key, wanted in mix.motif_shares.items() if wanted or got[key]]
 
 
 def _relative_row(what: str, wanted: float, got: float) -> dict:

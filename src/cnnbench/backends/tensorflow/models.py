@@ -220,7 +220,7 @@ class _SpecBuilder:
         self.layers = _keras().layers
         self.steps = {"conv": self.conv, "maxpool": self.pool, "avgpool": self.pool, "globalpool": self.globalpool,
                       "batch_norm": self.batch_norm, "activation": self.activation, "residual": self.residual,
-                      "dense": self.dense, "branches": self.branches}
+                      "dense": self.dense, "branches": self.branches, "gate": self.gate}
 
     def sequence(self, layers: list[dict], x):
         for layer in layers:
@@ -266,6 +266,17 @@ class _SpecBuilder:
     def activation(self, layer: dict, x):
         function = layer["function"]
         return x if function == "none" else self.layers.Activation(KERAS_ACTIVATIONS[function])(x)
+
+    def gate(self, layer: dict, x):
+        # synnet.Gate: pool, reduce (1x1, bias), activation, expand (1x1, bias), sigmoid or hardsigmoid (Keras 3's
+        # hard_sigmoid is relu6(x + 3) / 6, PyTorch's), times the input.
+        channels = x.shape[-1]
+        scale = self.layers.GlobalAveragePooling2D(keepdims=True)(x)
+        scale = self.layers.Conv2D(synnet.squeezed(channels, layer["reduction"]), 1)(scale)
+        scale = self.activation({"function": layer["activation"]}, scale)
+        scale = self.layers.Conv2D(channels, 1)(scale)
+        scale = self.layers.Activation({"sigmoid": "sigmoid", "hardsigmoid": "hard_sigmoid"}[layer["function"]])(scale)
+        return self.layers.Multiply()([scale, x])
 
     def residual(self, layer: dict, x):
         body = self.sequence(layer["body"], x)

@@ -224,6 +224,11 @@ class _LayerRecorder(TorchFunctionMode):
         self.counter, self.names, self.bytes_per_element = counter, names, bytes_per_element
         self.layers: list[dict] = []
         self._seen_parameters: set[int] = set()
+        # Dataflow (issue 25, motifs.py): which layer wrote each tensor, by identity. Every tensor seen is kept
+        # alive until the forward ends, so that an id is never reused for another tensor; on the meta device
+        # that costs no memory.
+        self._producer: dict[int, int] = {}
+        self._alive: list = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -234,9 +239,23 @@ class _LayerRecorder(TorchFunctionMode):
         kind = classify(name, args, kwargs)
         if kind is None and flops:
             kind = "other"
+        sources = self._sources((args, kwargs))
         if kind is not None:
-            self.layers.append(self._record(kind, name, args, kwargs, out, flops))
+            record = self._record(kind, name, args, kwargs, out, flops)
+            self.layers.append({**record, "inputs": sources})
+            self._mark(out, record["index"])
+        elif len(set(sources)) == 1:  # a view, reshape, dropout or copy passes its one input's writer on
+            self._mark(out, sources[0])
         return out
+
+    def _sources(self, value: object) -> list[int]:
+        """The layers that wrote a call's tensor arguments, in argument order (parameters and the input have none)."""
+        return [self._producer[id(t)] for t in tensors_in(value) if id(t) in self._producer]
+
+    def _mark(self, out: object, index: int) -> None:
+        for t in tensors_in(out):
+            self._producer[id(t)] = index  # an in-place result (out += identity, relu_) is the same tensor: rewritten
+            self._alive.append(t)
 
     def _record(self, kind: str, name: str, args: tuple, kwargs: dict, out: object, flops: int) -> dict:
         operands = tensors_in((args, kwargs))
@@ -269,7 +288,7 @@ def count_layers(model: nn.Module, x: torch.Tensor, bytes_per_element: int) -> t
     if missed:  # FLOPs outside any call the mode saw (none in torchvision's models); kept so that the totals agree
         recorder.layers.append({"index": len(recorder.layers), "name": "(unattributed)", "type": "other", "function": None,
                                 **dict.fromkeys(_GEOMETRY_KEYS), "flops": missed, "parameters": 0, "bytes_read": 0,
-                                "bytes_written": 0, "arithmetic_intensity": 0.0})
+                                "bytes_written": 0, "arithmetic_intensity": 0.0, "inputs": []})
     return recorder.layers, total
 
 

@@ -39,6 +39,7 @@ from torch import nn
 from cnnbench.core.errors import UsageError, one_line
 from cnnbench.tools.profile.layers import (BYTES_PER_ELEMENT, DISTRIBUTIONS, OP_TYPES, count_layers, distributions,
                                            op_types, totals)
+from cnnbench.tools.profile.motifs import MERGES, ORDERS, motifs_section
 
 FORMAT = "cnnbench-profile"
 VERSION = 1
@@ -78,6 +79,7 @@ def profile_model(entry, image_size: int, batch_size: int, precision: str = "fp3
         "op_types": op_types(layers, total),
         "distributions": distributions(layers),
         "layers": layers,
+        "motifs": motifs_section(layers, image_size),
         "measured": None,
     }
 
@@ -161,7 +163,8 @@ def profile_problem(data: object) -> str | None:
         if not _number(data.get(key)) or not data[key] >= 1:
             return f"'{key}' must be a number of at least 1, got {data.get(key)!r}"
     return (_totals_problem(data) or _op_types_problem(data) or _layers_problem(data["layers"])
-            or _distributions_problem(data["distributions"]) or _measured_problem(data.get("measured")))
+            or _distributions_problem(data["distributions"]) or _motifs_problem(data.get("motifs"))
+            or _measured_problem(data.get("measured")))
 
 
 def _totals_problem(data: dict) -> str | None:
@@ -205,6 +208,28 @@ def _distributions_problem(found: dict) -> str | None:
         weights = histogram["weights"]
         if not all(_number(w) for w in weights) or (weights and sum(weights) and not _sums_to_one(weights)):
             return f"distributions.{name}.weights must be non-negative shares summing to 1"
+    return None
+
+
+def _motifs_problem(motifs: object) -> str | None:
+    """A profile made before issue 25 has no motifs (absent or null) and still loads; one that has them must
+    count them consistently."""
+    if motifs is None:
+        return None
+    if not isinstance(motifs, dict) or not _number(motifs.get("convs")):
+        return "motifs.convs must be a non-negative number"
+    for key, names in (("order", ORDERS), ("merge", (*MERGES, "none"))):
+        counts = motifs.get(key)
+        if not isinstance(counts, dict) or not all(_number(counts.get(name)) for name in names):
+            return f"motifs.{key} must count {', '.join(names)}"
+        if sum(counts[name] for name in names) != motifs["convs"]:
+            return f"motifs.{key} counts {sum(counts[name] for name in names)} convolutions, not motifs.convs ({motifs['convs']})"
+    for key in ("gated", "depthwise_pointwise"):
+        if not _number(motifs.get(key)) or motifs[key] > motifs["convs"]:
+            return f"motifs.{key} must be a number of convolutions from 0 to motifs.convs"
+    if not isinstance(motifs.get("levels"), dict) or not isinstance(motifs.get("merges"), dict) \
+            or not isinstance(motifs.get("gates"), dict):
+        return "motifs must hold 'levels', 'merges' and 'gates' objects"
     return None
 
 
