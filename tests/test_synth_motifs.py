@@ -153,3 +153,13 @@ def test_old_profiles_make_the_same_kind_of_network_as_before(profiles):
     mix = synth.mix_of([synth.Target("old", 1.0, old)], SIZE)
     spec = synth.generate(mix, seed=0, layers=None, gflops=None, name="old")
     assert mix.motif_shares is None and not [l for l in _layers(spec) if l["type"] in ("gate", "batch_norm")]
+
+
+def test_a_small_budget_records_and_prints_the_batch_size_that_keeps_the_overhead_share(cli, tmp_path):
+    out = tmp_path / "small.json"
+    code, stdout, err = cli("synth", "--target", "resnet50", "--image-size", str(SIZE), "--gflops", "0.17", "--out", out)
+    assert code == 0, err
+    mix_flops = synth.mix_of(synth.load_targets("resnet50", SIZE, 16, "fp32"), SIZE).flops_per_image
+    assert json.loads(out.read_text())["synth"]["batch_scale"] == round(mix_flops / 0.17e9) == 4
+    assert "Run it at 4x the targets' batch size (targets at 16, this proxy at 64)" in stdout
+    assert synth.batch_scale(mix_flops, mix_flops) == synth.batch_scale(mix_flops, 2 * mix_flops) == 1

@@ -661,6 +661,15 @@ def check_size(mix: Mix, layers: int | None, gflops: float | None) -> None:
                      "(GFLOPs, not FLOPs), or --layers")
 
 
+def batch_scale(mix_flops: float, flops: float) -> int:
+    """The batch size, as a multiple of the targets', a proxy of `flops` per image should run at (issue 25, item 3):
+    mix_flops / flops, rounded, at least 1. A step's framework overhead (Python, dispatch, the loss, the
+    optimizer, synchronisation) does not shrink with the FLOPs; at this batch a proxy step does the FLOPs of a
+    target step, so that overhead takes the same share of it as of the targets' (measured before it: the
+    quarter-FLOP proxies' eager batch-8 speed-ups were 0.8-1.0x where their models got 1.5-1.8x)."""
+    return max(1, round(mix_flops / flops))
+
+
 def generate(mix: Mix, *, seed: int, layers: int | None, gflops: float | None, name: str) -> dict:
     """The synthetic network's spec (synNet's format) for the mix."""
     flops = gflops * 1e9 if gflops else mix.flops_per_image
@@ -684,7 +693,8 @@ def generate(mix: Mix, *, seed: int, layers: int | None, gflops: float | None, n
         "head": {"flatten": True, "fully_connected": {"outputs": mix.num_classes, "bias": True}},
         "training": {"optimizer": "SGD momentum 0.9", "weight_decay": 0.0001, "learning_rate": 0.01},
         "synth": {"targets": [{"name": t.name, "weight": t.weight} for t in mix.targets], "seed": seed,
-                  "image_size": mix.image_size, "gflops": gflops, "layers": count},
+                  "image_size": mix.image_size, "gflops": gflops, "layers": count,
+                  "batch_scale": batch_scale(mix.flops_per_image, flops)},
     }
 
 
@@ -773,6 +783,11 @@ def run(cfg) -> int:
                   + f" at {cfg.image_size} px; {mix.flops_per_image / 1e9:.2f} GFLOPs and {mix.parameters / 1e6:.2f} M "
                   "parameters per image" + (f"; budget {cfg.gflops:g} GFLOPs (x{scale:.3f})" if cfg.gflops else ""))
     show_comparison(f"{spec['name']}: {len(profile['layers'])} layers, against the mix", rows)
+    scale_batch = spec["synth"]["batch_scale"]
+    if scale_batch > 1:
+        terminal.say(f"Run it at {scale_batch}x the targets' batch size (targets at {cfg.batch_size}, this proxy at "
+                     f"{cfg.batch_size * scale_batch}): a step then does the targets' FLOPs, so the framework's per-step "
+                     "overhead takes the same share (synth.batch_scale in the spec)")
     missed = [r["what"] for r in rows if r["met"] is False]
     if missed:
         terminal.warn(f"{len(missed)} goal{'s' if len(missed) > 1 else ''} missed: {', '.join(missed)} "

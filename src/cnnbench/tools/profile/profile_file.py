@@ -19,7 +19,10 @@ The profile file (FORMAT "cnnbench-profile", VERSION 1; JSON, written with "form
                                  "model" for the root), type, function (the torch function called),
                                  in_channels, out_channels, kernel [h, w], stride [h, w], groups, input_hw
                                  [h, w], output_hw [h, w] (null where a layer has none), flops, parameters,
-                                 bytes_read, bytes_written, arithmetic_intensity
+                                 bytes_read, bytes_written, arithmetic_intensity, inputs (the indexes of the
+                                 layers that wrote its tensor arguments; absent in profiles made before issue 25)
+  motifs                         the operations around the convs (motifs.py: counts per network and per level,
+                                 merges, gates); absent or null before issue 25, when it is not checked
   measured                       null, or with --measure: device, precision, memory_format, batch_size,
                                  image_size, warmup_steps, steps, forward and backward (each: seconds_per_step,
                                  labelled_seconds_per_step, coverage = labelled / whole pass, time_share per
