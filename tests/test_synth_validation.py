@@ -317,3 +317,69 @@ def test_synnet_is_judged_beside_the_proxy_on_the_same_target_runs(cli, tmp_path
     rows = [r for r in records if r["proxy"] == "synNet" and r["configuration"] == "eager-fp32" and r["batch_size"] == 2]
     assert rows[0]["proxy_to_mix_time_ratio"] == pytest.approx(3 / 4)
     assert "side by side" in out and records[-1]["configuration"] == "synNet-vs-four-models"
+
+
+# --- benchmarks/synth_proxies.py: its argument handling only (the benchmark itself runs for long) ---------------
+
+def _bench():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import synth_proxies
+
+    return synth_proxies
+
+
+def test_goals_benchmark_plans_the_issue_targets_full_flop_proxies_and_synnet():
+    bench = _bench()
+    args = bench.parse_args([])
+    proxies = bench.plan(args)
+    assert [p.name for p in proxies] == ["mix4-full", "resnet50", "densenet121", "googlenet", "mobilenet_v3_large",
+                                         "efficientnet_b0", "mix4"]
+    assert proxies[0].divisor == 1 and proxies[0].synnet and proxies[0].targets == synth_validation.FOUR_MODELS
+    assert all(p.divisor == 4 and not p.synnet for p in proxies[1:])
+    assert (args.image_size, args.batch_sizes, args.work, args.configs) == (96, "2,8", "synth_proxies_work", None)
+
+
+def test_goals_benchmark_quick_mode_and_synnet_without_a_full_mix():
+    bench = _bench()
+    quick = bench.parse_args(["--quick"])
+    assert [(p.name, p.divisor, p.synnet) for p in bench.plan(quick)] == [("mobilenet_v3_large", 4, False)]
+    assert quick.configs == "eager-fp32,onnxruntime-int8" and quick.work == "synth_proxies_quick"
+    moved = bench.plan(bench.parse_args(["--full", "", "--proxies", "googlenet,mix4"]))
+    assert [(p.name, p.synnet) for p in moved] == [("googlenet", False), ("mix4", True)]
+    assert not any(p.synnet for p in bench.plan(bench.parse_args(["--no-synnet"])))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--proxies", "resnet50,vgg16"], "--proxies: unknown vgg16"),
+    (["--full", "nope"], "--full: unknown nope"),
+    (["--batch-sizes", "8"], "--batch-sizes: give two or more"),
+])
+def test_goals_benchmark_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _bench().parse_args(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+# --- Issue 25, item 3: a smaller proxy runs at its spec's batch_scale ---------------------------------------------
+
+def test_proxy_runs_at_its_specs_batch_scale_and_its_overhead_is_fitted_there(tmp_path):
+    from cnnbench.core.config import SynthValidateConfig
+
+    spec = tmp_path / "proxy.json"
+    spec.write_text(json.dumps({**json.loads(SYNNET.read_text()), "name": "proxy", "synth": {"batch_scale": 4}}))
+    assert synth_validation.batch_scale(str(spec), None) == 4 and synth_validation.batch_scale(str(spec), 1) == 1
+    assert synth_validation.batch_scale("synNet", None) == 1 and synth_validation.batch_scale(str(SYNNET), None) == 1
+    cfg = SynthValidateConfig(spec=str(spec), target="resnet50")
+    models = synth_validation.runnable("resnet50", str(spec))
+    settings = synth_validation.parse_settings("eager-fp32", "cpu")
+    runs = synth_validation.plan_runs(cfg, models, settings, [2, 8], 64, tmp_path, {"proxy": 4})
+    assert {(r.name, r.batch): r.config.measure.batch_size for r in runs} == {
+        ("proxy", 2): 8, ("proxy", 8): 32, ("resnet50", 2): 2, ("resnet50", 8): 8}
+    # the proxy at 8 and 32 images a step: t = 6 + 1*B ms, so 1.75 and 1.1875 ms an image; the fit is over 8 and 32
+    for run, ms in zip(runs, (14 / 8, 38 / 32, 1.0, 1.0)):
+        run.record = {"images_per_sec_from_mean_time": 1000 / ms, "wall_seconds": 1.0}
+    rows = synth_validation.rows_of(runs, models, settings, [2, 8], "eager-fp32", scale=4)
+    assert rows[1]["proxy_batch_size"] == 32 and rows[1]["overhead_ms_proxy"] == pytest.approx(6.0)
+    assert rows[1]["overhead_share_proxy"] == pytest.approx(6 / 38)

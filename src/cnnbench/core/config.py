@@ -500,6 +500,9 @@ class SynthValidateConfig:
                                 "matches, instead of running it again")
     synnet: bool = option(False, "also time AI Matrix's synNet and judge it against the same target runs, beside the "
                                  "proxy (made for the equal mix of densenet121, googlenet, resnet152, resnet50)")
+    proxy_batch_scale: int | None = option(None, "run the proxy at this multiple of each batch size; default: its "
+                                                 "spec's synth.batch_scale (a smaller --gflops budget's: a step does a "
+                                                 "target step's FLOPs), 1 without one")
 
     def validate(self) -> None:
         if not self.spec:
@@ -509,6 +512,8 @@ class SynthValidateConfig:
         _int_at_least(self.num_batches, 1, "--num-batches")
         _int_at_least(self.warmup, 1, "--warmup")
         _int_at_least(self.seed, 0, "--seed")
+        if self.proxy_batch_scale is not None:
+            _int_at_least(self.proxy_batch_scale, 1, "--proxy-batch-scale")
 
 
 # --- Issue 12: `cnnbench max-batch` and `cnnbench soak` (maxbatch.py, soak.py) ---------------------------

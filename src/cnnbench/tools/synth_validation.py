@@ -30,6 +30,7 @@ summary per proxy, each with the environment (RECORD_VERSION 1; fields as writte
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -168,15 +169,33 @@ def runnable(text: str | None, spec: str, image_size: int | None = None,
     return out
 
 
+def batch_scale(model: str, option: int | None) -> int:
+    """How many times the targets' batch a proxy runs at: --proxy-batch-scale, else its spec's synth.batch_scale
+    (`cnnbench synth` records the mix's FLOPs over a smaller budget, so a proxy step does a target step's FLOPs
+    and the per-step overhead keeps its share: docs/synthetic.md), else 1 (synNet, a spec without one)."""
+    if option is not None:
+        return option
+    path = Path(model)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return 1
+    try:
+        return int(json.loads(path.read_text()).get("synth", {}).get("batch_scale", 1))
+    except (ValueError, AttributeError, TypeError):  # not a spec synth wrote: the run itself says what is wrong
+        return 1
+
+
 def plan_runs(cfg: SynthValidateConfig, models, settings: list[Setting], batches: list[int], image_size: int,
-              runs_dir: Path) -> list[Run]:
+              runs_dir: Path, scales: dict[str, int] | None = None) -> list[Run]:
+    """Every model x configuration x batch size; a Run's `batch` is the targets' batch size, its configuration's the
+    one it runs at (times `scales[name]`, 1 where not given: the proxies' batch_scale)."""
     out = []
     for model, name, _ in models:
         for setting in settings:
             for batch in batches:
+                size = batch * (scales or {}).get(name, 1)
                 common = dict(model=model, image_size=image_size, seed=cfg.seed, results_dir=str(runs_dir),
-                              log_dir=str(runs_dir / "checkpoints" / f"{name}_{batch}"),
-                              measure=MeasureConfig(batch_size=batch, num_batches=cfg.num_batches, warmup=cfg.warmup,
+                              log_dir=str(runs_dir / "checkpoints" / f"{name}_{size}"),
+                              measure=MeasureConfig(batch_size=size, num_batches=cfg.num_batches, warmup=cfg.warmup,
                                                     display_every=max(cfg.num_batches, 1)),
                               placement=PlacementConfig(device=cfg.device, precision=setting.precision))
                 run_cfg = TrainConfig(**common) if setting.kind == "train" else \
@@ -205,23 +224,28 @@ def run_all(runs: list[Run], runs_dir: Path, reuse: bool) -> int:
         found = [r for r in earlier if _matches(r, run)]
         if found:
             run.record = found[-1]
-            terminal.say(f"[{k}/{len(runs)}] {run.name} {run.setting.name} batch {run.batch}: reused")
+            terminal.say(f"[{k}/{len(runs)}] {run.name} {run.setting.name} batch {_batch(run)}: reused")
             continue
-        terminal.console.rule(f"synth validate {k}/{len(runs)}: {run.name} {run.setting.name} batch {run.batch}")
+        terminal.console.rule(f"synth validate {k}/{len(runs)}: {run.name} {run.setting.name} batch {_batch(run)}")
         before = len(store.read_records(runs_dir))
         kind = run.setting.kind
-        base = {"kind": kind, "model": run.name, "batch_size": run.batch}
-        log = runs_dir / f"result_{run.name}_{run.batch}_{run.setting.name}.txt"
+        base = {"kind": kind, "model": run.name, "batch_size": _batch(run)}
+        log = runs_dir / f"result_{run.name}_{_batch(run)}_{run.setting.name}.txt"
         code = sweep.run_child(sweep.Configuration(run.config, log.name, base), log)
         shutil.rmtree(run.config.log_dir, ignore_errors=True)  # a checkpoint no validation reads
         after = store.read_records(runs_dir)
         if len(after) > before and after[-1].get("status") == "ok":
             run.record = after[-1]
         else:
-            terminal.warn(f"{run.name} {run.setting.name} batch {run.batch} gave no figures: {sweep.failure_reason(code, log)}")
+            terminal.warn(f"{run.name} {run.setting.name} batch {_batch(run)} gave no figures: {sweep.failure_reason(code, log)}")
         if code in (errors.EXIT_INTERRUPTED, errors.EXIT_TERMINATED):
             return code
     return 0
+
+
+def _batch(run: Run) -> int:
+    """The batch size the run runs at (its configuration's; a scaled proxy's differs from `run.batch`)."""
+    return run.config.measure.batch_size if run.config is not None else run.batch
 
 
 def ms_per_image(record: dict | None) -> float:
@@ -279,9 +303,10 @@ def overhead_share(ms_per_image: dict[int, float]) -> tuple[float, float]:
     return a, (a / step if math.isfinite(a) and step > 0 else math.nan)
 
 
-def _overhead_fields(per_batch: dict[int, tuple[float, float, dict]]) -> dict:
-    """A configuration's overhead fields from {batch: (proxy ms/img, mix ms/img, {target: ms/img})}."""
-    proxy_a, proxy_share = overhead_share({b: t[0] for b, t in per_batch.items()})
+def _overhead_fields(per_batch: dict[int, tuple[float, float, dict]], scale: int = 1) -> dict:
+    """A configuration's overhead fields from {batch: (proxy ms/img, mix ms/img, {target: ms/img})}; the proxy ran at
+    `scale` times each batch."""
+    proxy_a, proxy_share = overhead_share({b * scale: t[0] for b, t in per_batch.items()})
     mix_a, mix_share = overhead_share({b: t[1] for b, t in per_batch.items()})
     targets = next(iter(per_batch.values()))[2]
     return {"overhead_ms_proxy": proxy_a, "overhead_share_proxy": proxy_share, "overhead_ms_mix": mix_a,
@@ -291,10 +316,11 @@ def _overhead_fields(per_batch: dict[int, tuple[float, float, dict]]) -> dict:
 
 
 def rows_of(runs: list[Run], models, settings: list[Setting], batches: list[int], baseline: str,
-            full_flop: bool = False) -> list[dict]:
+            full_flop: bool = False, scale: int = 1) -> list[dict]:
     """One row per configuration and batch size: the proxy's and the mix's time per image, their ratio (judged
     against PER_IMAGE_TOLERANCE only where `full_flop`, else None), speed-ups and error, and the configuration's
-    framework overhead (the same on each of its rows: the fit runs over its batch sizes)."""
+    framework overhead (the same on each of its rows: the fit runs over its batch sizes). `scale`: the proxy ran
+    at that multiple of each batch size (`batch_scale`)."""
     proxy = models[0][1]
     by_key = {(r.name, r.setting.name, r.batch): r for r in runs}
 
@@ -307,11 +333,12 @@ def rows_of(runs: list[Run], models, settings: list[Setting], batches: list[int]
     rows = []
     for setting in settings:
         per_batch = {batch: times(setting.name, batch) for batch in batches}
-        overhead = _overhead_fields(per_batch)
+        overhead = _overhead_fields(per_batch, scale)
         for batch, (p, m, each) in per_batch.items():
             sp, sm, ratio = base_proxy / p, base_mix / m, p / m
             judged = full_flop and math.isfinite(ratio)
-            rows.append({"configuration": setting.name, "batch_size": batch, "proxy_ms_per_image": p,
+            rows.append({"configuration": setting.name, "batch_size": batch, "proxy_batch_size": batch * scale,
+                         "proxy_ms_per_image": p,
                          "mix_ms_per_image": m, "targets_ms_per_image": each, "proxy_speedup": sp, "mix_speedup": sm,
                          "speedup_error_percent": (sp / sm - 1) * 100,
                          "baseline": setting.name == baseline and batch == batches[0],
@@ -492,12 +519,12 @@ def show_side_by_side(summaries: list[dict]) -> None:
 
 
 def _judge(runs: list[Run], proxy, targets, settings: list[Setting], batches: list[int], cfg: SynthValidateConfig,
-           flops: dict[str, float]) -> tuple[list[dict], dict]:
+           flops: dict[str, float], scale: int) -> tuple[list[dict], dict]:
     """One proxy against the targets' runs: its rows and summary, printed."""
     mix_flops = sum(w * flops[name] for _, name, w in targets)
     summary_flops = (flops[proxy[1]], mix_flops)
     full = mix_flops > 0 and abs(summary_flops[0] / mix_flops - 1) <= FULL_FLOP_TOLERANCE
-    rows = rows_of(runs, [proxy, *targets], settings, batches, cfg.baseline, full_flop=full)
+    rows = rows_of(runs, [proxy, *targets], settings, batches, cfg.baseline, full_flop=full, scale=scale)
     summary = summary_of(rows, runs, proxy[1], {name for _, name, _ in targets}, summary_flops)
     show(rows, summary, proxy[1], cfg.baseline)
     return rows, summary
@@ -525,11 +552,17 @@ def run(cfg: SynthValidateConfig) -> int:
     files.ensure_writable(results_dir, "--results-dir")
     runs_dir = results_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    runs = plan_runs(cfg, models, settings, batches, image_size, runs_dir)
+    scales = {name: batch_scale(model, cfg.proxy_batch_scale) for model, name, _ in proxies}
+    runs = plan_runs(cfg, models, settings, batches, image_size, runs_dir, scales)
     synnet = synnet_check(image_size)
     flops = flops_of(models, image_size)
     terminal.say(f"{len(runs)} runs: {len(models)} models ({', '.join(n for _, n, _ in models)}) x {len(settings)} "
                   f"configurations x batch {', '.join(map(str, batches))} at {image_size} px on {device}")
+    for name, scale in scales.items():
+        if scale != 1:
+            terminal.say(f"{name} runs at {scale}x each batch size ({', '.join(str(b * scale) for b in batches)}): "
+                         "a step does the FLOPs of a target's step (its spec's synth.batch_scale; --proxy-batch-scale 1 "
+                         "runs it at the targets' batches)")
     started = time.time()
     code = run_all(runs, runs_dir, cfg.reuse)
     records, summaries = [], []
@@ -537,8 +570,9 @@ def run(cfg: SynthValidateConfig) -> int:
             "targets": ",".join(f"{n}:{w:.4g}" for _, n, w in targets), "image_size": image_size,
             "device": str(device), "validation_seconds": time.time() - started, **environment.collect()}
     for proxy in proxies:
-        rows, summary = _judge(runs, proxy, targets, settings, batches, cfg, flops)
-        common = {**base, "spec": proxy[0], "proxy": proxy[1], "reference": proxy[0] == SYNNET}
+        rows, summary = _judge(runs, proxy, targets, settings, batches, cfg, flops, scales[proxy[1]])
+        common = {**base, "spec": proxy[0], "proxy": proxy[1], "reference": proxy[0] == SYNNET,
+                  "proxy_batch_scale": scales[proxy[1]]}
         records += [{**common, **r} for r in rows + [summary]]
         summaries.append({**summary, "proxy": proxy[1]})
     if len(summaries) > 1:
