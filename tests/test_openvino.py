@@ -88,8 +88,9 @@ def test_int8_is_quantised_by_nncf_on_onnxruntimes_calibration_batches(cli, tiny
     assert len(seen["openvino"]) == len(seen["onnxruntime"]) == 3
     assert all(torch.equal(a, b) for a, b in zip(seen["openvino"], seen["onnxruntime"]))
     # int8 weights: about a quarter of the fp32 IR's bytes (the fp32 IR is kept beside it, as the fp32 ONNX is)
-    (fp32,) = tmp_path.glob(f"cache/*openvino-int8*/model.openvino-{VERSION}.bin")
-    (int8,) = tmp_path.glob("cache/*openvino-int8*/*.int8.bin")
+    # One cache entry per model on the CPU (engines/table.shares_builds): the fp32 IR and its int8 calibration
+    (fp32,) = tmp_path.glob(f"cache/*-openvino-*/model.openvino-{VERSION}.bin")
+    (int8,) = tmp_path.glob("cache/*-openvino-*/*.int8.cal*.bin")
     assert int8.stat().st_size < fp32.stat().st_size / 2
     out, again = _infer(cli, tiny_spec, "int8", *calib)
     assert again["cache_hit"] is True and again["guard_relative_error"] == pytest.approx(record["guard_relative_error"])

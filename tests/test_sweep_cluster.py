@@ -195,5 +195,5 @@ def test_two_sweeps_at_once_never_move_each_other_s_folder(root, cpu_calibration
 def test_synth_validate_refuses_a_target_named_twice_in_one_line(cli, tiny_spec):
     """Issue 23: --target googlenet:1,googlenet:2 was run twice; validate refuses it before any run."""
     code, out, err = cli("synth", "validate", tiny_spec, "--target", "googlenet:1,googlenet:2")
-    assert code == 2 and "--target: a model is named twice (or the proxy is among its targets); name each once" in err
+    assert code == 2 and "--target: a model is named twice (or a proxy is among its targets); name each once" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err

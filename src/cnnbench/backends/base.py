@@ -256,11 +256,14 @@ class Backend:
         raise NotImplementedError
 
     def build_engine(self, cfg, entry: ModelEntry, image_size: int, placement: Placement, batch: int, model, example,
-                     cache, calibration: Callable[[], list], compile_mode: str | None):
+                     cache, calibration: Callable[[], list], compile_mode: str | None, *, shared: bool = False,
+                     calibration_tag: str = ""):
         """The engine named by cfg.engine, built by the class its engine-table record names: a callable
         (images -> logits) with an `info` dict of its build (engine_build_seconds, engine_load_seconds,
         cache_hit and the engine's own fields). `cache` is the run's ArtifactCache, `example` one input
-        batch (None for eager), `calibration()` the int8 calibration batches."""
+        batch (None for eager), `calibration()` the int8 calibration batches. `shared`: the cache entry serves
+        every batch size and precision (engines/table.shares_builds), `calibration_tag` names the calibration
+        set in it (engines/base.BuildInputs)."""
         raise NotImplementedError
 
     def cache_identity(self, engine: str, placement: Placement, compile_mode: str | None) -> dict:

@@ -28,7 +28,9 @@ class ArtifactCache:
         self.persistent = root is not None
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
         base = Path(root) if root else Path(tempfile.mkdtemp(prefix="cnnbench-build-"))
-        self.dir = base / f"{key['model']}-{key['engine']}-{key['precision']}-b{key['batch_size']}-{digest}"
+        # A shared entry (engines/table.shares_builds) has no precision nor batch size in its key: one per model.
+        scope = f"-{key['precision']}-b{key['batch_size']}" if "batch_size" in key else ""
+        self.dir = base / f"{key['model']}-{key['engine']}{scope}-{digest}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key = key
         self.notes: list[str] = []

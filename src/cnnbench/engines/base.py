@@ -40,7 +40,10 @@ def refusal(engine: str, step: str) -> Iterator[None]:
 class BuildInputs:
     """Everything an engine may be built from; each class takes what it needs.
 
-    int8_activations: u8 | s8 for int8 (onnx_export.quantize_int8); None or "auto": the device's default."""
+    int8_activations: u8 | s8 for int8 (onnx_export.quantize_int8); None or "auto": the device's default.
+    shared: the cache entry serves every batch size and precision (table.shares_builds): the engine exports a
+    dynamic batch and fixes it to the example's when it loads; calibration_tag names the calibration set in
+    the int8 artefact's name, since such an entry holds one per calibration, not per configuration."""
 
     model: "nn.Module"
     placement: "Placement"
@@ -49,6 +52,8 @@ class BuildInputs:
     calibration: Callable[[], list]
     compile_mode: str | None = None
     int8_activations: str | None = None
+    shared: bool = False
+    calibration_tag: str = ""
 
 
 class Engine:

@@ -64,20 +64,31 @@ class ExportFailed(RuntimeError):
         self.reason = reason
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, half: bool = False) -> str:
-    """Export with a fixed batch (static shapes suit TensorRT and CUDA graphs); returns the exporter used."""
+# The name of the batch dimension of a dynamic-batch export; ONNX Runtime fixes it when it loads the file
+# (SessionOptions.add_free_dimension_override_by_name), so the session still plans for static shapes.
+BATCH_DIM = "batch"
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, half: bool = False,
+                dynamic_batch: bool = False) -> str:
+    """Export with the example's fixed batch (static shapes suit TensorRT and CUDA graphs), or with a dynamic
+    batch dimension named BATCH_DIM (one export for every batch size); returns the exporter used."""
     export_model, example = (model.half(), example.half()) if half else (model.float(), example.float())
     example = example.contiguous()
     kwargs = dict(input_names=["images"], output_names=["logits"], opset_version=ONNX_OPSET)
+    # Each exporter's own form of the batch dimension (the dynamo exporter names the ONNX dimension after the Dim).
+    dynamo_shapes = ({0: torch.export.Dim(BATCH_DIM)},) if dynamic_batch else None
+    legacy_axes = {"images": {0: BATCH_DIM}, "logits": {0: BATCH_DIM}} if dynamic_batch else None
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines are not benchmark output
         try:
             # One self-contained file (every model here is far below protobuf's 2 GB limit): the quantiser
             # and the cache's checksum see all the weights.
-            torch.onnx.export(export_model, (example,), str(path), dynamo=True, verbose=False, external_data=False, **kwargs)
+            torch.onnx.export(export_model, (example,), str(path), dynamo=True, verbose=False, external_data=False,
+                              dynamic_shapes=dynamo_shapes, **kwargs)
             exporter = "torch.onnx dynamo"
         except Exception as exc:  # recorded, not silent: the record names the exporter that produced the file
             try:
-                torch.onnx.export(export_model, (example,), str(path), dynamo=False, **kwargs)
+                torch.onnx.export(export_model, (example,), str(path), dynamo=False, dynamic_axes=legacy_axes, **kwargs)
             except Exception as legacy:  # neither exporter takes the model: the engine's refusal (base.refusal)
                 raise ExportFailed(f"{one_line(legacy)}; the dynamo exporter failed first: {type(exc).__name__}") from legacy
             exporter = f"torch.onnx torchscript (dynamo exporter failed: {type(exc).__name__})"

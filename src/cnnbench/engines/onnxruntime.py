@@ -19,7 +19,7 @@ from cnnbench.core.errors import EngineRefused, UsageError
 from cnnbench.core.placement import Placement
 from cnnbench.engines.artifacts import ArtifactCache
 from cnnbench.engines.base import BuildInputs, Engine, refusal
-from cnnbench.engines.onnx_export import ONNX_OPSET, export_onnx, quantize_int8, resolve_int8_activations
+from cnnbench.engines.onnx_export import BATCH_DIM, ONNX_OPSET, export_onnx, quantize_int8, resolve_int8_activations
 
 
 def ort_providers() -> list[str]:
@@ -37,12 +37,16 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
     def __init__(self, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
-                 calibration: Callable[[], list[torch.Tensor]], int8_activations: str = "u8"):
+                 calibration: Callable[[], list[torch.Tensor]], int8_activations: str = "u8", shared: bool = False,
+                 calibration_tag: str = ""):
         super().__init__()
         import onnxruntime as ort
 
         self.placement = placement
         self.int8_activations = int8_activations
+        # A shared cache entry (BuildInputs.shared) holds a dynamic-batch export, fixed to this batch on loading.
+        self.batch = example.shape[0] if shared else None
+        self.calibration_tag = f"-cal{calibration_tag}" if calibration_tag else ""
         self.input_dtype = torch.float16 if placement.precision == "fp16" else torch.float32
         self.info.update(onnx_opset=ONNX_OPSET, onnxruntime=ort.__version__)
         # The stream offered to ONNX Runtime: torch's current one at build time, which the measured loop
@@ -76,7 +80,8 @@ class OnnxRuntimeEngine(Engine):
     @classmethod
     def build(cls, inputs: BuildInputs) -> "OnnxRuntimeEngine":
         activations = resolve_int8_activations(inputs.int8_activations, inputs.placement.device.type)
-        return cls(inputs.model, inputs.placement, inputs.example, inputs.cache, inputs.calibration, activations)
+        return cls(inputs.model, inputs.placement, inputs.example, inputs.cache, inputs.calibration, activations,
+                   inputs.shared, inputs.calibration_tag)
 
     def _build(self, model, example, cache: ArtifactCache, calibration) -> Path:
         """Export (and quantise) unless the cache holds the artefacts; returns the ONNX file to run."""
@@ -86,17 +91,18 @@ class OnnxRuntimeEngine(Engine):
         if onnx_path is None:
             onnx_path = cache.dir / onnx_name
             with refusal(self.name, "the ONNX export"):
-                self.info["exporter"] = export_onnx(model, example, onnx_path, half=self.placement.precision == "fp16")
+                self.info["exporter"] = export_onnx(model, example, onnx_path, half=self.placement.precision == "fp16",
+                                                    dynamic_batch=self.batch is not None)
             cache.record(onnx_name)
             built = True
         if self.placement.precision == "int8":
-            # The activation type is in the artefact's name: the cache key (inference.py) does not hold it.
-            name = f"model.int8-{self.int8_activations}.onnx"
+            # The activation type and the calibration are in the artefact's name: the cache key (inference.py) holds neither.
+            name = f"model.int8-{self.int8_activations}{self.calibration_tag}.onnx"
             quantized = cache.lookup(name)
             if quantized is None:
                 quantized = cache.dir / name
                 calib = calibration()
-                self.info["calibration_batches"] = len(calib)
+                self.info.update(calibration_batches=len(calib), calibration_images=sum(b.shape[0] for b in calib))
                 with refusal(self.name, "ONNX Runtime's int8 quantisation"):
                     quantize_int8(onnx_path, quantized, calib, activations=self.int8_activations)
                 cache.record(name)
@@ -115,6 +121,8 @@ class OnnxRuntimeEngine(Engine):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # warnings about unused initialisers etc. are noise in a benchmark log
+        if self.batch is not None:
+            options.add_free_dimension_override_by_name(BATCH_DIM, self.batch)
         providers = self._providers(cache)
         start = time.perf_counter()
         try:

@@ -60,10 +60,12 @@ class OpenVINOEngine(Engine):
     name = "openvino"
 
     def __init__(self, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
-                 calibration: Callable[[], list[torch.Tensor]]):
+                 calibration: Callable[[], list[torch.Tensor]], shared: bool = False, calibration_tag: str = ""):
         super().__init__()
         ov = require("openvino")
         self.placement = placement
+        # A shared cache entry (BuildInputs.shared) holds a dynamic-batch IR, reshaped to this batch when compiled.
+        self.shared, self.calibration_tag = shared, f".cal{calibration_tag}" if calibration_tag else ""
         core = ov.Core()
         if placement.precision == "bf16" and not native_bf16(core):
             raise UsageError("--engine openvino --precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX), which "
@@ -75,14 +77,17 @@ class OpenVINOEngine(Engine):
                   "PERFORMANCE_HINT": "LATENCY"}
         start = time.perf_counter()
         with refusal(self.name, "compiling the IR for OpenVINO's CPU plugin"):
-            self.compiled = core.compile_model(core.read_model(str(ir)), "CPU", config)
+            ov_model = core.read_model(str(ir))
+            ov_model.reshape(list(example.shape))  # static shapes, as the ONNX export's: the plugin plans for them
+            self.compiled = core.compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.info["engine_load_seconds"] = time.perf_counter() - start
         self.info["openvino_inference_precision"] = self._check_precision(config["INFERENCE_PRECISION_HINT"])
 
     @classmethod
     def build(cls, inputs: BuildInputs) -> "OpenVINOEngine":
-        return cls(inputs.model, inputs.placement, inputs.example, inputs.cache, inputs.calibration)
+        return cls(inputs.model, inputs.placement, inputs.example, inputs.cache, inputs.calibration, inputs.shared,
+                   inputs.calibration_tag)
 
     def _build(self, ov, core, model: nn.Module, example: torch.Tensor, cache: ArtifactCache, calibration) -> Path:
         """Convert (and quantise) unless the cache holds the IR; returns the .xml to compile. The versions are in
@@ -92,17 +97,17 @@ class OpenVINOEngine(Engine):
         xml = _lookup_ir(cache, fp32)
         if xml is None:
             with refusal(self.name, "the OpenVINO conversion"):
-                ov_model, self.info["exporter"] = convert(ov, model, example)
+                ov_model, self.info["exporter"] = convert(ov, model, example, self.shared)
             xml = _save_ir(ov, cache, ov_model, fp32)
             built = True
         if self.placement.precision == "int8":
             require("nncf")
             nncf_version = importlib.metadata.version("nncf")
-            int8 = f"{fp32}.nncf-{nncf_version}.int8"
+            int8 = f"{fp32}.nncf-{nncf_version}.int8{self.calibration_tag}"
             quantized = _lookup_ir(cache, int8)
             if quantized is None:
                 batches = calibration()
-                self.info["calibration_batches"] = len(batches)
+                self.info.update(calibration_batches=len(batches), calibration_images=sum(b.shape[0] for b in batches))
                 with refusal(self.name, "NNCF's int8 quantisation"):
                     quantized = _save_ir(ov, cache, quantize_int8(core.read_model(str(xml)), batches), int8)
                 built = True
@@ -135,14 +140,16 @@ class ConversionFailed(RuntimeError):
         self.reason = reason
 
 
-def convert(ov, model: nn.Module, example: torch.Tensor):
-    """The OpenVINO model at the example batch's fixed shape, and how it was converted. torch.export first (the
-    path PyTorch maintains); the TorchScript trace convert_model takes a module through, where export fails."""
+def convert(ov, model: nn.Module, example: torch.Tensor, dynamic_batch: bool = False):
+    """The OpenVINO model at the example batch's fixed shape (or with a dynamic batch: one IR for every batch
+    size, reshaped when compiled), and how it was converted. torch.export first (the path PyTorch maintains);
+    the TorchScript trace convert_model takes a module through, where export fails."""
     example = example.float().contiguous()
+    dynamic = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation, on the fallback path
         try:
-            ov_model = ov.convert_model(torch.export.export(model, (example,)))
+            ov_model = ov.convert_model(torch.export.export(model, (example,), dynamic_shapes=dynamic))
             how = "torch.export + openvino.convert_model"
         except Exception as exc:  # recorded, not silent: the record names the path that produced the IR
             try:
@@ -150,7 +157,8 @@ def convert(ov, model: nn.Module, example: torch.Tensor):
             except Exception as traced:  # neither path takes the model: the engine's refusal (base.refusal)
                 raise ConversionFailed(f"{_conversion_reason(traced)}; torch.export failed first: {type(exc).__name__}") from traced
             how = f"openvino.convert_model TorchScript trace (torch.export failed: {type(exc).__name__})"
-    ov_model.reshape(list(example.shape))  # static shapes, as the ONNX export's: the plugin plans for them
+    shape = list(example.shape)
+    ov_model.reshape([-1, *shape[1:]] if dynamic_batch else shape)
     return ov_model, how
 
 

@@ -51,6 +51,9 @@ class EngineSpec:
     sweep_needs: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
                                                # (device type, precision) of `sweep` -> CPU flags, any one of which
                                                #   the pair needs to join the default set (e.g. native bf16)
+    shares_builds_on: tuple[str, ...] = ()     # device types where one build serves every batch size and precision:
+                                               #   a dynamic-batch export (and one int8 calibration) per model, fixed
+                                               #   to the run's batch when loaded; elsewhere a build per configuration
 
     @property
     def label(self) -> str:
@@ -99,6 +102,7 @@ ENGINES: tuple[EngineSpec, ...] = (
         # The CPU provider has no fp16 convolution kernels; fp16 is for the CUDA provider.
         precisions={"cpu": ("fp32", "int8"), "cuda": ("fp32", "fp16")},
         layout="NCHW", optimized_on=("cpu", "cuda"), sweep={"cpu": ("fp32", "int8")}, estimate="export",
+        shares_builds_on=("cpu",),  # CUDA keeps static shapes: TensorRT and CUDA graphs plan for them
         install=ONNX_INSTALL, requires=ONNX_MODULES, refused={("int8", "cuda"): ORT_CUDA_INT8},
         engine_class="cnnbench.engines.onnxruntime:OnnxRuntimeEngine"),
     EngineSpec(
@@ -113,7 +117,7 @@ ENGINES: tuple[EngineSpec, ...] = (
         name="openvino", framework="pytorch", title="OpenVINO",
         precisions={"cpu": ("fp32", "int8", "bf16")},
         layout="NCHW", optimized_on=(), sweep={"cpu": ("bf16",)}, sweep_needs={("cpu", "bf16"): NATIVE_BF16},
-        estimate="export",
+        estimate="export", shares_builds_on=("cpu",),
         install="pip install 'cnnbench[openvino]' (or .venv/bin/pip install -e '.[openvino]')",
         requires=("openvino", "nncf"), refused={}, engine_class="cnnbench.engines.openvino:OpenVINOEngine"),
     # TensorFlow's: its graph (eager: a tf.function), XLA (compile) and, on a CPU, TensorFlow Lite's
@@ -159,6 +163,11 @@ def find(framework: str, name: str) -> EngineSpec:
         raise UsageError(f"--engine {name} runs {FRAMEWORK_TITLES[others[0]]} models; with --framework {framework} use "
                          f"{', '.join(names(framework))}")
     raise UsageError(f"unknown --engine {name!r}; use one of: {', '.join(names(framework))}")
+
+
+def shares_builds(framework: str, engine: str, device_type: str) -> bool:
+    """One build of `engine` serves every batch size and precision on `device_type` (EngineSpec.shares_builds_on)."""
+    return device_type in find(framework, engine).shares_builds_on
 
 
 def engine_class(spec: EngineSpec) -> type:

@@ -136,8 +136,18 @@ def _gflops(model: str, image_size: int | None) -> float:
     return forward_flops(entry, image_size or entry.input_size) / 1e9
 
 
-def configuration_seconds(run: RunConfig, kind: str, rates: Rates) -> float:
-    """Start-up + build + guard and calibration + warm-up + steady steps of one configuration."""
+def sweep_seconds(runs: list[RunConfig], kind: str, rates: Rates) -> list[float]:
+    """Each configuration's estimate, in the order they run. With a cache path (infer-all always has one), what
+    configurations share is paid once (recipes/inference.py): a shared build (engines/table.shares_builds) by the
+    first configuration of its model and engine, its int8 calibration by the first int8 one, the guard's eager
+    fp32 references by the first checked configuration of a model and batch size."""
+    done: set = set()
+    return [configuration_seconds(run, kind, rates, done) for run in runs]
+
+
+def configuration_seconds(run: RunConfig, kind: str, rates: Rates, done: set | None = None) -> float:
+    """Start-up + build + guard and calibration + warm-up + steady steps of one configuration. `done`: what the
+    configurations before it in the same sweep built and kept (sweep_seconds), updated with this one's."""
     gflops = _gflops(run.model, run.image_size)
     batch = run.measure.batch_size
     if kind in ("train", "soak"):  # a soak is a training run
@@ -147,7 +157,7 @@ def configuration_seconds(run: RunConfig, kind: str, rates: Rates) -> float:
     else:
         reference_step = gflops * batch / rates.infer_gflops
         step = reference_step / _speedup(run, rates.device_type)
-        extra = _inference_extra(run, gflops, reference_step, step)
+        extra = _inference_extra(run, gflops, reference_step, step, rates.device_type, done if run.cache_path else None)
     m = run.measure
     steady = m.num_batches * step
     if m.duration is not None:
@@ -169,15 +179,34 @@ def _speedup(run: InferConfig, device_type: str) -> float:
     return 1.0
 
 
-def _inference_extra(run: InferConfig, gflops: float, reference_step: float, step: float) -> float:
-    """Engine build, the guard's eager fp32 references and engine passes, int8 calibration."""
-    checked = (run.engine, run.placement.precision) != ("eager", "fp32")
-    extra = run.guard_batches * (reference_step + step) if checked else 0.0
-    build = engine_estimate(run).build_seconds
-    if run.placement.precision == "int8":
+def _inference_extra(run: InferConfig, gflops: float, reference_step: float, step: float, device_type: str,
+                     done: set | None) -> float:
+    """Engine build, the guard's eager fp32 references and engine passes, int8 calibration; what `done` holds
+    (kept by an earlier configuration of the sweep) is not paid again."""
+    from cnnbench.recipes.inference import SHARED_CALIBRATION_BATCH
+
+    done = set() if done is None else done  # nothing kept: every configuration pays for all of it
+    precision, batch = run.placement.precision, run.measure.batch_size
+    checked = (run.engine, precision) != ("eager", "fp32")
+    shared = table.shares_builds(run.framework, run.engine, device_type)
+    scope = (run.framework, run.model, run.image_size, run.engine) + (() if shared else (precision, batch))
+    extra = run.guard_batches * step if checked else 0.0
+    if checked and _first(done, ("references", run.model, run.image_size, batch)):
+        extra += run.guard_batches * reference_step
+    build = engine_estimate(run).build_seconds if _first(done, ("build", *scope)) else 0.0
+    if precision == "int8" and _first(done, ("int8", *scope)):
         build += INT8_QUANTISE_SECONDS
-        extra += run.calib_batches * reference_step
+        calibration_batch = SHARED_CALIBRATION_BATCH if shared else batch
+        extra += run.calib_batches * reference_step * calibration_batch / batch
     return extra + build * (gflops / REFERENCE_GFLOPS) ** 0.5
+
+
+def _first(done: set, what: tuple) -> bool:
+    """True the first time `what` is asked of this sweep (it is then paid for), False after."""
+    if what in done:
+        return False
+    done.add(what)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ backend (cnnbench.backends.get(--framework), backends/base.py); the rest is writ
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from cnnbench.core.stats import throughput
 from cnnbench.core.timing import measure
 from cnnbench.data.evaluation import Accuracy
 from cnnbench.engines import ArtifactCache
+from cnnbench.engines import table as engine_table
 from cnnbench.models.registry import ModelEntry, resolve_with_size
 from cnnbench.recipes import run_record
 
@@ -37,6 +39,11 @@ from cnnbench.recipes import run_record
 #   int8 QDQ: 2.5e-2 .. 2.7e-2 (uint8 activations), 3.2e-2 .. 4.9e-2 (symmetric)     -> bound 0.15
 # tf32 has fp16's 10-bit mantissa, so it gets fp16's bound.
 GUARD_BOUNDS = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 5e-2, "int8": 0.15}
+# Where one build serves every batch size (engines/table.shares_builds), int8 is calibrated once per model on
+# --calib-batches batches of this many images, whatever the run's batch: the same calibration set for every
+# configuration, and no calibration repeated per batch size (issue 26). Elsewhere (TensorRT's static engines)
+# calibration batches are the run's own.
+SHARED_CALIBRATION_BATCH = 16
 
 
 def default_compile_mode(device: torch.device) -> str:
@@ -97,7 +104,7 @@ def run(cfg: InferConfig, started_at: float | None = None, harness: Harness | No
         inputs = Inputs(cfg, r, source)
         checked = (cfg.engine, r.placement.precision) != ("eager", "fp32")
         guard_inputs = inputs.take(cfg.guard_batches, 1000) if checked else []
-        references = backend.references(model, r.placement, guard_inputs)
+        references = reference_logits(cfg, r, model, digest, guard_inputs)
         engine, cache_notes = build(cfg, r, model, digest, inputs, guard_inputs)
         checks = fp32_guard(cfg, r, engine, guard_inputs, references) if checked else guard_fields(None)
         figures = harness.measure(cfg, r, engine, source, started_at)
@@ -166,34 +173,47 @@ class Inputs:
     def __init__(self, cfg: InferConfig, r: Resolved, source):
         self.cfg, self.r, self.source = cfg, r, source
 
-    def take(self, count: int, seed_offset: int) -> list:
-        r = self.r
+    def take(self, count: int, seed_offset: int, batch: int | None = None) -> list:
+        r, batch = self.r, batch or self.r.batch
         if self.cfg.data.data_dir is not None:
-            batches = r.backend.real_batches(self.source, r.batch, r.placement)
+            batches = r.backend.real_batches(self.source, batch, r.placement)
             return [images for images, _, _ in itertools.islice(batches, count)]
-        return [r.backend.synthetic_batch(r.entry, r.batch, r.image_size, r.placement, self.cfg.seed + seed_offset + i)
+        return [r.backend.synthetic_batch(r.entry, batch, r.image_size, r.placement, self.cfg.seed + seed_offset + i)
                 for i in range(count)]
 
-    def calibration(self) -> list:
+    def calibration_batch(self, shared: bool) -> int:
+        return SHARED_CALIBRATION_BATCH if shared else self.r.batch
+
+    def calibration_tag(self, shared: bool) -> str:
+        """The calibration set's identity, for the int8 artefact's name in a shared cache entry."""
+        what = (self.cfg.data.data_dir, self.cfg.calib_batches, self.calibration_batch(shared), self.cfg.seed)
+        return hashlib.sha256(repr(what).encode()).hexdigest()[:8] if shared else ""
+
+    def calibration(self, shared: bool = False) -> list:
         if self.cfg.data.data_dir is None:
             terminal.warn("int8 calibrated on synthetic images: accuracy figures of this engine are meaningless; "
                            "give --data-dir for a real calibration")
-        return self.take(self.cfg.calib_batches, 2000)
+        return self.take(self.cfg.calib_batches, 2000, self.calibration_batch(shared))
 
 
 def build(cfg: InferConfig, r: Resolved, model, digest: str, inputs: Inputs, guard_inputs: list):
-    """The engine, from the artefact cache when it holds an intact one; (engine, the cache's notes)."""
+    """The engine, from the artefact cache when it holds an intact one; (engine, the cache's notes). Where one
+    build serves every batch size and precision (engines/table.shares_builds), the key holds neither: a sweep's
+    configurations of one model share its export and its int8 calibration."""
     p = r.placement
-    key = {"model": r.entry.name, "weights": digest, "engine": cfg.engine, "precision": p.precision,
-           "batch_size": r.batch, "image_size": r.image_size,
-           "calibration": (cfg.data.data_dir, cfg.calib_batches) if p.precision == "int8" else None,
+    shared = engine_table.shares_builds(cfg.framework, cfg.engine, p.device.type)
+    key = {"model": r.entry.name, "weights": digest, "engine": cfg.engine, "image_size": r.image_size,
            **r.backend.cache_identity(cfg.engine, p, r.compile_mode)}
+    if not shared:
+        key.update(precision=p.precision, batch_size=r.batch,
+                   calibration=(cfg.data.data_dir, cfg.calib_batches) if p.precision == "int8" else None)
     cache = ArtifactCache(cfg.cache_path, key)
     # Engines that build (export, compile) trace one batch; eager builds nothing and needs none.
     example = guard_inputs[0] if guard_inputs else None if cfg.engine == "eager" else inputs.take(1, 3000)[0]
     try:
         engine = r.backend.build_engine(cfg, r.entry, r.image_size, p, r.batch, model, example, cache,
-                                        inputs.calibration, r.compile_mode)
+                                        lambda: inputs.calibration(shared), r.compile_mode, shared=shared,
+                                        calibration_tag=inputs.calibration_tag(shared))
     finally:
         cache.close()
     for note in cache.notes:
@@ -212,12 +232,33 @@ def guard_fields(bound: float | None, inputs: int = 0, agreement: float | None =
             "guard_bound": bound, "guard_ok": ok}
 
 
+def reference_logits(cfg: InferConfig, r: Resolved, model, digest: str, guard_inputs: list) -> list[torch.Tensor]:
+    """The guard's eager fp32 logits of `guard_inputs`, on the host. With --cache-path (a sweep gives one) they
+    are kept: the sweep's next engines of this model, batch and inputs read them instead of running eager fp32
+    again (issue 26). The key holds all they depend on: weights, inputs (seed or data), batch, device, versions."""
+    if not guard_inputs:
+        return []
+    key = {"model": r.entry.name, "weights": digest, "engine": "references", "precision": "fp32", "batch_size": r.batch,
+           "image_size": r.image_size, "inputs": (cfg.data.data_dir, cfg.seed, len(guard_inputs)),
+           **r.backend.cache_identity("eager", r.placement, None)}
+    cache = ArtifactCache(cfg.cache_path, key) if cfg.cache_path else None
+    path = cache.lookup("references.pt") if cache else None
+    if path is not None:
+        terminal.say(f"guard references: eager fp32 logits of {len(guard_inputs)} batches read from {path}")
+        return torch.load(path, weights_only=True)
+    logits = [r.backend.to_host(x) for x in r.backend.references(model, r.placement, guard_inputs)]
+    if cache:
+        torch.save(logits, cache.dir / "references.pt")
+        cache.record("references.pt")
+    return logits
+
+
 def fp32_guard(cfg: InferConfig, r: Resolved, engine, inputs: list, references: list) -> dict:
-    """Top-1 agreement and relative error of the engine's logits against fp32's on the same inputs."""
+    """Top-1 agreement and relative error of the engine's logits against fp32's (on the host) on the same inputs."""
     if not inputs:
         return guard_fields(GUARD_BOUNDS[r.placement.precision])
     outputs = torch.cat([r.backend.to_host(engine(x)) for x in inputs])
-    reference = torch.cat([r.backend.to_host(x) for x in references])
+    reference = torch.cat(references)
     return judge_guard(cfg.engine, r.placement.precision, outputs, reference, len(inputs), r.backend.reference_name)
 
 

@@ -20,6 +20,7 @@ import math
 import os
 import shlex
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -157,26 +158,58 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
     # devices, and get_device_capability (preflight's memory format) reads properties, which left no
     # process in nvidia-smi on PyTorch 2.10 (unslothai/unsloth-zoo PR 1053's measurements).
     rates = estimate.calibrate(device, kind)
-    for c in configurations:
-        c.estimated_seconds = estimate.configuration_seconds(c.run, kind, rates)
+    k, n = settings.shard_slice()
+    results_dir = Path(base.results_dir)
+    kept = kind == "infer" and base.cache_path is not None
+    if kind == "infer":
+        configurations = with_cache(configurations, Path(base.cache_path) if kept else build_folder(results_dir))
+    estimate_each(configurations, kind, rates)
     if settings.time_budget is not None:
         configurations = fit_budget(configurations, settings.time_budget, kind, rates)
-    k, n = settings.shard_slice()
     everything = len(configurations)
     configurations = configurations[k - 1::n]  # the same list on every shard, sliced by index: disjoint, complete
-    results_dir = Path(base.results_dir)
     if settings.resume:
         configurations = still_to_run(configurations, results_dir)
+    estimate_each(configurations, kind, rates)  # what this shard runs, in its order: it builds what it shares
     total = sum(c.estimated_seconds for c in configurations)
     terminal.say(f"Plan: {plan.name}: {plan.reason}")
     shard = f"shard {k}/{n}: {len(configurations)} of {everything} configurations" if n > 1 else f"{len(configurations)} configurations"
     terminal.say(f"{shard} ({describe_axes(configurations) if configurations else 'none left'}) on {device}; "
                   f"estimated {terminal.clock(total)} ({rates.describe()})")
+    if kind == "infer" and configurations:
+        where = configurations[0].run.cache_path
+        terminal.say(f"Exports, int8 calibrations and guard references are built once and shared through {where} "
+                     + ("(--cache-path: kept)" if kept else "(removed when the sweep ends; --cache-path keeps them)"))
     if settings.dry_run:
         print_plan(configurations, results_dir)
         return 0
     with held(results_dir, may_rotate=not settings.resume and n == 1):
-        return run_sweep(kind, configurations, results_dir, total, settings.strict)
+        try:
+            return run_sweep(kind, configurations, results_dir, total, settings.strict)
+        finally:
+            if kind == "infer" and not kept:
+                shutil.rmtree(build_folder(results_dir), ignore_errors=True)
+
+
+def build_folder(results_dir: Path) -> Path:
+    """infer-all's own artefact cache, in its results folder: one per sweep process, since sweeps that share a
+    results folder (shards, a second sweep adding to it) end at different times and each removes its own."""
+    return results_dir / f".builds-{os.getpid()}"
+
+
+def with_cache(configurations: list[Configuration], folder: Path) -> list[Configuration]:
+    """Every configuration with --cache-path `folder`: they share their builds and guard references
+    (recipes/inference.py), each configuration still its own process."""
+    out = []
+    for c in configurations:
+        run = dataclasses.replace(c.run, cache_path=str(folder))
+        out.append(dataclasses.replace(c, run=run, base_record={**c.base_record, **config.flatten(run)}))
+    return out
+
+
+def estimate_each(configurations: list[Configuration], kind: str, rates) -> None:
+    for c, seconds in zip(configurations, estimate.sweep_seconds([c.run for c in configurations], kind, rates)):
+        c.estimated_seconds = seconds
 
 
 def unique(items: list, what: str) -> list:
@@ -425,8 +458,8 @@ def fit_budget(configurations: list[Configuration], budget: float, kind: str, ra
         for c in configurations:
             measure = dataclasses.replace(c.run.measure, warmup=1, min_steady_steps=2, duration=duration)
             run = dataclasses.replace(c.run, measure=measure)
-            out.append(Configuration(run, c.log_name, {**c.base_record, **config.flatten(run)},
-                                     estimate.configuration_seconds(run, kind, rates)))
+            out.append(Configuration(run, c.log_name, {**c.base_record, **config.flatten(run)}))
+        estimate_each(out, kind, rates)
         return out
 
     def total(runs: list[Configuration]) -> float:

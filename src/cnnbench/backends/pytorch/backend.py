@@ -183,11 +183,12 @@ class PyTorchBackend(Backend):
                 "compile_mode": compile_mode if engine == "compile" else None, "versions": _library_versions()}
 
     def build_engine(self, cfg, entry, image_size, placement, batch, model, example, cache, calibration,
-                     compile_mode):
+                     compile_mode, *, shared=False, calibration_tag=""):
         from cnnbench.engines import build_engine
 
         return build_engine(cfg.engine, model, placement, example, cache, calibration, compile_mode,
-                            int8_activations=cfg.int8_activations, model_name=entry.name)
+                            int8_activations=cfg.int8_activations, model_name=entry.name, shared=shared,
+                            calibration_tag=calibration_tag)
 
     def to_host(self, logits) -> torch.Tensor:
         return logits.float().cpu()

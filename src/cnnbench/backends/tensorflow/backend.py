@@ -186,7 +186,9 @@ class TensorFlowBackend(Backend):
     def cache_identity(self, engine: str, placement: Placement, compile_mode: str | None) -> dict:
         return {"framework": self.name, "versions": {"tensorflow": require().__version__}}
 
-    def build_engine(self, cfg, entry, image_size, placement, batch, model, example, cache, calibration, compile_mode):
+    def build_engine(self, cfg, entry, image_size, placement, batch, model, example, cache, calibration, compile_mode,
+                     *, shared=False, calibration_tag=""):
+        # No TensorFlow engine shares a build across configurations (table.shares_builds_on): `shared` is never set.
         inputs = engines.BuildInputs(cfg.engine, model, entry, image_size, batch, placement, cache, calibration)
         return table.engine_class(table.find(self.name, cfg.engine)).build(inputs)
 
