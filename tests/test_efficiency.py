@@ -100,6 +100,24 @@ def test_a_probe_taken_on_a_busy_machine_is_used_once_never_cached(fresh_cache, 
     assert efficiency.machine_key(cpu, "fp32") in json.loads(fresh_cache.read_text())
 
 
+def test_a_sweep_s_configurations_share_a_peak_measured_under_load_but_never_cache_it(fresh_cache, monkeypatch, tmp_path):
+    """recipes/sweep.py gives its children a file of their own: the first measures under load, the next reuse it
+    (the load they see is mostly their finished siblings'); the cache stays empty."""
+    calls = []
+    monkeypatch.setattr(efficiency, "measure_peak", lambda device, precision: calls.append(precision) or (0.08, "fake product"))
+    monkeypatch.setattr(efficiency, "machine_load", lambda: BUSY)
+    monkeypatch.setenv(efficiency.SWEEP_PEAKS_VARIABLE, str(tmp_path / "sweep" / "peaks.json"))
+    (tmp_path / "sweep").mkdir()
+    cpu = torch.device("cpu")
+    first = efficiency.peak(cpu, "fp32")
+    monkeypatch.setattr(efficiency, "_THIS_PROCESS", {})  # the next configuration: another process
+    again = efficiency.peak(cpu, "fp32")
+    assert calls == ["fp32"] and again.tflops == first.tflops and not again.cached
+    assert again.source.endswith("(measured by an earlier configuration of this sweep)") and "NOT cached" in again.source
+    assert not fresh_cache.exists()
+    assert efficiency.peak(cpu, "fp32", remeasure=True) and calls == ["fp32", "fp32"]  # --remeasure-peaks measures
+
+
 def test_the_machine_is_busy_when_other_processes_load_a_quarter_of_its_cores():
     assert not efficiency.busy(0.5, 2) and efficiency.busy(0.6, 2)
     assert not efficiency.busy(15.0, 64) and efficiency.busy(17.0, 64)

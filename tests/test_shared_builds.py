@@ -67,7 +67,7 @@ def test_an_inference_sweep_builds_each_model_once_and_removes_its_cache(cli, ro
     # the guard's eager fp32 references: computed by the first checked engine of each batch, read by the next
     assert out.count("guard references: eager fp32 logits of") == 2
     assert "removed when the sweep ends" in out
-    assert not list((root / "results_infer").glob(".builds-*"))  # removed at the end
+    assert not list((root / "results_infer").glob(".sweep-*"))  # removed at the end
 
 
 def test_the_calibration_set_does_not_depend_on_the_batch(cli, root):
@@ -89,7 +89,7 @@ def test_dry_run_commands_carry_the_shared_cache(cli, root):
                        "--engines", "onnxruntime", "--random-weights", "--dry-run")
     assert code == 0
     commands = [line for line in out.splitlines() if line.strip().startswith("$ ")]
-    assert commands and all("--cache-path results_infer/.builds-" in line for line in commands)
+    assert commands and all("--cache-path results_infer/.sweep-" in line for line in commands)
 
 
 def _runs(cache_path, batches=(2, 4), precisions=("fp32", "int8")):

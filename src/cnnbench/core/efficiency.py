@@ -178,6 +178,10 @@ def remember(device: torch.device, precision: str, tflops: float, method: str, l
 
 # Peaks measured in this process while the machine was busy (not cached): measured once per process.
 _THIS_PROCESS: dict[str, Peak] = {}
+# A sweep gives its configurations' processes a file of their own (recipes/sweep.py), where a peak measured while
+# the machine was busy is kept for the sweep's later configurations: the load average a configuration sees is
+# mostly its finished siblings', so each measuring again would cost seconds and be no better. Never the cache.
+SWEEP_PEAKS_VARIABLE = "CNNBENCH_SWEEP_PEAKS"
 
 
 def peak(device: torch.device, precision: str, *, measure: bool = True, remeasure: bool = False) -> Peak:
@@ -200,6 +204,10 @@ def peak(device: torch.device, precision: str, *, measure: bool = True, remeasur
                         when, load, True)
     if key in _THIS_PROCESS and not remeasure:
         return _THIS_PROCESS[key]
+    shared = None if remeasure else _sweep_peaks().get(key)
+    if shared is not None:
+        return Peak(shared["tflops"], shared["source"] + " (measured by an earlier configuration of this sweep)",
+                    shared["measured_at_unix"], shared["load_average"], False)
     if not measure:
         return Peak(None, "unavailable: not measured yet (`cnnbench models` measures it)")
     return _measure_now(device, precision, key)
@@ -223,9 +231,30 @@ def _measure_now(device: torch.device, precision: str, key: str) -> Peak:
         say(f"Peak {precision}: measured while the machine was busy (load average {load:.2f} on {cores} cores); "
             f"{tflops:.3g} used for this run only, not cached")
         _THIS_PROCESS[key] = found
+        _share_with_sweep(key, found)
         return found
     remember(device, precision, tflops, method, load, now)
     return Peak(tflops, f"measured: {method} (load average {load:.2f})", now, load, True)
+
+
+def _sweep_peaks() -> dict:
+    path = os.environ.get(SWEEP_PEAKS_VARIABLE)
+    return _read_cache(Path(path)) if path else {}
+
+
+def _share_with_sweep(key: str, found: Peak) -> None:
+    from cnnbench.core.files import atomic_write_text
+
+    path = os.environ.get(SWEEP_PEAKS_VARIABLE)
+    if not path:
+        return
+    data = _read_cache(Path(path))
+    data[key] = {"tflops": found.tflops, "source": found.source, "measured_at_unix": found.measured_at,
+                 "load_average": found.load_average}
+    try:
+        atomic_write_text(Path(path), json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass  # the next configuration measures again, nothing more
 
 
 def measure_peak(device: torch.device, precision: str) -> tuple[float | None, str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from cnnbench.core import config, environment, errors, store, tables, terminal
+from cnnbench.core import config, efficiency, environment, errors, store, tables, terminal
 
 from cnnbench.recipes import estimate
 from cnnbench.core.config import RunConfig, SweepConfig
@@ -184,17 +184,25 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
         print_plan(configurations, results_dir)
         return 0
     with held(results_dir, may_rotate=not settings.resume and n == 1):
+        scratch = scratch_folder(results_dir)
+        os.environ[efficiency.SWEEP_PEAKS_VARIABLE] = str(scratch / "peaks.json")  # the children inherit it
         try:
             return run_sweep(kind, configurations, results_dir, total, settings.strict)
         finally:
-            if kind == "infer" and not kept:
-                shutil.rmtree(build_folder(results_dir), ignore_errors=True)
+            os.environ.pop(efficiency.SWEEP_PEAKS_VARIABLE, None)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def scratch_folder(results_dir: Path) -> Path:
+    """What a sweep's configurations share and the sweep removes at its end (infer-all's builds unless
+    --cache-path keeps them, peaks measured under load: core/efficiency.py), in its results folder: one per
+    sweep process, since sweeps that share a results folder (shards, a second sweep adding to it) end at
+    different times and each removes its own."""
+    return results_dir / f".sweep-{os.getpid()}"
 
 
 def build_folder(results_dir: Path) -> Path:
-    """infer-all's own artefact cache, in its results folder: one per sweep process, since sweeps that share a
-    results folder (shards, a second sweep adding to it) end at different times and each removes its own."""
-    return results_dir / f".builds-{os.getpid()}"
+    return scratch_folder(results_dir) / "builds"
 
 
 def with_cache(configurations: list[Configuration], folder: Path) -> list[Configuration]:
