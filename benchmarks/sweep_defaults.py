@@ -76,6 +76,23 @@ def infer_defaults(rec: Recorder, scratch: Path, model: str, batch: int) -> None
                     f"guard rel. err {r.get('guard_relative_error')}")
 
 
+def configuration_times(rec: Recorder, scratch: Path) -> None:
+    """Each configuration's process time (its record's wall_seconds, start-up included) and what it built, by
+    sweep and model: where the time of the whole run goes."""
+    for kind in ("train", "infer"):
+        rows = records(scratch / f"results_{kind}" / "runs.jsonl")
+        for r in rows:
+            rec.row(kind="configuration", sweep=kind, model=r["model"], batch_size=r["batch_size"], engine=r.get("engine"),
+                    precision=r["precision"], status=r["status"], wall_seconds=r.get("wall_seconds"),
+                    engine_build_seconds=r.get("engine_build_seconds"), cache_hit=r.get("cache_hit"),
+                    images_per_sec=r.get("images_per_sec"))
+        by_model: dict[str, float] = {}
+        for r in rows:
+            by_model[r["model"]] = by_model.get(r["model"], 0.0) + (r.get("wall_seconds") or 0.0)
+        rec.say(f"{kind}-all: {len(rows)} records, {sum(by_model.values()) / 60:.1f} min in the configurations' processes; "
+                + ", ".join(f"{m} {t / 60:.1f} min" for m, t in by_model.items()))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-sh-quick", action="store_true", help="time ./run.sh --quick")
@@ -94,7 +111,10 @@ def main() -> int:
             rec.say(f"./run.sh --quick: {row['wall_seconds'] / 60:.1f} min (target under 10 min on 2 cores): "
                     f"{'PASS' if row['wall_seconds'] < 600 and row['exit_code'] == 0 else 'FAIL'}")
         if args.run_sh:
+            rec.say_load("before")
             run([str(REPO / "run.sh")], scratch, rec, "./run.sh")
+            rec.say_load("after")
+            configuration_times(rec, scratch)
         if args.infer_defaults:
             infer_defaults(rec, scratch, args.model, args.batch_size)
         if args.train_all:
