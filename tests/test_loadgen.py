@@ -413,3 +413,59 @@ def test_drained_batcher_runs_nothing_it_took_out_and_no_empty_batch():
         time.sleep(0.3)  # past the wait: nothing left, so no batch
         batcher.submit([3])
     assert runs == [[3]]
+
+
+class ShapeEngine(FakeEngine):
+    """FakeEngine that remembers the batch sizes it was given."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds)
+        self.sizes: list[int] = []
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(images.shape[0])
+        return super().__call__(images)
+
+
+@pytest.mark.parametrize("pad", [True, False])
+@needs_loadgen
+def test_a_partial_batch_is_padded_only_for_an_engine_of_one_batch(pad):
+    """Issue 26: an engine that takes any batch (a shared ONNX Runtime build in the Server) runs a partial batch
+    at its own size; one built for a fixed batch gets it padded with copies of its first image."""
+    library = loadgen.SampleLibrary(torch.zeros(8, 3, 2, 2, dtype=torch.uint8), None, Normalizer("aimatrix_raw", "cpu"),
+                                    torch.contiguous_format, 8)
+    library.load(range(8))
+    engine = ShapeEngine(0.0)
+    completed = []
+
+    class FakeLoadGen:
+        QuerySampleResponse = staticmethod(lambda *fields: fields)
+        QuerySamplesComplete = staticmethod(completed.extend)
+
+    sut = loadgen.SystemUnderTest(FakeLoadGen, engine, library, 8, accuracy=False, pad=pad)
+
+    class Sample:
+        def __init__(self, index):
+            self.id, self.index = index, index
+
+    sut.answer([Sample(i) for i in range(3)])
+    assert engine.sizes == [8 if pad else 3] and len(completed) == 3
+
+
+@needs_loadgen
+def test_onnxruntime_in_the_server_keeps_its_batch_free_and_does_not_spin(cli, tiny_spec):
+    code, out, err = cli("infer", tiny_spec, *SHORT, "--engine", "onnxruntime", "--scenario", "server", "--target-qps", "50",
+                         "--latency-bound-ms", "500", "--min-queries", "30", "--image-size", "16")
+    assert code == 0, err
+    record = read_jsonl("results_infer/runs.jsonl")[-1]
+    assert record["intra_op_spinning"] is False and record["status"] == "ok" and record["guard_ok"]
+    assert "partial batches run at their own size, unpadded" in out
+    code, _, err = cli("infer", tiny_spec, *SHORT, "--engine", "onnxruntime", "--scenario", "server", "--target-qps", "50",
+                       "--latency-bound-ms", "500", "--min-queries", "30", "--image-size", "16", "--intra-op-spinning", "on")
+    assert code == 0, err
+    assert read_jsonl("results_infer/runs.jsonl")[-1]["intra_op_spinning"] is True
+
+
+def test_intra_op_spinning_is_an_onnxruntime_option(cli, tiny_spec):
+    code, out, err = cli("infer", tiny_spec, "--random-weights", "--intra-op-spinning", "off")
+    assert code == 2 and err.strip() == "cnnbench: error: --intra-op-spinning applies to --engine onnxruntime, not eager"

@@ -304,7 +304,21 @@ class InferConfig(RunConfig):
                                    choices=INT8_ACTIVATIONS)
     guard_batches: int = option(4, "batches compared against eager fp32")
     cache_path: str | None = option(None, "keep exported / quantised / compiled artefacts here and reuse them")
+    # ONNX Runtime's intra-op threads spin-wait for work by default: the fastest back-to-back batches, but in
+    # LoadGen's Server they take the cores from LoadGen's issue thread and the batcher's workers (issue 26).
+    intra_op_spinning: str = option("auto", "onnxruntime: its intra-op threads spin-wait between operators: auto (off "
+                                            "in LoadGen's server scenario, on otherwise), on or off",
+                                    choices=("auto", "on", "off"))
     loadgen: LoadGenConfig = field(default_factory=LoadGenConfig)
+
+    @property
+    def serving(self) -> bool:
+        """LoadGen's Server: queries arrive one by one and are batched as they come (tools/batching.py)."""
+        return self.loadgen.enabled and self.scenario == "server"
+
+    @property
+    def spinning(self) -> bool:
+        return self.intra_op_spinning == "on" or (self.intra_op_spinning == "auto" and not self.serving)
 
     @property
     def engine_batch(self) -> int:
@@ -324,6 +338,8 @@ class InferConfig(RunConfig):
         self.validate_framework()
         _int_at_least(self.calib_batches, 1, "--calib-batches")
         _int_at_least(self.guard_batches, 0, "--guard-batches")
+        if self.intra_op_spinning != "auto" and self.engine != "onnxruntime":
+            raise UsageError(f"--intra-op-spinning applies to --engine onnxruntime, not {self.engine}")
         chosen = [flag for flag, on in (("--weights", self.weights), ("--pretrained", self.pretrained),
                                         ("--random-weights", self.random_weights)) if on]
         if len(chosen) > 1:
@@ -449,14 +465,31 @@ class SynthConfig:
                                 metavar="MODEL[:WEIGHT],...")
     out: str = option("synthetic.json", "the spec file written", metavar="PATH")
     seed: int = option(0, "seed of the layer sampling: the same seed and targets give the same spec")
-    image_size: int = option(224, "input height and width the mix is profiled at and the network is made for")
+    image_size: int = option(224, "input height and width the mix is profiled at and the network is made for (and "
+                                  "with --calibrate measured at)")
     gflops: float | None = option(None, "FLOP budget per image (GFLOPs): a shorter benchmark of the same character, "
                                         "fewer layers of the same widths; default: the mix's own FLOPs")
     layers: int | None = option(None, "convolutions in the network; default: as many as carry the budget at the mix's "
                                       "own layer sizes")
-    batch_size: int = option(16, "images per step the arithmetic intensity is counted at (weights read once per batch)")
-    precision: str = option("fp32", "bytes per value the arithmetic intensity is counted at", choices=PROFILE_PRECISIONS)
+    batch_size: int = option(16, "images per step the arithmetic intensity is counted at (weights read once per batch), "
+                                 "and with --calibrate measured at")
+    precision: str = option("fp32", "bytes per value the arithmetic intensity is counted at; with --calibrate the "
+                                    "precision measured (fp32, tf32 on CUDA, fp16, bf16 autocast)",
+                            choices=PROFILE_PRECISIONS)
     name: str | None = option(None, "the network's name (records and tables); default: the file's stem")
+    small_budget: str = option("batch", "with --gflops below the mix's: batch = the mix's layer sizes, run at "
+                                        "synth.batch_scale x the batch; wider = fewer, wider layers so the framework "
+                                        "overhead keeps the targets' share at their batch size (may miss the motif "
+                                        "goals)", choices=("batch", "wider"))
+    calibrate: bool = option(False, "measure the time shares per layer kind (conv, batch norm, activation, pool, add, "
+                                    "concat, gate) of the targets and the proxy on --device (eager training steps at "
+                                    "--precision, --batch-size, --image-size) and adjust the proxy until they match")
+    calibrate_rounds: int = option(4, "with --calibrate: at most this many adjust-and-measure rounds")
+    calibrate_tolerance: float = option(0.05, "with --calibrate: every kind's time share within this of the mix's "
+                                              "(a fraction: 0.05 = 5 percentage points)")
+    calibrate_steps: int = option(2, "with --calibrate: profiled training steps per measurement")
+    warmup: int = same_as(MeasureConfig, "warmup", default=1, when="with --calibrate: ")
+    device: str = same_as(PlacementConfig, "device", when="with --calibrate: ")
 
     def validate(self) -> None:
         _int_at_least(self.image_size, 8, "--image-size")
@@ -468,6 +501,12 @@ class SynthConfig:
             raise UsageError(f"--gflops must be a positive number of GFLOPs per image, got {self.gflops}")
         if not self.out.endswith(".json"):
             raise UsageError(f"--out {self.out}: a spec file's name ends in .json (models are found by it)")
+        _int_at_least(self.calibrate_rounds, 1, "--calibrate-rounds")
+        _int_at_least(self.calibrate_steps, 1, "--calibrate-steps")
+        _int_at_least(self.warmup, 0, "--warmup")
+        if not 0 < self.calibrate_tolerance < 1:
+            raise UsageError(f"--calibrate-tolerance is a share of a step's time between 0 and 1 (0.05: 5 percentage "
+                             f"points), got {self.calibrate_tolerance}")
 
 
 @dataclass

@@ -54,12 +54,17 @@ class BuildInputs:
     int8_activations: str | None = None
     shared: bool = False
     calibration_tag: str = ""
+    # LoadGen's Server: keep a shared build's batch dimension free, so that a partial batch runs at its own size
+    # instead of padded to the full one (Engine.any_batch), and (ONNX Runtime) whether intra-op threads spin.
+    any_batch: bool = False
+    spinning: bool = True
 
 
 class Engine:
     """Call on a batch of images on the device; returns logits on the device."""
 
     name = "engine"
+    any_batch = False  # True: takes any batch up to its own (a partial batch need not be padded)
 
     def __init__(self):
         self.info: dict = {"engine_build_seconds": 0.0, "engine_load_seconds": 0.0, "cache_hit": False}

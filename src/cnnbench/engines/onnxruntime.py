@@ -38,7 +38,7 @@ class OnnxRuntimeEngine(Engine):
 
     def __init__(self, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
                  calibration: Callable[[], list[torch.Tensor]], int8_activations: str = "u8", shared: bool = False,
-                 calibration_tag: str = ""):
+                 calibration_tag: str = "", any_batch: bool = False, spinning: bool = True):
         super().__init__()
         import onnxruntime as ort
 
@@ -46,6 +46,9 @@ class OnnxRuntimeEngine(Engine):
         self.int8_activations = int8_activations
         # A shared cache entry (BuildInputs.shared) holds a dynamic-batch export, fixed to this batch on loading.
         self.batch = example.shape[0] if shared else None
+        self.any_batch = shared and any_batch  # then the batch stays free: partial batches run at their size
+        self.spinning = spinning
+        self.info["intra_op_spinning"] = spinning if placement.device.type == "cpu" else None
         self.calibration_tag = f"-cal{calibration_tag}" if calibration_tag else ""
         self.input_dtype = torch.float16 if placement.precision == "fp16" else torch.float32
         self.info.update(onnx_opset=ONNX_OPSET, onnxruntime=ort.__version__)
@@ -81,7 +84,7 @@ class OnnxRuntimeEngine(Engine):
     def build(cls, inputs: BuildInputs) -> "OnnxRuntimeEngine":
         activations = resolve_int8_activations(inputs.int8_activations, inputs.placement.device.type)
         return cls(inputs.model, inputs.placement, inputs.example, inputs.cache, inputs.calibration, activations,
-                   inputs.shared, inputs.calibration_tag)
+                   inputs.shared, inputs.calibration_tag, inputs.any_batch, inputs.spinning)
 
     def _build(self, model, example, cache: ArtifactCache, calibration) -> Path:
         """Export (and quantise) unless the cache holds the artefacts; returns the ONNX file to run."""
@@ -121,8 +124,10 @@ class OnnxRuntimeEngine(Engine):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # warnings about unused initialisers etc. are noise in a benchmark log
-        if self.batch is not None:
+        if self.batch is not None and not self.any_batch:
             options.add_free_dimension_override_by_name(BATCH_DIM, self.batch)
+        if not self.spinning:  # documented session config key (onnxruntime_session_options_config_keys.h)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = self._providers(cache)
         start = time.perf_counter()
         try:

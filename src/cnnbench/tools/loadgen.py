@@ -172,8 +172,9 @@ class SystemUnderTest:
     LoadGen's run ends instead of waiting for answers that will not come."""
 
     def __init__(self, lg, engine: Callable[[torch.Tensor], torch.Tensor], library: SampleLibrary, batch: int,
-                 accuracy: bool):
+                 accuracy: bool, pad: bool = True):
         self.lg, self.engine, self.library, self.batch, self.accuracy = lg, engine, library, batch, accuracy
+        self.pad = pad  # False: the engine takes any batch up to its own (Engine.any_batch), so none is padded
         self.batcher: DynamicBatcher | None = None  # offline and server: set for each run
         self.failure: BaseException | None = None
         self.answered = 0  # samples the engine answered, every run of this SUT
@@ -207,7 +208,7 @@ class SystemUnderTest:
         them forever); the first one is raised once LoadGen returns."""
         top5 = None
         try:
-            logits = self.engine(self.library.batch([s.index for s in samples], self.batch))
+            logits = self.engine(self.library.batch([s.index for s in samples], self.batch if self.pad else len(samples)))
             if self.accuracy:  # .cpu() waits for the device
                 top5 = top5_classes(logits[: len(samples)]).to(torch.int32).cpu().numpy()
             elif logits.is_cuda:  # done means done on the device: this worker's stream only
@@ -716,11 +717,14 @@ class LoadGenHarness(Harness):
         lg = self.lg
         library = open_library(cfg, r, source, mlperf_settings(lg, cfg.scenario).performance_sample_count_override)
         terminal.say(f"LoadGen sample library: {library.total} images, {library.performance_count} loaded per run")
+        pad = not getattr(engine, "any_batch", False)  # TensorFlow's engines are not Engine subclasses
         engine = backend_engine(r, engine)
         self.stage = "during the warm-up, before LoadGen's run"
         batch_seconds = warm_up(cfg, r, engine, library)
         accuracy = cfg.loadgen.mode == "accuracy"
-        self.sut = sut = SystemUnderTest(lg, engine, library, r.batch, accuracy)
+        self.sut = sut = SystemUnderTest(lg, engine, library, r.batch, accuracy, pad)
+        if not pad:
+            terminal.say(f"The engine takes any batch up to {r.batch}: partial batches run at their own size, unpadded")
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.runner = runner = Runner(lg, cfg, sut, batch_seconds,
                                       r.log_dir / "loadgen" / f"{cfg.scenario}-{cfg.loadgen.mode}-{stamp}", r.placement.device)
