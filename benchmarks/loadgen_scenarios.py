@@ -11,8 +11,9 @@ images: speed only):
   2. LoadGen SingleStream: the 90th-percentile latency of one image at a time;
   3. --find-peak-qps: the highest Server QPS LoadGen judges VALID under --latency-bound-ms, dynamic batches
      of at most --server-max-batch, as a fraction of LoadGen's Offline samples/s;
-  4. --server-grid B:W:N,...: one Server run per setting (batches of at most B, W ms wait, N workers) at
-     --server-share of LoadGen's Offline samples/s (issue 26: 80%), VALID or not, and its p99;
+  4. --server-grid B:W:N[:S],...: one Server run per setting (batches of at most B, W ms wait, N workers,
+     ONNX Runtime's --intra-op-spinning S, default auto: off in the Server) at --server-share of LoadGen's
+     Offline samples/s (issue 26: 80%), VALID or not, and its p99;
   5. --query-memory: LoadGen's peak resident bytes per pre-generated Server query (tools/loadgen.py's
      BYTES_PER_QUERY, the bound on --target-qps), a memory figure, in a child process per size.
 Every LoadGen run is shortened (--seconds, --probe-seconds, not MLPerf's 600 s; Offline's minimum query
@@ -39,12 +40,13 @@ from record import Recorder, add_save_option
 AGREEMENT = 0.05
 
 
-def config(args, tmp: str, scenario: str, batch: int, **loadgen_options) -> InferConfig:
+def config(args, tmp: str, scenario: str, batch: int, intra_op_spinning: str = "auto", **loadgen_options) -> InferConfig:
     """One run's configuration: the engine and precision asked for, shared artefact cache, records in tmp."""
     measure = MeasureConfig(batch_size=batch, num_batches=10**6, duration=args.seconds, warmup=args.warmup,
                             display_every=10**6)
     lg = LoadGenConfig(**loadgen_options) if loadgen_options else LoadGenConfig()
     return InferConfig(model=args.model, image_size=args.image_size, engine=args.engine, random_weights=True,
+                       intra_op_spinning=intra_op_spinning,
                        scenario=scenario, results_dir=f"{tmp}/results", log_dir=f"{tmp}/logs", cache_path=f"{tmp}/cache",
                        guard_batches=1, measure=measure, loadgen=lg,
                        placement=PlacementConfig(device=args.device, precision=args.precision))
@@ -69,10 +71,12 @@ def runs(args, tmp: str) -> dict[str, dict]:
     if not args.skip_single_stream:
         measured["loadgen single-stream"] = run_child(config(args, tmp, "single-stream", args.batch_size, **shortened))
     qps = args.server_share * measured["loadgen offline"]["loadgen_samples_per_sec"]
-    for batch, wait, workers in args.server_grid:
-        measured[f"server b{batch} w{wait:g}ms x{workers}"] = run_child(config(
+    for batch, wait, workers, spinning in args.server_grid:
+        name = f"server b{batch} w{wait:g}ms x{workers}" + ("" if spinning == "auto" else f" spin {spinning}")
+        measured[name] = run_child(config(
             args, tmp, "server", args.batch_size, enabled=True, min_duration=args.probe_seconds, target_qps=round(qps, 1),
-            latency_bound_ms=args.latency_bound_ms, max_batch=batch, max_wait_ms=wait, workers=workers))
+            latency_bound_ms=args.latency_bound_ms, max_batch=batch, max_wait_ms=wait, workers=workers,
+            intra_op_spinning=spinning))
     if not args.skip_server:
         measured["loadgen server peak"] = run_child(config(
             args, tmp, "server", args.batch_size, enabled=True, min_duration=args.probe_seconds, find_peak_qps=True,
@@ -168,11 +172,12 @@ print(peak() - before)
 """
 
 
-def grid_setting(text: str) -> list[tuple[int, float, int]]:
+def grid_setting(text: str) -> list[tuple[int, float, int, str]]:
+    """B:W:N[:S], ...: S is --intra-op-spinning (auto when absent)."""
     settings = []
     for item in filter(None, text.split(",")):
-        batch, wait, workers = item.split(":")
-        settings.append((int(batch), float(wait), int(workers)))
+        batch, wait, workers, *spinning = item.split(":")
+        settings.append((int(batch), float(wait), int(workers), spinning[0] if spinning else "auto"))
     return settings
 
 
@@ -200,8 +205,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--peak-probes", type=int, default=8)
     p.add_argument("--skip-server", action="store_true", help="no peak search")
     p.add_argument("--skip-single-stream", action="store_true")
-    p.add_argument("--server-grid", type=grid_setting, default=[], metavar="B:W:N,...",
-                   help="Server runs at --server-share of Offline: batches of at most B, W ms wait, N workers")
+    p.add_argument("--server-grid", type=grid_setting, default=[], metavar="B:W:N[:S],...",
+                   help="Server runs at --server-share of Offline: batches of at most B, W ms wait, N workers, "
+                        "ONNX Runtime spinning S (on, off; default auto)")
     p.add_argument("--server-share", type=float, default=0.8, help="the grid's rate as a share of LoadGen Offline")
     p.add_argument("--query-memory", action="store_true", help="only LoadGen's bytes per pre-generated query")
     add_save_option(p)
