@@ -12,8 +12,8 @@ the steady steps (after --warmup steps, which hold TensorFlow's tracing and XLA'
 its spread. The configurations:
   train   pytorch eager fp32 and bf16 (autocast); tensorflow eager (a tf.function) fp32 and bf16
           (Keras mixed_bfloat16), XLA (--compile) fp32
-  infer   pytorch eager fp32 and bf16, compile bf16, and its CPU's fastest fp32/int8 engine (onnxruntime fp32
-          and int8); tensorflow eager fp32 and bf16, compile (XLA) fp32 and bf16, tflite int8 (full-integer
+  infer   pytorch eager fp32 and bf16, compile fp32 and bf16, its CPU's fastest fp32/int8 engine (onnxruntime
+          fp32 and int8) and OpenVINO bf16 (refused, a row saying so, on a CPU without native bf16); tensorflow eager fp32 and bf16, compile (XLA) fp32 and bf16, tflite int8 (full-integer
           post-training quantisation)
 Ratios, per precision: each TensorFlow configuration over PyTorch eager at the same precision (fp32 over
 eager fp32, bf16 over eager bf16; tflite int8 over onnxruntime int8); a second table gives, per model and
@@ -46,10 +46,12 @@ CONFIGS = (
     ("train", "pytorch", "eager", "bf16"),
     ("train", "tensorflow", "eager", "bf16"),
     ("infer", "pytorch", "eager", "fp32"),
+    ("infer", "pytorch", "compile", "fp32"),
     ("infer", "pytorch", "onnxruntime", "fp32"),
     ("infer", "pytorch", "onnxruntime", "int8"),
     ("infer", "pytorch", "eager", "bf16"),
     ("infer", "pytorch", "compile", "bf16"),
+    ("infer", "pytorch", "openvino", "bf16"),  # the default CPU set's bf16 pair where bf16 is native (issue 26)
     ("infer", "tensorflow", "eager", "fp32"),
     ("infer", "tensorflow", "compile", "fp32"),
     ("infer", "tensorflow", "eager", "bf16"),
