@@ -11,8 +11,8 @@ images: speed only):
   2. LoadGen SingleStream: the 90th-percentile latency of one image at a time;
   3. --find-peak-qps: the highest Server QPS LoadGen judges VALID under --latency-bound-ms, dynamic batches
      of at most --server-max-batch, as a fraction of LoadGen's Offline samples/s;
-  4. --server-grid B:W:N[:S],...: one Server run per setting (batches of at most B, W ms wait, N workers,
-     ONNX Runtime's --intra-op-spinning S, default auto: off in the Server) at --server-share of LoadGen's
+  4. --server-grid B:W:N[:S[:T]],...: one Server run per setting (batches of at most B, W ms wait, N workers,
+     ONNX Runtime's --intra-op-spinning S, default auto: off in the Server, --intra-op-threads T) at --server-share of LoadGen's
      Offline samples/s (issue 26: 80%), VALID or not, and its p99;
   5. --query-memory: LoadGen's peak resident bytes per pre-generated Server query (tools/loadgen.py's
      BYTES_PER_QUERY, the bound on --target-qps), a memory figure, in a child process per size.
@@ -40,13 +40,14 @@ from record import Recorder, add_save_option
 AGREEMENT = 0.05
 
 
-def config(args, tmp: str, scenario: str, batch: int, intra_op_spinning: str = "auto", **loadgen_options) -> InferConfig:
+def config(args, tmp: str, scenario: str, batch: int, intra_op_spinning: str = "auto", intra_op_threads: int = 0,
+           **loadgen_options) -> InferConfig:
     """One run's configuration: the engine and precision asked for, shared artefact cache, records in tmp."""
     measure = MeasureConfig(batch_size=batch, num_batches=10**6, duration=args.seconds, warmup=args.warmup,
                             display_every=10**6)
     lg = LoadGenConfig(**loadgen_options) if loadgen_options else LoadGenConfig()
     return InferConfig(model=args.model, image_size=args.image_size, engine=args.engine, random_weights=True,
-                       intra_op_spinning=intra_op_spinning,
+                       intra_op_spinning=intra_op_spinning, intra_op_threads=intra_op_threads,
                        scenario=scenario, results_dir=f"{tmp}/results", log_dir=f"{tmp}/logs", cache_path=f"{tmp}/cache",
                        guard_batches=1, measure=measure, loadgen=lg,
                        placement=PlacementConfig(device=args.device, precision=args.precision))
@@ -71,12 +72,13 @@ def runs(args, tmp: str) -> dict[str, dict]:
     if not args.skip_single_stream:
         measured["loadgen single-stream"] = run_child(config(args, tmp, "single-stream", args.batch_size, **shortened))
     qps = args.server_share * measured["loadgen offline"]["loadgen_samples_per_sec"]
-    for batch, wait, workers, spinning in args.server_grid:
-        name = f"server b{batch} w{wait:g}ms x{workers}" + ("" if spinning == "auto" else f" spin {spinning}")
+    for batch, wait, workers, spinning, threads in args.server_grid:
+        name = (f"server b{batch} w{wait:g}ms x{workers}" + ("" if spinning == "auto" else f" spin {spinning}")
+                + (f" t{threads}" if threads else ""))
         measured[name] = run_child(config(
             args, tmp, "server", args.batch_size, enabled=True, min_duration=args.probe_seconds, target_qps=round(qps, 1),
             latency_bound_ms=args.latency_bound_ms, max_batch=batch, max_wait_ms=wait, workers=workers,
-            intra_op_spinning=spinning))
+            intra_op_spinning=spinning, intra_op_threads=threads))
     if not args.skip_server:
         measured["loadgen server peak"] = run_child(config(
             args, tmp, "server", args.batch_size, enabled=True, min_duration=args.probe_seconds, find_peak_qps=True,
@@ -172,12 +174,13 @@ print(peak() - before)
 """
 
 
-def grid_setting(text: str) -> list[tuple[int, float, int, str]]:
-    """B:W:N[:S], ...: S is --intra-op-spinning (auto when absent)."""
+def grid_setting(text: str) -> list[tuple[int, float, int, str, int]]:
+    """B:W:N[:S[:T]], ...: S is --intra-op-spinning (auto when absent), T --intra-op-threads (0 when absent)."""
     settings = []
     for item in filter(None, text.split(",")):
-        batch, wait, workers, *spinning = item.split(":")
-        settings.append((int(batch), float(wait), int(workers), spinning[0] if spinning else "auto"))
+        batch, wait, workers, *engine = item.split(":")
+        settings.append((int(batch), float(wait), int(workers), engine[0] if engine else "auto",
+                         int(engine[1]) if len(engine) > 1 else 0))
     return settings
 
 
@@ -205,9 +208,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--peak-probes", type=int, default=8)
     p.add_argument("--skip-server", action="store_true", help="no peak search")
     p.add_argument("--skip-single-stream", action="store_true")
-    p.add_argument("--server-grid", type=grid_setting, default=[], metavar="B:W:N[:S],...",
+    p.add_argument("--server-grid", type=grid_setting, default=[], metavar="B:W:N[:S[:T]],...",
                    help="Server runs at --server-share of Offline: batches of at most B, W ms wait, N workers, "
-                        "ONNX Runtime spinning S (on, off; default auto)")
+                        "ONNX Runtime spinning S (on, off; default auto), T intra-op threads (default 0: its own)")
     p.add_argument("--server-share", type=float, default=0.8, help="the grid's rate as a share of LoadGen Offline")
     p.add_argument("--query-memory", action="store_true", help="only LoadGen's bytes per pre-generated query")
     add_save_option(p)

@@ -466,6 +466,24 @@ def test_onnxruntime_in_the_server_keeps_its_batch_free_and_does_not_spin(cli, t
     assert read_jsonl("results_infer/runs.jsonl")[-1]["intra_op_spinning"] is True
 
 
-def test_intra_op_spinning_is_an_onnxruntime_option(cli, tiny_spec):
-    code, out, err = cli("infer", tiny_spec, "--random-weights", "--intra-op-spinning", "off")
-    assert code == 2 and err.strip() == "cnnbench: error: --intra-op-spinning applies to --engine onnxruntime, not eager"
+@pytest.mark.parametrize("option", [["--intra-op-spinning", "off"], ["--intra-op-threads", "1"]])
+def test_intra_op_settings_are_onnxruntime_options(cli, tiny_spec, option):
+    code, out, err = cli("infer", tiny_spec, "--random-weights", *option)
+    assert code == 2 and err.strip() == f"cnnbench: error: {option[0]} applies to --engine onnxruntime, not eager"
+
+
+def test_onnxruntime_runs_on_the_intra_op_threads_asked_for(cli, tiny_spec, monkeypatch):
+    import onnxruntime
+
+    threads = []
+    real = onnxruntime.InferenceSession
+
+    def session(path, options, **kwargs):
+        threads.append(options.intra_op_num_threads)
+        return real(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    code, _, err = cli("infer", tiny_spec, "--random-weights", "--engine", "onnxruntime", "--image-size", "16",
+                       "--num-batches", "2", "--warmup", "1", "--intra-op-threads", "1")
+    assert code == 0, err
+    assert threads == [1]

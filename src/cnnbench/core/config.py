@@ -309,6 +309,8 @@ class InferConfig(RunConfig):
     intra_op_spinning: str = option("auto", "onnxruntime: its intra-op threads spin-wait between operators: auto (off "
                                             "in LoadGen's server scenario, on otherwise), on or off",
                                     choices=("auto", "on", "off"))
+    intra_op_threads: int = option(0, "onnxruntime: threads of one run's operators (0: ONNX Runtime's default, one per "
+                                      "core); with several --server-workers, cores / workers keeps them off each other")
     loadgen: LoadGenConfig = field(default_factory=LoadGenConfig)
 
     @property
@@ -338,8 +340,10 @@ class InferConfig(RunConfig):
         self.validate_framework()
         _int_at_least(self.calib_batches, 1, "--calib-batches")
         _int_at_least(self.guard_batches, 0, "--guard-batches")
-        if self.intra_op_spinning != "auto" and self.engine != "onnxruntime":
-            raise UsageError(f"--intra-op-spinning applies to --engine onnxruntime, not {self.engine}")
+        for flag, given in (("--intra-op-spinning", self.intra_op_spinning != "auto"), ("--intra-op-threads", self.intra_op_threads)):
+            if given and self.engine != "onnxruntime":
+                raise UsageError(f"{flag} applies to --engine onnxruntime, not {self.engine}")
+        _int_at_least(self.intra_op_threads, 0, "--intra-op-threads")
         chosen = [flag for flag, on in (("--weights", self.weights), ("--pretrained", self.pretrained),
                                         ("--random-weights", self.random_weights)) if on]
         if len(chosen) > 1:

@@ -47,7 +47,7 @@ def __getattr__(name: str):
 def build_engine(name: str, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
                  calibration: Callable[[], list[torch.Tensor]], compile_mode: str, *,
                  int8_activations: str | None = None, model_name: str | None = None, shared: bool = False,
-                 calibration_tag: str = "", any_batch: bool = False, spinning: bool = True) -> Engine:
+                 calibration_tag: str = "", any_batch: bool = False, spinning: bool = True, threads: int = 0) -> Engine:
     """The PyTorch engine `name`, built by the class its record names. int8_activations: u8 | s8 for int8
     (onnx_export.quantize_int8); None or "auto": the device's default (u8 on the CPU, s8 on CUDA). An engine
     that cannot take the model raises EngineRefused (base.refusal), to which the model's name is added here."""
@@ -56,7 +56,7 @@ def build_engine(name: str, model: nn.Module, placement: Placement, example: tor
 
     spec = table.find("pytorch", name)
     inputs = BuildInputs(model, placement, example, cache, calibration, compile_mode, int8_activations, shared,
-                         calibration_tag, any_batch, spinning)
+                         calibration_tag, any_batch, spinning, threads)
     try:
         return table.engine_class(spec).build(inputs)
     except EngineRefused as refused:

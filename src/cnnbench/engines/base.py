@@ -58,6 +58,7 @@ class BuildInputs:
     # instead of padded to the full one (Engine.any_batch), and (ONNX Runtime) whether intra-op threads spin.
     any_batch: bool = False
     spinning: bool = True
+    threads: int = 0  # ONNX Runtime's intra-op threads (0: its default)
 
 
 class Engine:

@@ -38,7 +38,7 @@ class OnnxRuntimeEngine(Engine):
 
     def __init__(self, model: nn.Module, placement: Placement, example: torch.Tensor, cache: ArtifactCache,
                  calibration: Callable[[], list[torch.Tensor]], int8_activations: str = "u8", shared: bool = False,
-                 calibration_tag: str = "", any_batch: bool = False, spinning: bool = True):
+                 calibration_tag: str = "", any_batch: bool = False, spinning: bool = True, threads: int = 0):
         super().__init__()
         import onnxruntime as ort
 
@@ -47,7 +47,7 @@ class OnnxRuntimeEngine(Engine):
         # A shared cache entry (BuildInputs.shared) holds a dynamic-batch export, fixed to this batch on loading.
         self.batch = example.shape[0] if shared else None
         self.any_batch = shared and any_batch  # then the batch stays free: partial batches run at their size
-        self.spinning = spinning
+        self.spinning, self.threads = spinning, threads
         self.info["intra_op_spinning"] = spinning if placement.device.type == "cpu" else None
         self.calibration_tag = f"-cal{calibration_tag}" if calibration_tag else ""
         self.input_dtype = torch.float16 if placement.precision == "fp16" else torch.float32
@@ -84,7 +84,7 @@ class OnnxRuntimeEngine(Engine):
     def build(cls, inputs: BuildInputs) -> "OnnxRuntimeEngine":
         activations = resolve_int8_activations(inputs.int8_activations, inputs.placement.device.type)
         return cls(inputs.model, inputs.placement, inputs.example, inputs.cache, inputs.calibration, activations,
-                   inputs.shared, inputs.calibration_tag, inputs.any_batch, inputs.spinning)
+                   inputs.shared, inputs.calibration_tag, inputs.any_batch, inputs.spinning, inputs.threads)
 
     def _build(self, model, example, cache: ArtifactCache, calibration) -> Path:
         """Export (and quantise) unless the cache holds the artefacts; returns the ONNX file to run."""
@@ -128,6 +128,8 @@ class OnnxRuntimeEngine(Engine):
             options.add_free_dimension_override_by_name(BATCH_DIM, self.batch)
         if not self.spinning:  # documented session config key (onnxruntime_session_options_config_keys.h)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.threads:
+            options.intra_op_num_threads = self.threads
         providers = self._providers(cache)
         start = time.perf_counter()
         try:
