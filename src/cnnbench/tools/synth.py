@@ -42,6 +42,10 @@ conv's parameters are its FLOPs over twice its level's area, in the mix as in th
    per level then match parameters per level, but for the classifier, whose input is the last width: that
    width is fitted last to the parameters (the last level's entry conv, or a final 1x1 conv, as MobileNetV3
    and EfficientNet widen before pooling), the level's multiplier refitted to its FLOPs each time.
+6. Issue 25: a budget below the mix's keeps the mix's layer sizes and records synth.batch_scale (--small-budget
+   batch), or takes fewer, wider layers (wider: wider_factor); a block kind every level rounds away gets one
+   block where it is wanted most (rounded_merges); `synth --calibrate` feeds a Tuning back (multipliers on the
+   slots, residual and dense blocks and gates: tools/synth_calibration.py). Odd kernels pad inside the conv.
 Limits: only what a spec can express is generated. Linear layers inside the network (ConvNeXt's per-pixel
 MLPs) and matrix products (attention) are not, so a mix of those misses its FLOP shares, and says so.
 
@@ -85,6 +89,15 @@ MIN_LEVEL_SHARE = 0.01  # a level with at least this share of the FLOPs gets a c
 # mix and keeps generation to seconds.
 MAX_LAYERS = 1000
 SPEC_ACTIVATIONS = ("relu", "relu6", "hardswish", "silu")  # what a spec can say (synnet.ACTIVATIONS)
+# Issue 25, item 3 (wider_factor): a training step's fixed time (the loss, zero_grad, starting the backward, the
+# optimizer's call), in units of one conv-BN-ReLU layer's per-op time (dispatch, forward and backward, its
+# optimizer update). Measured in eager fp32 on the shared 2-core EPYC (AVX-512), batch 2 at 8 px, where FLOPs are
+# negligible: 2, 4 and 8 such layers took 0.66, 0.90 and 1.44 ms a step (median of 30), 0.13 ms a layer and 0.40 ms
+# fixed, 3 layers' worth; a first, more loaded run gave 0.99 and 1.56 ms for 2 and 8 layers, 8. 4 is taken. Deeper
+# tiny nets timed superlinearly there (16 layers 6.5 ms), so the figure is a rough one, and device-specific.
+STEP_OVERHEAD_LAYERS = 4.0
+MIN_WIDER_FACTOR = 0.5  # wider_factor takes at most half the layers away (widths grow at most about 1.4x)
+SMALL_BUDGET_RULES = ("batch", "wider")
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,23 @@ class Mix:
     intensity: list[tuple[float, float]]  # (log2 FLOPs per byte, FLOP weight) of every layer with FLOPs
     motif_shares: dict[str, float] | None = None  # motifs.shares of the mix; None when a profile has no motifs
     pooled_parameters: float = 0.0  # share of the parameters in convs and linears on 1x1 maps, the classifier's aside
+    same_padding: bool = False  # the targets pad with a copy before most convs (spec files' TensorFlow 'same'), so does it
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Multipliers on what the generator places, 1 = as the mix (issue 25, item 2: what `synth --calibrate` feeds
+    back into generate(); tools/synth_calibration.py). Each moves one kind of memory-bound time at fixed FLOPs:
+      layers  convolutions per level: more, narrower layers at the same FLOPs move more bytes per FLOP through their
+              batch norms and activations (a conv's FLOPs grow with width squared, its activations with width)
+      add     residual blocks per conv (identity adds)
+      concat  concatenation (dense) blocks per conv
+      gate    gated picks (squeeze-excitation: a global pool, two 1x1 convs, a sigmoid and a mul each)"""
+
+    layers: float = 1.0
+    add: float = 1.0
+    concat: float = 1.0
+    gate: float = 1.0
 
 
 # ---------------------------------------------------------------- targets
@@ -210,7 +240,7 @@ def mix_of(targets: list[Target], image_size: int) -> Mix:
     has its FLOPs scaled by the area ratio: FLOPs of convolutions grow with the pixels, parameters do not)."""
     flops = sum(t.weight * _per_image(t, image_size) for t in targets)
     shares, levels, intensity = {}, {}, []
-    counts = {"batchnorm": 0.0, "global_pool": 0.0}
+    counts = {"batchnorm": 0.0, "global_pool": 0.0, "pad": 0.0}
     activations: dict[str, float] = {}
     for t in targets:
         layers, size = t.profile["layers"], t.profile["image_size"]
@@ -228,6 +258,8 @@ def mix_of(targets: list[Target], image_size: int) -> Mix:
                     intensity.append((math.log2(layer["arithmetic_intensity"]), t.weight * layer_flops / flops))
             if kind in counts:
                 counts[kind] += t.weight
+            if kind == "other" and layer.get("function") == "pad":
+                counts["pad"] += t.weight
             if kind == "activation":
                 activations[layer["function"]] = activations.get(layer["function"], 0.0) + t.weight
             where = layer.get("output_hw") or layer.get("input_hw")
@@ -243,7 +275,7 @@ def mix_of(targets: list[Target], image_size: int) -> Mix:
                dict(sorted(levels.items())), mean_convs, counts["batchnorm"] >= 0.5 * mean_convs,
                _spec_activation(activations), counts["global_pool"] >= 0.5,
                max(_classes(t.profile) for t in targets), intensity, mix_motif_shares(targets),
-               sum(t.weight * _pooled_parameters(t.profile) for t in targets))
+               sum(t.weight * _pooled_parameters(t.profile) for t in targets), counts["pad"] >= 0.5 * mean_convs)
 
 
 def _pooled_parameters(profile: dict) -> float:
@@ -328,16 +360,18 @@ def _classes(profile: dict) -> int:
 # ---------------------------------------------------------------- choosing the layers
 
 
-def slots_per_level(mix: Mix, flops: float, total: int | None) -> dict[int, int]:
+def slots_per_level(mix: Mix, flops: float, total: int | None, factor: float = 1.0) -> dict[int, int]:
     """Convolutions per level. By default as many as carry the level's share of `flops` at the FLOPs of the
     layers picked there (their FLOP-weighted mean): the picks keep about their real widths, so their
     arithmetic intensity, and a FLOP budget takes layers away rather than thinning them. With `total`:
-    largest-remainder shares of it by FLOPs. Either way at least one where a level has 1% of the FLOPs."""
+    largest-remainder shares of it by FLOPs. Either way times `factor` (wider_factor, Tuning.layers), and at
+    least one where a level has 1% of the FLOPs."""
     shares = {lv: level.flop_share for lv, level in mix.levels.items() if level.flop_share > 0}
     if total is None:
         conv_flops = flops * sum(v for k, v in mix.type_shares.items() if k in CONV_TYPES)
         return {lv: n for lv, share in shares.items()
-                if (n := max(round(share * conv_flops / _mean_pick(mix.levels[lv])), int(share >= MIN_LEVEL_SHARE)))}
+                if (n := max(round(factor * share * conv_flops / _mean_pick(mix.levels[lv])), int(share >= MIN_LEVEL_SHARE)))}
+    total = max(1, round(total * factor))
     counts = {lv: max(int(share * total), 1 if share >= MIN_LEVEL_SHARE else 0) for lv, share in shares.items()}
     by_remainder = sorted(shares, key=lambda lv: -(shares[lv] * total - int(shares[lv] * total)))
     for lv in by_remainder:
@@ -372,14 +406,34 @@ class Block:
     protos: list[Proto]
 
 
-def blocks_of(level: Level, protos: list[Proto]) -> tuple[list[Block], Proto | None]:
-    """The level's convolutions grouped as the mix groups them; its first strided pick, if any, apart (it
-    enters the level, halving what the level before it left)."""
+def merges_wanted(level: Level, protos: list[Proto], tuning: Tuning = Tuning()) -> tuple[float, float]:
+    """(residual, concat) blocks the level's picks would hold at the mix's adds and concatenations per conv
+    (times the tuning's multipliers), as fractions: plan() rounds them over the whole network."""
+    body = len(protos) - any(p.stride > 1 for p in protos)
+    per_conv = level.convs or 1.0
+    return (level.adds / per_conv * body * tuning.add, level.concats / per_conv * body * tuning.concat)
+
+
+def rounded_merges(wanted: list[float]) -> list[int]:
+    """Each level's blocks of one merge kind, rounded level by level; but when that leaves none while the network
+    wants at least one (a merge rare at every level of a small budget: resnet50's adds in a mix with densenet121
+    at 0.1 GFLOPs, a third of a block per level), the level that wants most gets one. (Largest remainders over the
+    network were tried: they gave densenet121's quarter-FLOP proxy fewer dense blocks than per-level rounding, and
+    pre-activation picks outside a dense block read a conv's output, so their batch norm counts as that conv's.)"""
+    counts = [round(w) for w in wanted]
+    if not sum(counts) and round(sum(wanted)) >= 1:
+        counts[max(range(len(wanted)), key=wanted.__getitem__)] = 1
+    return counts
+
+
+def blocks_of(level: Level, protos: list[Proto], merges: tuple[int, int] | None = None) -> tuple[list[Block], Proto | None]:
+    """The level's convolutions grouped as the mix groups them (`merges`: the (residual, concat) block counts plan()
+    gives it; default merges_wanted's, rounded); its first strided pick, if any, apart (it enters the level,
+    halving what the level before it left)."""
     strided = next((p for p in protos if p.stride > 1), None)
     body = [p for p in protos if p is not strided]
-    per_conv = level.convs or 1.0
-    residual = round(level.adds / per_conv * len(body))
-    concat = round(level.concats / per_conv * len(body))
+    residual, concat = merges if merges is not None else map(round, merges_wanted(level, protos))
+    residual, concat = min(len(body), residual), min(len(body), concat)
     if residual + concat > len(body):
         residual, concat = (residual * len(body)) // (residual + concat), len(body) - (residual * len(body)) // (residual + concat)
     count = residual + concat
@@ -426,6 +480,37 @@ def _interleave(a: int, b: int) -> list[str]:
     return out
 
 
+def regated(protos: list[Proto], factor: float, gate: tuple[float, str, str] | None) -> list[Proto]:
+    """The picks with round(factor x their gated count) gates: evenly spaced ones lose theirs (factor < 1), or
+    evenly spaced ungated ones get `gate`, the mix's commonest (factor > 1). Factor 1: as picked."""
+    gated = [i for i, p in enumerate(protos) if p.gate is not None]
+    wanted = min(len(protos), round(len(gated) * factor))
+    if wanted == len(gated) or (wanted > len(gated) and gate is None):
+        return protos
+    out = list(protos)
+    if wanted < len(gated):
+        for i in _spread(gated, len(gated) - wanted):
+            out[i] = dataclasses.replace(out[i], gate=None)
+    else:
+        for i in _spread([i for i, p in enumerate(protos) if p.gate is None], wanted - len(gated)):
+            out[i] = dataclasses.replace(out[i], gate=gate)
+    return out
+
+
+def _spread(items: list[int], n: int) -> list[int]:
+    """n of the items, evenly spaced."""
+    return [items[int((j + 0.5) * len(items) / n)] for j in range(n)] if n else []
+
+
+def _commonest_gate(mix: Mix) -> tuple[float, str, str] | None:
+    seen: dict[tuple, float] = {}
+    for level in mix.levels.values():
+        for p in level.protos:
+            if p.gate is not None:
+                seen[p.gate] = seen.get(p.gate, 0.0) + p.count
+    return max(seen, key=seen.get) if seen else None
+
+
 @dataclass
 class LevelPlan:
     level: int
@@ -439,16 +524,22 @@ class LevelPlan:
     exit_pooled: bool = False  # that conv runs after the global pool (fit_parameters)
 
 
-def plan(mix: Mix, layers: int | None, flops: float, seed: int) -> list[LevelPlan]:
-    """Slots per level, the layers picked for them, their blocks and the way into each level."""
+def plan(mix: Mix, layers: int | None, flops: float, seed: int, tuning: Tuning = Tuning(),
+         factor: float = 1.0) -> list[LevelPlan]:
+    """Slots per level (times `factor`: wider_factor and Tuning.layers), the layers picked for them (gates
+    regated by Tuning.gate), their blocks and the way into each level."""
     rng = random.Random(seed)
-    slots = slots_per_level(mix, flops, layers)
+    slots = slots_per_level(mix, flops, layers, factor)
+    gate = _commonest_gate(mix)
     kept = sum(mix.levels[lv].flop_share for lv in slots)
     conv_flops = flops * sum(v for k, v in mix.type_shares.items() if k in CONV_TYPES)
+    picks = {lv: regated(pick(mix.levels[lv].protos, slots[lv], rng), tuning.gate, gate) for lv in sorted(slots)}
+    wanted = [merges_wanted(mix.levels[lv], picks[lv], tuning) for lv in picks]
+    merges = dict(zip(picks, zip(rounded_merges([w[0] for w in wanted]), rounded_merges([w[1] for w in wanted]))))
     out, previous = [], 0
     for lv in sorted(slots):
         level = mix.levels[lv]
-        blocks, strided = blocks_of(level, pick(level.protos, slots[lv], rng))
+        blocks, strided = blocks_of(level, picks[lv], merges[lv])
         if strided is not None and lv == previous:  # nothing left to halve: it runs at stride 1
             blocks.insert(0, Block("plain", [dataclasses.replace(strided, stride=1)]))
             strided = None
@@ -479,7 +570,7 @@ class Shape:
 
 
 def conv_layer(p: Proto, shape: Shape, width: float, stride: int, out: int | None, bn: bool, activation: str,
-               last: bool = False) -> list[dict]:
+               last: bool = False, same: bool = False) -> list[dict]:
     """The spec layers of one slot at this width (its motif: a batch norm-activation before it when its real
     conv has one that cannot fold, the batch norm and activation after it that its real conv has, a gate on
     its output), and `shape` advanced through them (FLOPs and parameters added). `bn` and `activation` are the
@@ -507,7 +598,12 @@ def conv_layer(p: Proto, shape: Shape, width: float, stride: int, out: int | Non
     shape.flops += 2.0 * size * size * weights
     shape.parameters += weights + (2 * cout if after_bn else 0)
     shape.channels, shape.size = cout, size
-    layers.append({"type": "conv", "filters": cout, "kernel": [kh, kw], "stride": [stride, stride],
+    # Odd kernels pad k // 2 on each side inside the conv, as torchvision's do (output ceil(size / stride), as
+    # 'same'); a spec's 'same' is TensorFlow's, an explicit ZeroPad2d copy before every conv, which took 7% of a
+    # proxy's training step here (measured by --calibrate at 32 px) that its targets do not spend. `same`: the targets
+# pad so themselves (Mix.same_padding: spec files such as synNet), and the proxy copies them.
+    padding = [kh // 2, kw // 2] if kh % 2 and kw % 2 and not same else "same"
+    layers.append({"type": "conv", "filters": cout, "kernel": [kh, kw], "stride": [stride, stride], "padding": padding,
                    "groups": spec_groups, "batch_norm": after_bn, "activation": "none" if last else after_act})
     if p.gate is not None:
         reduction, gate_activation, function = p.gate
@@ -543,16 +639,18 @@ def realise(mix: Mix, plans: list[LevelPlan], image_size: int) -> tuple[list[dic
             shape.size = (shape.size + 2 - 3) // 2 + 1 if pool == "maxpool" else shape.size // 2
         before = shape.flops
         if lp.strided is not None:
-            layers += conv_layer(lp.strided, shape, lp.width, 2, lp.entry_width, mix.batch_norm, mix.activation)
+            layers += conv_layer(lp.strided, shape, lp.width, 2, lp.entry_width, mix.batch_norm, mix.activation,
+                                 same=mix.same_padding)
         for block in lp.blocks:
             layers += _block(mix, block, shape, lp.width)
         if lp.exit_width is not None and not lp.exit_pooled:
-            layers += conv_layer(EXIT, shape, 1.0, 1, lp.exit_width, mix.batch_norm, mix.activation)
+            layers += conv_layer(EXIT, shape, 1.0, 1, lp.exit_width, mix.batch_norm, mix.activation, same=mix.same_padding)
         if lp is plans[-1] and mix.global_pool:  # (a slice's last level while fitting: a pool adds no FLOPs)
             layers.append({"type": "globalpool", "pool": "avg"})
             shape.size = 1
         if lp.exit_width is not None and lp.exit_pooled:
-            layers += conv_layer(POOLED_EXIT, shape, 1.0, 1, lp.exit_width, mix.batch_norm, mix.activation)
+            layers += conv_layer(POOLED_EXIT, shape, 1.0, 1, lp.exit_width, mix.batch_norm, mix.activation,
+                                 same=mix.same_padding)
         per_level.append(shape.flops - before)
         groups.append({"name": f"level_{lp.level}", "layers": layers,
                        "note": f"input / {2 ** lp.level}: {lp.target_flops / 1e9:.3f} GFLOPs per image wanted"})
@@ -562,13 +660,13 @@ def realise(mix: Mix, plans: list[LevelPlan], image_size: int) -> tuple[list[dic
 def _block(mix: Mix, block: Block, shape: Shape, width: float) -> list[dict]:
     bn, act = mix.batch_norm, mix.activation
     if block.kind == "plain":
-        return [layer for p in block.protos for layer in conv_layer(p, shape, width, 1, None, bn, act)]
+        return [layer for p in block.protos for layer in conv_layer(p, shape, width, 1, None, bn, act, same=mix.same_padding)]
     start = shape.channels
     last = max((i for i, p in enumerate(block.protos) if p.type != "depthwise_conv"), default=None)
     body = []
     for i, p in enumerate(block.protos):
         keep = start if block.kind == "residual" and i == last else None
-        body += conv_layer(p, shape, width, 1, keep, bn, act, last=keep is not None)
+        body += conv_layer(p, shape, width, 1, keep, bn, act, last=keep is not None, same=mix.same_padding)
     if block.kind == "residual":
         return [{"type": "residual", "body": body, "activation": act}]
     growth = shape.channels
@@ -644,14 +742,14 @@ def check_layers(layers: int | None) -> None:
                          "CNNs have a few hundred; generation time grows faster than the layer count)")
 
 
-def check_size(mix: Mix, layers: int | None, gflops: float | None) -> None:
+def check_size(mix: Mix, layers: int | None, gflops: float | None, factor: float = 1.0) -> None:
     """The network's convolutions within MAX_LAYERS, before any is generated: --layers as given, else the count
     the FLOP budget implies at the mix's own layer sizes (slots_per_level, as plan() will count them)."""
-    check_layers(layers)
+    check_layers(None if layers is None else round(layers * factor))
     if layers is not None:
         return
     flops = gflops * 1e9 if gflops else mix.flops_per_image
-    implied = sum(slots_per_level(mix, flops, None).values())
+    implied = sum(slots_per_level(mix, flops, None, factor).values())
     if implied <= MAX_LAYERS:
         return
     most = flops / 1e9 * MAX_LAYERS / implied
@@ -659,6 +757,22 @@ def check_size(mix: Mix, layers: int | None, gflops: float | None) -> None:
     raise UsageError(f"{what} takes about {implied:,} convolutions at the mix's layer sizes ({mix.flops_per_image / 1e9:.3g} "
                      f"GFLOPs per image); cnnbench synth makes at most {MAX_LAYERS}: give --gflops of at most about {most:.3g} "
                      "(GFLOPs, not FLOPs), or --layers")
+
+
+def wider_factor(mix: Mix, flops: float, rule: str) -> float:
+    """The share of the proportional layer count a budget below the mix's keeps, by --small-budget (issue 25,
+    item 3). With "wider", fewer but wider layers, so that the framework overhead takes the targets' share of a
+    step at the targets' batch size. A step of the targets takes a + n*o + C: a fixed, o per layer (n of them),
+    C computing. A proxy of s = flops / mix FLOPs computes s*C; its overhead share a + m*o over s*C equals the
+    targets' when a + m*o = s*(a + n*o), i.e. m = s*n - (1 - s)*a/o: fewer layers than the s*n of keeping the
+    mix's layer sizes, because a does not shrink with the FLOPs. a/o is STEP_OVERHEAD_LAYERS; n the mix's
+    convolutions per image. At least MIN_WIDER_FACTOR of s*n (the motifs ride on whole layers). With "batch" (or
+    no budget below the mix's): 1, the mix's layer sizes, and the proxy is run at batch_scale x the batch."""
+    share = flops / mix.flops_per_image
+    if rule != "wider" or share >= 1 or not mix.mean_convs:
+        return 1.0
+    proportional = share * mix.mean_convs
+    return max(MIN_WIDER_FACTOR, (proportional - (1 - share) * STEP_OVERHEAD_LAYERS) / proportional)
 
 
 def batch_scale(mix_flops: float, flops: float) -> int:
@@ -670,11 +784,14 @@ def batch_scale(mix_flops: float, flops: float) -> int:
     return max(1, round(mix_flops / flops))
 
 
-def generate(mix: Mix, *, seed: int, layers: int | None, gflops: float | None, name: str) -> dict:
-    """The synthetic network's spec (synNet's format) for the mix."""
+def generate(mix: Mix, *, seed: int, layers: int | None, gflops: float | None, name: str,
+             small_budget: str = "batch", tuning: Tuning = Tuning()) -> dict:
+    """The synthetic network's spec (synNet's format) for the mix; `small_budget` a rule of SMALL_BUDGET_RULES
+    (wider_factor), `tuning` what a calibration feeds back."""
     flops = gflops * 1e9 if gflops else mix.flops_per_image
-    check_size(mix, layers, gflops)
-    plans = plan(mix, layers, flops, seed)
+    factor = wider_factor(mix, flops, small_budget) * tuning.layers
+    check_size(mix, layers, gflops, factor)
+    plans = plan(mix, layers, flops, seed, tuning, factor)
     count = sum(len(block.protos) for lp in plans for block in lp.blocks) + sum(lp.strided is not None for lp in plans)
     with terminal.progress(len(plans) + 1, f"fitting the widths of {count} convolutions", unit="levels") as bar:
         fit_widths(mix, plans, mix.image_size, bar.advance)
@@ -694,7 +811,8 @@ def generate(mix: Mix, *, seed: int, layers: int | None, gflops: float | None, n
         "training": {"optimizer": "SGD momentum 0.9", "weight_decay": 0.0001, "learning_rate": 0.01},
         "synth": {"targets": [{"name": t.name, "weight": t.weight} for t in mix.targets], "seed": seed,
                   "image_size": mix.image_size, "gflops": gflops, "layers": count,
-                  "batch_scale": batch_scale(mix.flops_per_image, flops)},
+                  "small_budget": small_budget, "layer_factor": round(factor, 4),
+                  "batch_scale": batch_scale(mix.flops_per_image, flops) if small_budget == "batch" else 1},
     }
 
 
@@ -772,9 +890,23 @@ def run(cfg) -> int:
     check_layers(cfg.layers)
     out = Path(cfg.out)
     ensure_writable(out.parent, "--out")
+    placement = _calibration_placement(cfg)
     targets = load_targets(cfg.target, cfg.image_size, cfg.batch_size, cfg.precision)
     mix = mix_of(targets, cfg.image_size)
-    spec = generate(mix, seed=cfg.seed, layers=cfg.layers, gflops=cfg.gflops, name=cfg.name or out.stem)
+
+    def make(tuning: Tuning = Tuning()) -> dict:
+        return generate(mix, seed=cfg.seed, layers=cfg.layers, gflops=cfg.gflops, name=cfg.name or out.stem,
+                        small_budget=cfg.small_budget, tuning=tuning)
+
+    calibration = None
+    if placement is None:
+        spec = make()
+    else:
+        from cnnbench.tools import synth_calibration
+
+        setting = synth_calibration.Setting(cfg.device, cfg.precision, cfg.image_size, cfg.batch_size, cfg.warmup,
+                                            cfg.calibrate_steps, cfg.calibrate_rounds, cfg.calibrate_tolerance)
+        spec, calibration = synth_calibration.calibrate(targets, make, Tuning(), setting, placement)
     atomic_write_text(out, dump_spec(spec))
     profile = profile_model(resolve_any(str(out)), cfg.image_size, cfg.batch_size, cfg.precision)
     scale = cfg.gflops * 1e9 / mix.flops_per_image if cfg.gflops else 1.0
@@ -788,6 +920,10 @@ def run(cfg) -> int:
         terminal.say(f"Run it at {scale_batch}x the targets' batch size (targets at {cfg.batch_size}, this proxy at "
                      f"{cfg.batch_size * scale_batch}): a step then does the targets' FLOPs, so the framework's per-step "
                      "overhead takes the same share (synth.batch_scale in the spec)")
+    if calibration is not None:
+        from cnnbench.tools.synth_calibration import show
+
+        show(calibration)
     missed = [r["what"] for r in rows if r["met"] is False]
     if missed:
         terminal.warn(f"{len(missed)} goal{'s' if len(missed) > 1 else ''} missed: {', '.join(missed)} "
@@ -795,3 +931,14 @@ def run(cfg) -> int:
     terminal.say(f"Spec written to {out}; run it with `cnnbench train {out}` or check it with "
                   f"`cnnbench synth validate {out} --target {cfg.target}`")
     return 0
+
+
+def _calibration_placement(cfg):
+    """With --calibrate, the device and precision it measures at, and its targets, checked before any profiling."""
+    if not cfg.calibrate:
+        return None
+    from cnnbench.core.placement import resolve_placement
+    from cnnbench.tools.synth_calibration import check_targets
+
+    check_targets(cfg.precision, [name for name, _ in parse_targets(cfg.target)])
+    return resolve_placement(cfg.device, cfg.precision)
