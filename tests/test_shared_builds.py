@@ -112,3 +112,15 @@ def test_the_estimate_pays_for_a_shared_build_once():
     assert alone[2] - shared[2] >= export * 0.99
     quantise = estimate.INT8_QUANTISE_SECONDS
     assert alone[3] - shared[3] >= export + quantise * 0.99  # batch 4's int8 pays neither export nor quantisation
+
+
+def test_the_estimate_shares_builds_across_batch_sizes_only_for_the_same_weights():
+    """infer-all after train-all reads one checkpoint per batch size (log_<model>_<batch>): different weights, so
+    each batch size builds again; random weights are the same for all."""
+    import dataclasses
+
+    trained = [dataclasses.replace(r, random_weights=False, log_dir=f"log_resnet50_{r.measure.batch_size}") for r in _runs("c")]
+    checkpoints = estimate.sweep_seconds(trained, "infer", RATES)
+    random = estimate.sweep_seconds(_runs("c"), "infer", RATES)
+    assert checkpoints[:2] == pytest.approx(random[:2])
+    assert checkpoints[2] - random[2] >= estimate.ESTIMATES["export"].build_seconds * 0.99

@@ -189,7 +189,10 @@ def _inference_extra(run: InferConfig, gflops: float, reference_step: float, ste
     precision, batch = run.placement.precision, run.measure.batch_size
     checked = (run.engine, precision) != ("eager", "fp32")
     shared = table.shares_builds(run.framework, run.engine, device_type)
-    scope = (run.framework, run.model, run.image_size, run.engine) + (() if shared else (precision, batch))
+    # Weights are part of a build's key: a sweep's checkpoints (one per batch size, in log_<model>_<batch>) are
+    # different weights, random, --weights and --pretrained ones the same for every batch size.
+    weights = None if run.random_weights or run.weights or run.pretrained else run.log_dir
+    scope = (run.framework, run.model, run.image_size, run.engine, weights) + (() if shared else (precision, batch))
     extra = run.guard_batches * step if checked else 0.0
     if checked and _first(done, ("references", run.model, run.image_size, batch)):
         extra += run.guard_batches * reference_step
