@@ -61,9 +61,14 @@ CPU_PLANS = {
     "train": Plan("cpu", 2, ORIGINAL, 20.0, 3, "no GPU: 2 warm-up steps, then 20 s of steady-state time and at least 3 "
                                               f"steady steps per configuration ({ORIGINAL} batches x 15 configurations "
                                               "would take days on a CPU)"),
-    # A forward pass costs a third of a training step, so 10 s of steady time suffices.
+    # A forward pass costs a third of a training step, so 10 s of steady time suffices. The guard compares one
+    # batch (16-64 images' logits) with eager fp32: in ./run.sh's inference sweep on the 2-core EPYC its 4 default
+    # batches took about a fifth of the time (4 eager fp32 reference passes per model and batch, 4 engine
+    # passes per configuration; resnet152 at batch 64: 32 s of an 81 s configuration), and one batch judges the
+    # relative error against its bound as well (benchmarks/results/sweep_defaults-*; issue 26).
     "infer": Plan("cpu", 2, ORIGINAL, 10.0, 3, "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady "
-                                         "batches per configuration"),
+                                         "batches per configuration, 1 guard batch",
+                  run_overrides=(("guard_batches", 1),)),
 }
 # Every model once at batch 16, training then inference, in minutes on a 2-core CPU (docs/options.md, "Sweeps and their plans": measured).
 # The guard keeps one batch against eager fp32 and int8 calibrates on 2 batches: enough to check, not to rank.
