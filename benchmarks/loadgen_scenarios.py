@@ -12,7 +12,7 @@ images: speed only):
   3. --find-peak-qps: the highest Server QPS LoadGen judges VALID under --latency-bound-ms, dynamic batches
      of at most --server-max-batch, as a fraction of LoadGen's Offline samples/s;
   4. --server-grid B:W:N[:S[:T]],...: one Server run per setting (batches of at most B, W ms wait, N workers,
-     ONNX Runtime's --intra-op-spinning S, default auto: off in the Server, --intra-op-threads T) at --server-share of LoadGen's
+     ONNX Runtime's --intra-op-spinning S, default on, --intra-op-threads T) at --server-share of LoadGen's
      Offline samples/s (issue 26: 80%), VALID or not, and its p99;
   5. --query-memory: LoadGen's peak resident bytes per pre-generated Server query (tools/loadgen.py's
      BYTES_PER_QUERY, the bound on --target-qps), a memory figure, in a child process per size.
@@ -40,7 +40,7 @@ from record import Recorder, add_save_option
 AGREEMENT = 0.05
 
 
-def config(args, tmp: str, scenario: str, batch: int, intra_op_spinning: str = "auto", intra_op_threads: int = 0,
+def config(args, tmp: str, scenario: str, batch: int, intra_op_spinning: str = "on", intra_op_threads: int = 0,
            **loadgen_options) -> InferConfig:
     """One run's configuration: the engine and precision asked for, shared artefact cache, records in tmp."""
     measure = MeasureConfig(batch_size=batch, num_batches=10**6, duration=args.seconds, warmup=args.warmup,
@@ -73,7 +73,7 @@ def runs(args, tmp: str) -> dict[str, dict]:
         measured["loadgen single-stream"] = run_child(config(args, tmp, "single-stream", args.batch_size, **shortened))
     qps = args.server_share * measured["loadgen offline"]["loadgen_samples_per_sec"]
     for batch, wait, workers, spinning, threads in args.server_grid:
-        name = (f"server b{batch} w{wait:g}ms x{workers}" + ("" if spinning == "auto" else f" spin {spinning}")
+        name = (f"server b{batch} w{wait:g}ms x{workers}" + ("" if spinning == "on" else f" spin {spinning}")
                 + (f" t{threads}" if threads else ""))
         measured[name] = run_child(config(
             args, tmp, "server", args.batch_size, enabled=True, min_duration=args.probe_seconds, target_qps=round(qps, 1),
@@ -175,11 +175,11 @@ print(peak() - before)
 
 
 def grid_setting(text: str) -> list[tuple[int, float, int, str, int]]:
-    """B:W:N[:S[:T]], ...: S is --intra-op-spinning (auto when absent), T --intra-op-threads (0 when absent)."""
+    """B:W:N[:S[:T]], ...: S is --intra-op-spinning (on when absent), T --intra-op-threads (0 when absent)."""
     settings = []
     for item in filter(None, text.split(",")):
         batch, wait, workers, *engine = item.split(":")
-        settings.append((int(batch), float(wait), int(workers), engine[0] if engine else "auto",
+        settings.append((int(batch), float(wait), int(workers), engine[0] if engine else "on",
                          int(engine[1]) if len(engine) > 1 else 0))
     return settings
 
@@ -210,7 +210,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-single-stream", action="store_true")
     p.add_argument("--server-grid", type=grid_setting, default=[], metavar="B:W:N[:S[:T]],...",
                    help="Server runs at --server-share of Offline: batches of at most B, W ms wait, N workers, "
-                        "ONNX Runtime spinning S (on, off; default auto), T intra-op threads (default 0: its own)")
+                        "ONNX Runtime spinning S (on, off; default on), T intra-op threads (default 0: its own)")
     p.add_argument("--server-share", type=float, default=0.8, help="the grid's rate as a share of LoadGen Offline")
     p.add_argument("--query-memory", action="store_true", help="only LoadGen's bytes per pre-generated query")
     add_save_option(p)

@@ -304,11 +304,11 @@ class InferConfig(RunConfig):
                                    choices=INT8_ACTIVATIONS)
     guard_batches: int = option(4, "batches compared against eager fp32")
     cache_path: str | None = option(None, "keep exported / quantised / compiled artefacts here and reuse them")
-    # ONNX Runtime's intra-op threads spin-wait for work by default: the fastest back-to-back batches, but in
-    # LoadGen's Server they take the cores from LoadGen's issue thread and the batcher's workers (issue 26).
-    intra_op_spinning: str = option("auto", "onnxruntime: its intra-op threads spin-wait between operators: auto (off "
-                                            "in LoadGen's server scenario, on otherwise), on or off",
-                                    choices=("auto", "on", "off"))
+    # ONNX Runtime's intra-op threads spin-wait for work between operators by default. Kept on: turning it off to
+    # leave the cores to LoadGen's issue thread and the batcher raised the Server's p99 from 89.5 to 134 ms at 80%
+    # of Offline (benchmarks/results/loadgen_scenarios-20261207T214148Z.txt; issue 26).
+    intra_op_spinning: str = option("on", "onnxruntime: its intra-op threads spin-wait between operators (ONNX Runtime's "
+                                          "default, on) or sleep (off)", choices=("on", "off"))
     intra_op_threads: int = option(0, "onnxruntime: threads of one run's operators (0: ONNX Runtime's default, one per "
                                       "core); with several --server-workers, cores / workers keeps them off each other")
     loadgen: LoadGenConfig = field(default_factory=LoadGenConfig)
@@ -317,10 +317,6 @@ class InferConfig(RunConfig):
     def serving(self) -> bool:
         """LoadGen's Server: queries arrive one by one and are batched as they come (tools/batching.py)."""
         return self.loadgen.enabled and self.scenario == "server"
-
-    @property
-    def spinning(self) -> bool:
-        return self.intra_op_spinning == "on" or (self.intra_op_spinning == "auto" and not self.serving)
 
     @property
     def engine_batch(self) -> int:
@@ -340,7 +336,7 @@ class InferConfig(RunConfig):
         self.validate_framework()
         _int_at_least(self.calib_batches, 1, "--calib-batches")
         _int_at_least(self.guard_batches, 0, "--guard-batches")
-        for flag, given in (("--intra-op-spinning", self.intra_op_spinning != "auto"), ("--intra-op-threads", self.intra_op_threads)):
+        for flag, given in (("--intra-op-spinning", self.intra_op_spinning != "on"), ("--intra-op-threads", self.intra_op_threads)):
             if given and self.engine != "onnxruntime":
                 raise UsageError(f"{flag} applies to --engine onnxruntime, not {self.engine}")
         _int_at_least(self.intra_op_threads, 0, "--intra-op-threads")

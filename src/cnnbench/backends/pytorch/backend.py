@@ -188,7 +188,7 @@ class PyTorchBackend(Backend):
 
         return build_engine(cfg.engine, model, placement, example, cache, calibration, compile_mode,
                             int8_activations=cfg.int8_activations, model_name=entry.name, shared=shared,
-                            calibration_tag=calibration_tag, any_batch=shared and cfg.serving, spinning=cfg.spinning,
+                            calibration_tag=calibration_tag, any_batch=shared and cfg.serving, spinning=cfg.intra_op_spinning == "on",
                             threads=cfg.intra_op_threads)
 
     def to_host(self, logits) -> torch.Tensor:
