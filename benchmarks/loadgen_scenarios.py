@@ -132,8 +132,8 @@ def verdicts(rec: Recorder, args, records: dict[str, dict]) -> None:
     peak = server["loadgen_peak_qps"]
     share = f"{peak / offline:.0%} of LoadGen Offline" if peak else "no VALID run"
     rec.say(f"Server: peak valid {peak or 0:.1f} qps under a {args.latency_bound_ms:g} ms p99 bound, batches of at most "
-            f"{args.server_max_batch}, max wait {args.server_max_wait_ms:g} ms ({len(server['loadgen_probes'])} probes "
-            f"of {args.probe_seconds:g} s): {share}")
+            f"{server['batch_size']}, max wait {args.server_max_wait_ms or 'the default'} ms ({len(server['loadgen_probes'])} "
+            f"probes of {args.probe_seconds:g} s): {share}")
     rec.row(kind="summary", server_peak_qps=peak, server_peak_share_of_offline=peak / offline if peak else None,
             latency_bound_ms=args.latency_bound_ms, probes=server["loadgen_probes"])
 
@@ -200,8 +200,9 @@ def parse_args() -> argparse.Namespace:
     # latency, and a query that arrives while one runs waits for it, then runs its own: about 50 ms in
     # all with a 5 ms wait. MLPerf's 15 ms (an accelerator's) cannot hold; 100 ms leaves room for queueing.
     p.add_argument("--latency-bound-ms", type=float, default=100.0, help="the Server's p99 bound (default: for a CPU)")
-    p.add_argument("--server-max-batch", type=int, default=2)
-    p.add_argument("--server-max-wait-ms", type=float, default=5.0)
+    p.add_argument("--server-max-batch", type=int, default=None, help="default: cnnbench's (4 at most on a CPU)")
+    p.add_argument("--server-max-wait-ms", type=float, default=None, help="default: cnnbench's (a twentieth of the "
+                                                                           "bound on a CPU)")
     # Each probe also runs at least the 1596 queries LoadGen's early stopping needs (loadgen.py): about 25 s
     # near this CPU's peak.
     p.add_argument("--probe-seconds", type=float, default=20.0, help="minimum duration of each Server probe")

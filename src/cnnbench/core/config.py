@@ -26,6 +26,13 @@ BUILTIN_SCENARIOS = ("offline", "single-stream")
 LOADGEN_MODES = ("performance", "accuracy")
 # MLPerf's MultiStream query: 8 samples (LoadGen's mlperf.conf, *.MultiStream.samples_per_query = 8).
 MULTI_STREAM_SAMPLES = 8
+# The Server's defaults on a CPU, measured (benchmarks/loadgen_scenarios.py, issue 26): ResNet-50 int8 on ONNX
+# Runtime, 2-core EPYC, at 80% of Offline under a 100 ms p99 bound, batches of at most 4 and a 5 ms wait were
+# VALID (p99 87.9 ms) where 8 and 10 ms were on the edge (89.5 VALID, 99.9 INVALID) and 16 and 20-30 ms over it
+# (loadgen_scenarios-20261207T214148Z, -20261207T214554Z): a CPU gains little from larger batches (5.2 ms an image
+# at 8 against 5.0 at 16) and a query waits for the batch before its own.
+SERVER_CPU_MAX_BATCH = 4
+SERVER_CPU_WAIT_SHARE = 1 / 20  # of the latency bound; elsewhere a tenth
 MEMORY_FORMATS = ("auto", "nchw", "nhwc")
 # torch.compile's modes (torch.compile's documentation: "default", "reduce-overhead", "max-autotune",
 # "max-autotune-no-cudagraphs"); a mode outside these fails only after the model is built.
@@ -232,10 +239,12 @@ class LoadGenConfig:
     # MLPerf's ResNet-50 Server bound (mlperf.conf: resnet50.Server.target_latency = 15, in ms).
     latency_bound_ms: float = option(15.0, "server: the 99th-percentile latency bound (MLPerf's for ResNet-50)",
                                      flag="--latency-bound-ms")
-    max_batch: int | None = option(None, "server: the largest dynamic batch (the engine's batch); default --batch-size",
+    max_batch: int | None = option(None, "server: the largest dynamic batch (the engine's batch); default --batch-size, "
+                                         f"at most {SERVER_CPU_MAX_BATCH} on a CPU",
                                    flag="--server-max-batch")
     max_wait_ms: float | None = option(None, "server: longest wait for a batch to fill, from its oldest query's arrival; "
-                                             "default a tenth of --latency-bound-ms", flag="--server-max-wait-ms")
+                                             "default a tenth of --latency-bound-ms, a twentieth on a CPU",
+                                       flag="--server-max-wait-ms")
     workers: int = option(1, "offline and server: worker threads taking batches from the queue (on CUDA each on its "
                              "own stream)", flag="--server-workers")
     find_peak_qps: bool = option(False, "server: search for the highest --target-qps whose run is VALID (bracketing, "
@@ -318,16 +327,18 @@ class InferConfig(RunConfig):
         """LoadGen's Server: queries arrive one by one and are batched as they come (tools/batching.py)."""
         return self.loadgen.enabled and self.scenario == "server"
 
-    @property
-    def engine_batch(self) -> int:
+    def engine_batch(self, device_type: str) -> int:
         """The batch the engine is built for: a query's images in single- and multi-stream (MLPerf: one
-        query at a time), the largest dynamic batch in server, --batch-size otherwise."""
+        query at a time), the largest dynamic batch in server (SERVER_CPU_MAX_BATCH at most on a CPU unless
+        --server-max-batch says), --batch-size otherwise."""
         if self.scenario == "single-stream":
             return 1
         if self.scenario == "multi-stream":
             return MULTI_STREAM_SAMPLES
         if self.scenario == "server" and self.loadgen.max_batch:
             return self.loadgen.max_batch
+        if self.scenario == "server" and device_type == "cpu":
+            return min(self.measure.batch_size, SERVER_CPU_MAX_BATCH)
         return self.measure.batch_size
 
     def validate(self) -> None:

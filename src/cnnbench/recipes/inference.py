@@ -80,7 +80,7 @@ def preflight(cfg: InferConfig) -> Resolved:
     backend.ready()  # last: a mistake above is one line, before a framework's start-up lines
     # single-stream (MLPerf): one image per query, each issued when the previous one has finished.
     compile_mode = cfg.compile_mode or default_compile_mode(placement.device) if backend.compile_modes else None
-    return Resolved(entry, image_size, placement, cfg.engine_batch, log_dir, compile_mode, backend)
+    return Resolved(entry, image_size, placement, cfg.engine_batch(placement.device.type), log_dir, compile_mode, backend)
 
 
 def run(cfg: InferConfig, started_at: float | None = None, harness: Harness | None = None) -> dict:

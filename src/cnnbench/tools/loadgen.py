@@ -45,7 +45,7 @@ from cnnbench.recipes import run_record
 
 from cnnbench.core import errors, files, memory, telemetry, terminal
 from cnnbench.tools.batching import DynamicBatcher
-from cnnbench.core.config import InferConfig
+from cnnbench.core.config import SERVER_CPU_WAIT_SHARE, InferConfig
 from cnnbench.data.normalization import Normalizer
 from cnnbench.core.errors import UsageError
 from cnnbench.data.evaluation import Accuracy, top5_classes
@@ -373,9 +373,11 @@ class Runner:
         if cfg.scenario not in ("offline", "server"):
             return None
         # Offline's samples all arrive at once: no wait fills a batch. Server: a tenth of the latency
-        # bound by default, leaving the rest for queueing and the batch's own run.
+        # bound by default (a twentieth on a CPU: config.SERVER_CPU_WAIT_SHARE), leaving the rest for queueing
+        # and the batch's own run.
+        share = SERVER_CPU_WAIT_SHARE if self.device.type == "cpu" else 1 / 10
         wait_ms = 0.0 if cfg.scenario == "offline" else (
-            cfg.loadgen.max_wait_ms if cfg.loadgen.max_wait_ms is not None else cfg.loadgen.latency_bound_ms / 10)
+            cfg.loadgen.max_wait_ms if cfg.loadgen.max_wait_ms is not None else cfg.loadgen.latency_bound_ms * share)
         setup = (lambda: torch.cuda.set_stream(torch.cuda.Stream(self.device))) if self.device.type == "cuda" else None
         return DynamicBatcher(self.sut.answer, self.sut.batch, wait_ms / 1000, cfg.loadgen.workers, worker_setup=setup)
 
