@@ -176,11 +176,45 @@ def test_a_real_calibration_on_the_cpu(cli, tmp_path):
         assert "calibration not met after" in stdout + err
 
 
+def test_onnxruntime_s_profile_gives_shares_of_the_measured_runs_only():
+    """The warm-up runs' nodes are dropped; a fused conv counts as a conv, an unknown operator as other."""
+    from cnnbench.tools.profile.onnxruntime_time import figures
+
+    def node(ts, op, dur):
+        return {"cat": "Node", "name": f"{op}_1_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [{"name": "model_run", "ts": 0, "dur": 100}, node(10, "Conv", 90),            # the warm-up run
+              {"name": "model_run", "ts": 200, "dur": 100}, node(210, "FusedConv", 60), node(280, "Concat", 20),
+              node(290, "DequantizeLinear", 20)]
+    found = figures(events, warmup=1, steps=1, batch_size=2)
+    assert found["forward"]["time_share"] == pytest.approx({"conv": 0.6, "concat": 0.2, "other": 0.2})
+    assert found["forward"]["labelled_seconds_per_step"] == pytest.approx(100e-6)
+    shares, _ = synth_calibration.shares_of(found)
+    assert shares["compute"] == pytest.approx(0.6) and shares["concat"] == pytest.approx(0.2)
+
+
+def test_an_int8_calibration_on_onnxruntime_records_its_engine(cli, tmp_path):
+    """End to end on ONNX Runtime's CPU provider at int8: tiny, one profiled run; the record names the engine."""
+    out = tmp_path / "ort.json"
+    code, stdout, err = cli("synth", "--target", "resnet18", "--image-size", "32", "--batch-size", "2", "--calibrate",
+                            "--calibrate-engine", "onnxruntime", "--precision", "int8", "--calibrate-rounds", "1",
+                            "--calibrate-steps", "1", "--warmup", "1", "--gflops", "0.02", "--out", out)
+    assert code == 0, err
+    record = json.loads(out.read_text())["calibration"]
+    assert record["engine"].startswith("onnxruntime inference") and record["precision"] == "int8"
+    for key in ("target_shares", "proxy_shares_before", "proxy_shares_after"):
+        assert sum(record[key].values()) == pytest.approx(1.0, abs=1e-3) and record[key]["compute"] > 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--calibrate-rounds", "0"], "--calibrate-rounds must be an integer of at least 1, got 0"),
     (["--calibrate-tolerance", "0"], "--calibrate-tolerance is a share of a step's time between 0 and 1"),
     (["--calibrate-tolerance", "1"], "--calibrate-tolerance is a share of a step's time between 0 and 1"),
     (["--calibrate", "--precision", "int8"], "--calibrate measures training steps in eager PyTorch"),
+    (["--calibrate", "--calibrate-engine", "onnxruntime", "--precision", "bf16"],
+     "--calibrate-engine onnxruntime measures fp32 or int8 inference, not bf16"),
+    (["--calibrate", "--calibrate-engine", "onnxruntime", "--device", "cuda"],
+     "--calibrate-engine onnxruntime measures ONNX Runtime's CPU provider; use --device cpu"),
 ])
 def test_bad_calibration_options_are_one_line(cli, tmp_path, args, message):
     code, _, err = cli("synth", "--target", "resnet18", "--out", tmp_path / "p.json", *args)

@@ -499,6 +499,10 @@ class SynthConfig:
     calibrate_tolerance: float = option(0.05, "with --calibrate: every kind's time share within this of the mix's "
                                               "(a fraction: 0.05 = 5 percentage points)")
     calibrate_steps: int = option(2, "with --calibrate: profiled training steps per measurement")
+    calibrate_engine: str = option("eager", "with --calibrate: eager (PyTorch training steps, at --precision fp32, tf32, "
+                                            "fp16 or bf16) or onnxruntime (inference on ONNX Runtime's CPU provider, "
+                                            "its own profiler, at --precision fp32 or int8)",
+                                   choices=("eager", "onnxruntime"))
     warmup: int = same_as(MeasureConfig, "warmup", default=1, when="with --calibrate: ")
     device: str = same_as(PlacementConfig, "device", when="with --calibrate: ")
 

@@ -905,7 +905,8 @@ def run(cfg) -> int:
         from cnnbench.tools import synth_calibration
 
         setting = synth_calibration.Setting(cfg.device, cfg.precision, cfg.image_size, cfg.batch_size, cfg.warmup,
-                                            cfg.calibrate_steps, cfg.calibrate_rounds, cfg.calibrate_tolerance)
+                                            cfg.calibrate_steps, cfg.calibrate_rounds, cfg.calibrate_tolerance,
+                                            cfg.calibrate_engine)
         spec, calibration = synth_calibration.calibrate(targets, make, Tuning(), setting, placement)
     atomic_write_text(out, dump_spec(spec))
     profile = profile_model(resolve_any(str(out)), cfg.image_size, cfg.batch_size, cfg.precision)
@@ -940,5 +941,7 @@ def _calibration_placement(cfg):
     from cnnbench.core.placement import resolve_placement
     from cnnbench.tools.synth_calibration import check_targets
 
-    check_targets(cfg.precision, [name for name, _ in parse_targets(cfg.target)])
+    check_targets(cfg.precision, [name for name, _ in parse_targets(cfg.target)], cfg.calibrate_engine, cfg.device)
+    if cfg.calibrate_engine == "onnxruntime":  # ONNX Runtime's CPU provider, whatever else the machine has
+        return resolve_placement("cpu", "fp32")
     return resolve_placement(cfg.device, cfg.precision)

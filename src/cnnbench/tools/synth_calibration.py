@@ -51,13 +51,17 @@ STEP_LIMIT = 2.0  # a multiplier moves by at most this factor a round (measureme
 RANGE = (1 / 8, 8.0)  # and stays within this range of the mix's own structure
 
 
-def check_targets(precision: str, targets: list[str]) -> None:
+def check_targets(precision: str, targets: list[str], engine: str = "eager", device: str = "auto") -> None:
     """What --calibrate needs beyond SynthConfig.validate (rounds, tolerance), checked before anything is profiled."""
     from cnnbench.tools.profile.profile_file import looks_like_profile
 
-    if precision == "int8":
+    if engine == "eager" and precision == "int8":
         raise UsageError("--calibrate measures training steps in eager PyTorch, which has no int8 step; use "
-                         "--precision fp32, tf32, fp16 or bf16")
+                         "--precision fp32, tf32, fp16 or bf16, or --calibrate-engine onnxruntime for int8")
+    if engine == "onnxruntime" and precision not in ("fp32", "int8"):
+        raise UsageError(f"--calibrate-engine onnxruntime measures fp32 or int8 inference, not {precision}")
+    if engine == "onnxruntime" and device.startswith("cuda"):
+        raise UsageError("--calibrate-engine onnxruntime measures ONNX Runtime's CPU provider; use --device cpu")
     for name in targets:
         if looks_like_profile(name):
             raise UsageError(f"--calibrate times every target on this device; {name} is a profile file, which cannot "
@@ -114,10 +118,17 @@ class Setting:
     steps: int
     rounds: int
     tolerance: float
+    engine: str = "eager"
 
 
 def measure_model(entry, setting: Setting, placement) -> dict:
-    """measure() of one model (tools/profile/measure.py) at the setting's size, batch and step counts."""
+    """measure() of one model at the setting's size, batch and step counts: eager training steps
+    (tools/profile/measure.py) or ONNX Runtime's inference (tools/profile/onnxruntime_time.py)."""
+    if setting.engine == "onnxruntime":
+        from cnnbench.tools.profile import onnxruntime_time
+
+        return onnxruntime_time.measure(entry, setting.image_size, setting.batch_size, setting.precision,
+                                        setting.warmup, setting.steps)
     from cnnbench.tools.profile.measure import measure
 
     return measure(entry, setting.image_size, setting.batch_size, placement, setting.warmup, setting.steps)
@@ -180,7 +191,9 @@ def _record(setting: Setting, placement, target, before, after, tuning, rounds: 
     where = env.get("env.gpu_name") if placement.device.type == "cuda" else env.get("env.cpu_isa")
     pp = lambda shares: {k: round(v, 4) for k, v in shares.items()}  # noqa: E731
     return {"device": str(placement.device), "device_name": where, "cpu_model": env.get("env.cpu_model"),
-            "precision": setting.precision, "engine": "eager training step (forward and backward)",
+            "precision": setting.precision,
+            "engine": "eager training step (forward and backward)" if setting.engine == "eager" else
+                      "onnxruntime inference (CPU provider, its profiler's kernel times)",
             "batch_size": setting.batch_size, "image_size": setting.image_size, "steps": setting.steps,
             "rounds": rounds, "max_rounds": setting.rounds, "tolerance": setting.tolerance,
             "target_shares": pp(target), "proxy_shares_before": pp(before), "proxy_shares_after": pp(after),
@@ -197,7 +210,7 @@ def show(record: dict) -> None:
              "off": f"{(record['proxy_shares_after'][k] - record['target_shares'][k]) * 100:+.1f} pp"} for k in KINDS
             if record["target_shares"][k] or record["proxy_shares_after"][k] or record["proxy_shares_before"][k]]
     terminal.summary_table(f"calibration on {record['device']} ({record['device_name']}), {record['precision']}, batch "
-                           f"{record['batch_size']} at {record['image_size']} px: time shares of a training step",
+                           f"{record['batch_size']} at {record['image_size']} px: time shares of {record['engine']}",
                            rows, [("kind", "kind"), ("mix", "mix"), ("proxy before", "before"),
                                   ("proxy after", "after"), ("off", "off")])
     if record["met"]:
