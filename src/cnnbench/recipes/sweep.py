@@ -168,8 +168,7 @@ def sweep(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str])
     kept = kind == "infer" and base.cache_path is not None
     if kind == "infer":
         configurations = with_cache(configurations, Path(base.cache_path) if kept else build_folder(results_dir))
-    estimate_each(configurations, kind, rates)
-    if settings.time_budget is not None:
+    if settings.time_budget is not None:  # fit_budget estimates the whole list itself, at each duration it tries
         configurations = fit_budget(configurations, settings.time_budget, kind, rates)
     everything = len(configurations)
     configurations = configurations[k - 1::n]  # the same list on every shard, sliced by index: disjoint, complete
