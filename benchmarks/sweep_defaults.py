@@ -76,21 +76,56 @@ def infer_defaults(rec: Recorder, scratch: Path, model: str, batch: int) -> None
                     f"guard rel. err {r.get('guard_relative_error')}")
 
 
-def configuration_times(rec: Recorder, scratch: Path) -> None:
-    """Each configuration's process time (its record's wall_seconds, start-up included) and what it built, by
-    sweep and model: where the time of the whole run goes."""
+def configuration_times(rec: Recorder, scratch: Path, baseline: Path | None) -> None:
+    """Each configuration's process time (its record's wall_seconds, start-up included), what it built, its
+    warm-up and steady seconds and where its window stopped, by sweep and model: where the time of the whole run
+    goes. With a baseline (an earlier output of this script), each figure against the same configuration's there."""
+    before = {key(r): r for r in records(baseline) if r.get("kind") == "configuration"} if baseline else {}
     for kind in ("train", "infer"):
         rows = records(scratch / f"results_{kind}" / "runs.jsonl")
+        parts = {"build": 0.0, "warm-up": 0.0, "steady": 0.0}
         for r in rows:
-            rec.row(kind="configuration", sweep=kind, model=r["model"], batch_size=r["batch_size"], engine=r.get("engine"),
-                    precision=r["precision"], status=r["status"], wall_seconds=r.get("wall_seconds"),
-                    engine_build_seconds=r.get("engine_build_seconds"), cache_hit=r.get("cache_hit"),
-                    images_per_sec=r.get("images_per_sec"))
+            warm, steady = sum(r.get("warmup_seconds") or []), sum(r.get("steady_seconds") or [])
+            row = dict(sweep=kind, model=r["model"], batch_size=r["batch_size"], engine=r.get("engine"),
+                       precision=r["precision"], status=r["status"], wall_seconds=r.get("wall_seconds"),
+                       engine_build_seconds=r.get("engine_build_seconds"), cache_hit=r.get("cache_hit"),
+                       images_per_sec=r.get("images_per_sec"), images_per_sec_stderr=r.get("images_per_sec_stderr"),
+                       warmup_steps=r.get("warmup_steps"), warmup_seconds=warm, steady_steps=r.get("steady_steps"),
+                       steady_seconds=steady, window_stop=window_stop(r, steady))
+            old = before.get(key(row))
+            if old and old.get("images_per_sec") and row["images_per_sec"]:
+                row["images_per_sec_vs_baseline"] = row["images_per_sec"] / old["images_per_sec"] - 1
+            rec.row(kind="configuration", **row)
+            parts["build"] += r.get("engine_build_seconds") or 0.0
+            parts["warm-up"] += warm
+            parts["steady"] += steady
         by_model: dict[str, float] = {}
         for r in rows:
             by_model[r["model"]] = by_model.get(r["model"], 0.0) + (r.get("wall_seconds") or 0.0)
-        rec.say(f"{kind}-all: {len(rows)} records, {sum(by_model.values()) / 60:.1f} min in the configurations' processes; "
+        total = sum(by_model.values())
+        rec.say(f"{kind}-all: {len(rows)} records, {total / 60:.1f} min in the configurations' processes; "
                 + ", ".join(f"{m} {t / 60:.1f} min" for m, t in by_model.items()))
+        rec.say(f"  of which " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in parts.items())
+                + f", the rest (start-up, model and weights, guard, calibration, record) {(total - sum(parts.values())) / 60:.1f} min")
+        stops = [window_stop(r, sum(r.get("steady_seconds") or [])) for r in rows]
+        rec.say("  windows stopped: " + ", ".join(f"{s} {stops.count(s)}" for s in sorted(set(stops))))
+    changes = [r["images_per_sec_vs_baseline"] for r in rec.rows if "images_per_sec_vs_baseline" in r]
+    if changes:
+        ordered = sorted(abs(c) for c in changes)
+        rec.say(f"images/s against {baseline.name}: {len(changes)} configurations, median |change| "
+                f"{100 * ordered[len(ordered) // 2]:.1f}%, largest {100 * ordered[-1]:.1f}%")
+
+
+def key(r: dict) -> tuple:
+    return r.get("sweep"), r.get("model"), r.get("batch_size"), r.get("engine"), r.get("precision")
+
+
+def window_stop(r: dict, steady: float) -> str:
+    """What ended the window (the record's window_ended_by), "min-steps" where the least steps ran past the duration."""
+    ended = r.get("window_ended_by") or "signal"
+    if ended == "duration" and steady > r["config.measure.duration"] and r.get("steady_steps") == r.get("config.measure.min_steady_steps"):
+        return "min-steps"
+    return ended
 
 
 def main() -> int:
@@ -101,20 +136,26 @@ def main() -> int:
     p.add_argument("--train-all", action="store_true", help="time cnnbench train-all with the extra arguments")
     p.add_argument("--model", default="resnet50", help="model of --infer-defaults (default resnet50)")
     p.add_argument("--batch-size", type=int, default=16, help="batch of --infer-defaults (default 16)")
+    p.add_argument("--baseline", type=Path, help="an earlier output's .jsonl: each configuration's images/s against it")
     add_save_option(p)
     args, extra = p.parse_known_args()
     rec = Recorder(__file__, args.save_to)
     with tempfile.TemporaryDirectory(prefix="cnnbench-sweep-") as tmp:
         scratch = Path(tmp)
         if args.run_sh_quick:
+            rec.say_load("before")
             row = run([str(REPO / "run.sh"), "--quick"], scratch, rec, "./run.sh --quick")
+            rec.say_load("after")
             rec.say(f"./run.sh --quick: {row['wall_seconds'] / 60:.1f} min (target under 10 min on 2 cores): "
                     f"{'PASS' if row['wall_seconds'] < 600 and row['exit_code'] == 0 else 'FAIL'}")
+            configuration_times(rec, scratch, args.baseline)
         if args.run_sh:
             rec.say_load("before")
-            run([str(REPO / "run.sh")], scratch, rec, "./run.sh")
+            row = run([str(REPO / "run.sh")], scratch, rec, "./run.sh")
             rec.say_load("after")
-            configuration_times(rec, scratch)
+            configuration_times(rec, scratch, args.baseline)
+            rec.say(f"./run.sh: {row['wall_seconds'] / 60:.1f} min (target under 30 min on 2 cores): "
+                    f"{'PASS' if row['wall_seconds'] < 1800 and row['exit_code'] == 0 else 'FAIL'}")
         if args.infer_defaults:
             infer_defaults(rec, scratch, args.model, args.batch_size)
         if args.train_all:

@@ -48,18 +48,18 @@ def test_a_dynamic_batch_export_names_its_batch_dimension(tiny_spec, tmp_path):
     assert dynamic.dim_param == BATCH_DIM and static.dim_value == 2
 
 
-def _shared(cli, root, *extra):
-    code, out, err = cli("infer-all", "--models", "tiny.json", "--batch-sizes", "2,4", "--image-size", "16",
-                         "--engines", "onnxruntime", "--precisions", "fp32,int8", "--random-weights",
-                         "--calib-batches", "2", *STEPS, *extra)
-    assert code == 0, err
-    return out, read_jsonl(root / "results_infer" / "runs.jsonl")
-
-
 def test_an_inference_sweep_builds_each_model_once_and_removes_its_cache(cli, root):
-    out, records = _shared(cli, root)
+    # One training checkpoint, batch 4's: by default (--weights-batch auto) every batch size reads it
+    code, _, err = cli("train", "tiny.json", "--image-size", "16", "--batch-size", "4", "--num-batches", "2", "--warmup", "0")
+    assert code == 0, err
+    code, out, err = cli("infer-all", "--models", "tiny.json", "--batch-sizes", "2,4", "--image-size", "16",
+                         "--engines", "onnxruntime", "--precisions", "fp32,int8", "--calib-batches", "2", *STEPS)
+    assert code == 0, err
+    records = read_jsonl(root / "results_infer" / "runs.jsonl")
     assert [(r["batch_size"], r["precision"], r["status"]) for r in records] == [
         (2, "fp32", "ok"), (2, "int8", "ok"), (4, "fp32", "ok"), (4, "int8", "ok")]
+    assert {r["config.log_dir"] for r in records} == {f"log_{records[0]['model']}_4"}
+    assert len({r["weights_digest"] for r in records}) == 1 and {r["weights_source"] for r in records} == {"checkpoint"}
     # batch 2's fp32 exports, its int8 quantises that export; batch 4 builds nothing
     built = [r["engine_build_seconds"] > 0 for r in records]
     assert built == [True, True, False, False] and [r["cache_hit"] for r in records] == [False, False, True, True]

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from cnnbench.core.stats import latency_ms, throughput
-from cnnbench.core.timing import measure
+from cnnbench.core.stats import latency_ms, relative_stderr, throughput
+from cnnbench.core.timing import enough, measure
 
 
 def test_throughput_against_hand_computed_values():
@@ -79,3 +79,48 @@ def test_measure_keeps_completed_steps_on_ctrl_c():
 
     times = measure(step, c.sync, warmup=1, max_steps=10)
     assert times.interrupted and len(times.steady_seconds) == 3
+
+
+def test_relative_stderr_is_the_result_line_s_plus_minus_over_its_mean():
+    times = [0.5, 0.25, 0.5, 0.25]  # 2 and 4 images/s per image
+    tp = throughput(8, times)
+    assert relative_stderr(times) == pytest.approx(tp.stderr / tp.mean)
+    assert relative_stderr(times) == pytest.approx(1 / 3 / 2)  # std 1 of speeds 2..4, / sqrt(4), / mean 3
+    assert relative_stderr([0.1]) == math.inf
+
+
+def test_a_window_stops_on_its_duration_or_once_its_figure_is_known():
+    steady = [0.1] * 5  # no spread
+    assert not enough(steady, 0.5, 10.0, 6, 0.005, 0.0)        # fewer than the least steps
+    assert enough(steady, 0.5, 0.5, 3, None, 0.0)              # the duration
+    assert enough(steady, 0.5, 10.0, 3, 0.005, 0.4)            # known, past the floor
+    assert not enough(steady, 0.5, 10.0, 3, 0.005, 1.0)        # known, but under the floor
+    assert not enough(steady, 0.5, 10.0, 3, None, 0.0)         # no target: the whole duration
+    noisy = [0.1, 0.2] * 3
+    assert not enough(noisy, 0.9, 10.0, 3, 0.005, 0.0)         # a 11% standard error is not known to 0.5%
+
+
+def test_measure_stops_early_once_the_standard_error_is_small(monkeypatch):
+    ticks = [0.0]
+
+    def clock():  # each step takes 0.1 s, except every tenth, 0.2 s: a spread that shrinks as steps add up
+        return ticks[0]
+
+    def step():
+        ticks[0] += 0.2 if (len(seen) + 1) % 10 == 0 else 0.1
+        seen.append(1)
+
+    seen: list = []
+    monkeypatch.setattr("cnnbench.core.timing.time.perf_counter", clock)
+    times = measure(step, lambda: None, warmup=0, max_steps=10_000, duration=100.0, min_steps=3,
+                    stderr_target=0.01, min_duration=1.0)
+    n = len(times.steady_seconds)
+    assert relative_stderr(times.steady_seconds) <= 0.01 < relative_stderr(times.steady_seconds[:-1])
+    assert times.ended_by == "stderr"
+    assert 10 < n < 1000 and sum(times.steady_seconds) < 100.0
+    seen.clear()
+    ticks[0] = 0.0
+    whole = measure(step, lambda: None, warmup=0, max_steps=10_000, duration=20.0, min_steps=3)
+    assert sum(whole.steady_seconds) >= 20.0 > sum(whole.steady_seconds[:-1])  # no target: the duration
+    assert whole.ended_by == "duration"
+    assert measure(step, lambda: None, warmup=0, max_steps=5).ended_by == "steps"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,67 @@ def test_explicit_options_win_over_the_plan():
     plan, runs = _configurations("train", "--quick", "--warmup", "3")
     assert plan.name == "quick+overrides"
     assert all(c.run.measure.warmup == 3 and c.run.measure.duration == 3.0 for c in runs)
+
+
+def test_the_cpu_plan_s_windows_stop_on_their_standard_error_unless_the_user_sets_one():
+    plan, runs = _configurations("infer")
+    assert plan.name == "cpu" and "0.5%" in plan.reason
+    assert all(c.run.measure.stop_at_stderr == 0.5 and c.run.measure.min_steady_seconds == 3.0 for c in runs)
+    assert all("--stop-at-stderr 0.5" in " ".join(c.argv) for c in runs)
+    _, runs = _configurations("train")
+    assert all(c.run.measure.stop_at_stderr == 0.5 and c.run.measure.min_steady_seconds == 6.0 for c in runs)
+    for own in (["--duration", "30"], ["--num-batches", "50"]):  # the user's own window runs whole
+        _, runs = _configurations("train", *own)
+        assert all(c.run.measure.stop_at_stderr is None and "--stop-at-stderr" not in c.argv for c in runs)
+    _, runs = _configurations("train", "--duration", "30", "--stop-at-stderr", "2")
+    assert {c.run.measure.stop_at_stderr for c in runs} == {2.0}
+    # the estimate ends a window of fast steps at its floor, of 0.2 s steps when 36 steps bring a 3% spread to
+    # 0.5%, of slow steps at its duration
+    m = _configurations("infer")[1][-1].run.measure
+    assert [estimate._window(m, step) for step in (0.01, 0.2, 0.5)] == [3.0, pytest.approx(7.2), 10.0]
+    with pytest.raises(errors.UsageError, match="--stop-at-stderr must be a percentage between 0 and 100"):
+        config.MeasureConfig(stop_at_stderr=0).validate()
+
+
+def test_a_checked_engine_s_guard_batch_is_its_first_warm_up_batch():
+    _, runs = _configurations("infer")
+    warmups = {(c.run.engine, c.run.placement.precision): c.run.measure.warmup for c in runs}
+    assert warmups[("eager", "fp32")] == 2  # no guard: both warm-up batches are steps
+    assert all(w == 1 for pair, w in warmups.items() if pair != ("eager", "fp32"))
+    _, runs = _configurations("infer", "--warmup", "2")  # the user's warm-up is theirs
+    assert {c.run.measure.warmup for c in runs} == {2}
+    _, runs = _configurations("infer", "--guard-batches", "0")
+    assert {c.run.measure.warmup for c in runs} == {2}
+
+
+def test_inference_reads_one_checkpoint_per_model_for_every_batch_size(tmp_path, monkeypatch):
+    from cnnbench.backends.pytorch import checkpoints
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("log_resnet50_32", "log_resnet50_64", "log_googlenet_16"):
+        checkpoints.checkpoint_path(tmp_path / folder).parent.mkdir()
+        checkpoints.checkpoint_path(tmp_path / folder).write_bytes(b"")  # preflight only asks that it exists
+
+    def dirs(*argv):
+        args = cli.build_parser().parse_args(["infer-all", "--models", "resnet50,googlenet", "--batch-sizes", "16,32,64", *argv])
+        given, swept = cli.given_options(args), cli.given_options(args, "sweep.")
+        base, settings = config.build(config.InferConfig, given), config.build(config.InferSweepConfig, swept)
+        settings.validate()
+        entries = {m: sweep.resolve_entry(m) for m in ("resnet50", "googlenet")}
+        return {(m, b): sweep.checkpoint_dir("infer", settings, base, entries[m], b, [16, 32, 64])
+                for m in entries for b in (16, 32, 64)}
+
+    auto = dirs()
+    assert {auto["resnet50", b] for b in (16, 32, 64)} == {"log_resnet50_32"}  # the first batch size that holds one
+    assert {auto["googlenet", b] for b in (16, 32, 64)} == {"log_googlenet_16"}
+    assert dirs("--weights-batch", "each")["resnet50", 64] == "log_resnet50_64"
+    assert dirs("--weights-batch", "64")["googlenet", 16] == "log_googlenet_64"
+    assert dirs("--log-dir", "mine")["resnet50", 16] == "mine"
+    with pytest.raises(errors.UsageError, match="--weights-batch 'some': give auto, each or a batch size"):
+        dirs("--weights-batch", "some")
+    shutil.rmtree(tmp_path / "log_resnet50_32")
+    shutil.rmtree(tmp_path / "log_resnet50_64")
+    assert dirs()["resnet50", 64] == "log_resnet50_64"  # none: its own folder, which preflight then names
 
 
 def test_infer_all_by_default_runs_eager_and_the_cpu_s_fastest_engines(capsys, monkeypatch):

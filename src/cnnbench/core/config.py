@@ -91,6 +91,13 @@ class MeasureConfig:
     duration: float | None = option(None, "stop after this many seconds of steady-state time (at least --min-steady-steps "
                                           "steps; --num-batches stays the upper bound)", metavar="SECONDS")
     min_steady_steps: int = option(3, "with --duration: at least this many steady steps")
+    # Issue 26: a window that stops once its figure is known, not at a fixed time. The result line's +/- (the
+    # original's standard error of per-step images/s) is what is judged, so the stop is visible in every record.
+    stop_at_stderr: float | None = option(None, "with --duration: stop earlier, once the +/- of Images/sec (its "
+                                                "standard error) is at most this percentage of the mean and "
+                                                "--min-steady-seconds seconds have passed", metavar="PERCENT")
+    min_steady_seconds: float = option(0.0, "with --stop-at-stderr: at least this many seconds of steady-state time",
+                                 metavar="SECONDS")
     # Issue 12: power, energy, clocks and temperature sampled in a thread during the timed steps (telemetry.py).
     no_telemetry: bool = option(False, "do not sample power, energy, clocks and temperature during the timed steps")
 
@@ -102,6 +109,17 @@ class MeasureConfig:
         _int_at_least(self.warmup, 0, "--warmup")
         if self.duration is not None and not self.duration > 0:
             raise UsageError(f"--duration must be a positive number of seconds, got {self.duration}")
+        if self.stop_at_stderr is not None and not 0 < self.stop_at_stderr < 100:
+            raise UsageError(f"--stop-at-stderr must be a percentage between 0 and 100, got {self.stop_at_stderr}")
+        if not 0 <= self.min_steady_seconds < math.inf:
+            raise UsageError(f"--min-steady-seconds must be a number of seconds, 0 or more, got {self.min_steady_seconds}")
+
+    def window(self, duration: float | None) -> dict:
+        """timing.measure's stopping arguments: `duration` (None: a fixed number of steps), the least steps, and
+        the standard-error stop as a fraction."""
+        target = None if self.stop_at_stderr is None else self.stop_at_stderr / 100
+        return {"duration": duration, "min_steps": self.min_steady_steps, "stderr_target": target,
+                "min_duration": self.min_steady_seconds}
 
 
 @dataclass
@@ -430,6 +448,19 @@ class InferSweepConfig(SweepConfig):
                                        "those not installed left out)")
     precisions: str | None = option(None, "comma-separated precisions, crossed with --engines (impossible pairs are "
                                           "skipped); default: see --engines")
+    # Issue 26: speed does not depend on which trained weights run, and one set for every batch size lets one
+    # export, one int8 calibration and one engine serve them all (engines/table.shares_builds).
+    weights_batch: str = option("auto", "which training checkpoint every batch size reads: auto: one per model, "
+                                        "log_<model>_<B> of the first B of --batch-sizes that holds one; each: "
+                                        "log_<model>_<batch> per batch size (the original's infer-all.sh); B: "
+                                        "log_<model>_<B>; --log-dir, --weights, --pretrained and --random-weights "
+                                        "take precedence", metavar="auto|each|B")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.weights_batch not in ("auto", "each") and not (str(self.weights_batch).isdigit()
+                                                              and int(self.weights_batch) >= 1):
+            raise UsageError(f"--weights-batch {self.weights_batch!r}: give auto, each or a batch size such as 64")
 
 
 @dataclass

@@ -49,6 +49,15 @@ def throughput(images_per_step: int, step_seconds: list[float]) -> Throughput:
     )
 
 
+def relative_stderr(step_seconds: list[float]) -> float:
+    """`throughput`'s standard error over its mean (both of per-step images/s, so the batch cancels); inf
+    below two steps. What a time-bounded window stops on (timing.enough, --stop-at-stderr)."""
+    if len(step_seconds) < 2:
+        return math.inf
+    speeds = 1.0 / np.asarray(step_seconds, dtype=np.float64)
+    return float(np.std(speeds) / math.sqrt(len(speeds)) / np.mean(speeds))
+
+
 LATENCY_PERCENTILES = (50, 90, 99)
 
 
@@ -81,6 +90,7 @@ def figures(images_per_step: int, times, wall_seconds: float) -> dict:
         "wall_seconds": wall_seconds,
         "warmup_steps": len(times.warmup_seconds),
         "steady_steps": len(times.steady_seconds),
+        "window_ended_by": times.ended_by,
         "warmup_seconds": list(times.warmup_seconds),
         "steady_seconds": list(times.steady_seconds),
     }

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from cnnbench.core.stats import relative_stderr
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by the CLI's handler: the loop stops as on Ctrl-C and the run records status terminated."""
@@ -24,6 +26,7 @@ class StepTimes:
     warmup_seconds: list[float] = field(default_factory=list)
     steady_seconds: list[float] = field(default_factory=list)
     stopped_by: str | None = None  # "SIGINT" (Ctrl-C) or "SIGTERM"; the lists hold the steps that completed
+    ended_by: str | None = None  # what ended the steady window: "steps", "duration" or "stderr" (None: stopped_by)
 
     @property
     def interrupted(self) -> bool:
@@ -38,10 +41,14 @@ def measure(
     max_steps: int,
     duration: float | None = None,
     min_steps: int = 1,
+    stderr_target: float | None = None,
+    min_duration: float = 0.0,
     after_step: Callable[[int, bool, object, float], None] = lambda index, steady, output, seconds: None,
 ) -> StepTimes:
     """Run `warmup` untimed-for-statistics steps, then steady steps until `max_steps`, or until
-    `duration` seconds of steady time once at least `min_steps` steps are done.
+    `duration` seconds of steady time once at least `min_steps` steps are done, or earlier, once the
+    steady images/s is known well enough: its standard error at most `stderr_target` of its mean after
+    at least `min_duration` seconds (`enough`).
 
     `after_step(index, steady, output, seconds)` runs outside the timed region (display, progress).
     It may queue device work (inference counts accuracy on the device): the loop synchronises after
@@ -60,7 +67,9 @@ def measure(
             synchronize()  # host sync: the callback's device work ends before the next clock read
         steady_total = 0.0
         while len(times.steady_seconds) < max_steps:
-            if duration is not None and steady_total >= duration and len(times.steady_seconds) >= min_steps:
+            if duration is not None and enough(times.steady_seconds, steady_total, duration, min_steps, stderr_target,
+                                               min_duration):
+                times.ended_by = "duration" if steady_total >= duration else "stderr"
                 break
             start = time.perf_counter()
             output = step()
@@ -72,13 +81,27 @@ def measure(
             # host sync: on CUDA the callback's kernels (inference's accuracy counts) would otherwise
             # run inside the next timed step, issue 10; with nothing queued it returns at once.
             synchronize()
+        times.ended_by = times.ended_by or "steps"
     except KeyboardInterrupt as exc:
         times.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
     return times
 
 
+def enough(steady: list[float], total: float, duration: float, min_steps: int, stderr_target: float | None,
+           min_duration: float) -> bool:
+    """Whether a time-bounded window (--duration) has measured enough: at least `min_steps` steps, and either
+    `duration` seconds or, with a target, `min_duration` seconds and a standard error of the mean images/s
+    (the result line's +/-) at most `stderr_target` of the mean."""
+    if len(steady) < min_steps:
+        return False
+    if total >= duration:
+        return True
+    return stderr_target is not None and total >= min_duration and relative_stderr(steady) <= stderr_target
+
+
 def measure_together(step, synchronize, *, warmup: int, max_steps: int, duration: float | None, min_steps: int,
-                     after_step, slowest_elapsed: Callable[[float], float] | None = None) -> StepTimes:
+                     after_step, slowest_elapsed: Callable[[float], float] | None = None,
+                     stderr_target: float | None = None, min_duration: float = 0.0) -> StepTimes:
     """`measure`, with every rank of a data-parallel job running the same number of steps.
 
     Each step's gradient all-reduce pairs up the ranks' steps: a rank that stopped one step early would
@@ -95,6 +118,7 @@ def measure_together(step, synchronize, *, warmup: int, max_steps: int, duration
         done = len(times.steady_seconds)
         elapsed = slowest_elapsed(sum(times.steady_seconds))
         if elapsed >= duration and done >= min_steps:
+            times.ended_by = "duration"
             break
         chunk = min(max_steps - done, max(1, math.ceil((duration - elapsed) / (elapsed / done))))
         more = measure(step, synchronize, warmup=0, max_steps=chunk, after_step=after_step)

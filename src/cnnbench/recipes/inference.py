@@ -299,7 +299,7 @@ def measured_figures(cfg: InferConfig, r, step, source, accuracy, synchronize, l
     sampler = telemetry.sampler_for(r.placement.device, not cfg.measure.no_telemetry)
     with display.progress, sampler:
         times = measure(step, synchronize, warmup=warmup, max_steps=max_steps,
-                        duration=None if steps_total else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
+                        **cfg.measure.window(None if steps_total else cfg.measure.duration),
                         after_step=telemetry.marking(display, sampler, warmup))
     top1, top5, evaluated = accuracy.result()
     figures = {**stats.figures(r.batch, times, time.time() - started_at), **run_record.ending(times), "top1": top1,

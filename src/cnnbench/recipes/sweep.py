@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
+from cnnbench import backends
 from cnnbench.core import config, efficiency, environment, errors, store, tables, terminal
 
 from cnnbench.recipes import estimate
-from cnnbench.core.config import RunConfig, SweepConfig
+from cnnbench.core.config import InferConfig, RunConfig, SweepConfig
 from cnnbench.models.registry import model_list, resolve_entry
 from cnnbench.core.placement import resolve_device
 from cnnbench.core.timing import Terminated
@@ -51,24 +52,38 @@ class Plan:
     reason: str
     batch_sizes: str | None = None  # a plan may fix the batch sizes (quick: 16 only)
     run_overrides: tuple[tuple[str, object], ...] = ()  # other child options the plan sets (dotted names)
+    stop_at_stderr: float | None = None  # percent: a window that ends once its figure is known (timing.enough)
+    min_steady_seconds: float = 0.0
+    guard_warms_up: bool = False  # inference: a checked engine's guard batches count among its warm-up batches
 
 
 # The original: 500 batches per configuration (train-all.sh) after nvcnn.py's warm-up steps.
 ORIGINAL, WARMUP = config.ORIGINAL_NUM_BATCHES, config.ORIGINAL_WARMUP
 ORIGINAL_PLAN = Plan("original", WARMUP, ORIGINAL, None, 3, f"the original's {ORIGINAL} timed batches after {WARMUP} warm-up steps")
 # A 2-core CPU trains ResNet-152 at batch 64 in tens of seconds per step: 15 x 520 steps would take days.
+# A CPU window ends at its duration, or earlier once Images/sec's +/- (the standard error) is within 0.5% of it
+# after a floor of steady time: on the 2-core EPYC per-step images/s varies by 2-3.5% (ResNet-50 batch 16: eager
+# fp32 inference 1.9%, onnxruntime int8 3.5%; GoogLeNet training 3.5%), so fast configurations are known to 0.5%
+# after 4-5 s, while slow ones need the whole window (issue 26; each record says when its window stopped,
+# benchmarks/sweep_defaults.py lists them). Training's second warm-up step was still 30% slower than the median
+# (GoogLeNet batch 16: 0.60 s against 0.46 s), so training keeps 2.
+STOP_AT_STDERR = 0.5
 CPU_PLANS = {
-    "train": Plan("cpu", 2, ORIGINAL, 20.0, 3, "no GPU: 2 warm-up steps, then 20 s of steady-state time and at least 3 "
-                                              f"steady steps per configuration ({ORIGINAL} batches x 15 configurations "
-                                              "would take days on a CPU)"),
+    "train": Plan("cpu", 2, ORIGINAL, 20.0, 3, "no GPU: 2 warm-up steps, then up to 20 s of steady-state time and at "
+                                              "least 3 steady steps per configuration, stopping after 6 s once the "
+                                              f"+/- is within {STOP_AT_STDERR}% ({ORIGINAL} batches x 15 configurations "
+                                              "would take days on a CPU)", stop_at_stderr=STOP_AT_STDERR, min_steady_seconds=6.0),
     # A forward pass costs a third of a training step, so 10 s of steady time suffices. The guard compares one
     # batch (16-64 images' logits) with eager fp32: in ./run.sh's inference sweep on the 2-core EPYC its 4 default
     # batches took about a fifth of the time (4 eager fp32 reference passes per model and batch, 4 engine
     # passes per configuration; resnet152 at batch 64: 32 s of an 81 s configuration), and one batch judges the
     # relative error against its bound as well (benchmarks/results/sweep_defaults-*; issue 26).
-    "infer": Plan("cpu", 2, ORIGINAL, 10.0, 3, "no GPU: 2 warm-up batches, then 10 s of steady-state time and at least 3 steady "
-                                         "batches per configuration, 1 guard batch",
-                  run_overrides=(("guard_batches", 1),)),
+    "infer": Plan("cpu", 2, ORIGINAL, 10.0, 3, "no GPU: 2 warm-up batches (the guard's batch is the first of a checked "
+                                         "engine's), then up to 10 s of steady-state time and at least 3 steady "
+                                         f"batches per configuration, stopping after 3 s once the +/- is within "
+                                         f"{STOP_AT_STDERR}%; 1 guard batch",
+                  run_overrides=(("guard_batches", 1),), stop_at_stderr=STOP_AT_STDERR, min_steady_seconds=3.0,
+                  guard_warms_up=True),
 }
 # Every model once at batch 16, training then inference, in minutes on a 2-core CPU (docs/options.md, "Sweeps and their plans": measured).
 # The guard keeps one batch against eager fp32 and int8 calibrates on 2 batches: enough to check, not to rank.
@@ -76,8 +91,9 @@ QUICK_PLANS = {
     "train": Plan("quick", 1, ORIGINAL, 3.0, 2, "quick: batch 16, 1 warm-up step, 3 s of steady-state time and at least 2 "
                                           "steady steps per configuration", batch_sizes="16"),
     "infer": Plan("quick", 1, ORIGINAL, 2.0, 2, "quick: batch 16, 1 warm-up batch, 2 s of steady-state time and at least 2 "
-                                          "steady batches, 1 guard batch, 2 int8 calibration batches per configuration",
-                  batch_sizes="16", run_overrides=(("guard_batches", 1), ("calib_batches", 2))),
+                                          "steady batches, 1 guard batch (a checked engine's warm-up), 2 int8 "
+                                          "calibration batches per configuration",
+                  batch_sizes="16", run_overrides=(("guard_batches", 1), ("calib_batches", 2)), guard_warms_up=True),
 }
 
 
@@ -346,10 +362,10 @@ def _try_lock(fd: int, how: int) -> bool:
 def plan_configurations(kind: str, settings: SweepConfig, base: RunConfig, explicit: set[str], plan: Plan,
                         models: list[str], batches: list[int], device: torch.device) -> list[Configuration]:
     """Every configuration as a validated child config; any mistake fails here, before anything runs."""
-    measure = {k: getattr(plan, k) for k in ("warmup", "num_batches", "duration")
-               if f"measure.{k}" not in explicit}
-    if "measure.min_steady_steps" not in explicit:
-        measure["min_steady_steps"] = plan.min_steady_steps
+    measure = {k: getattr(plan, k) for k in ("warmup", "num_batches", "duration", "min_steady_steps", "stop_at_stderr",
+                                             "min_steady_seconds") if f"measure.{k}" not in explicit}
+    if {"measure.duration", "measure.num_batches"} & explicit:  # the user's own window: no early stop they did not ask for
+        measure.pop("stop_at_stderr", None)
     out = []
     for framework in frameworks(settings, base):
         framework_base = dataclasses.replace(base, framework=framework)
@@ -381,13 +397,14 @@ def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explici
         name = entry.name
         for batch in batches:
             for variant in variants:
-                log_dir = base.log_dir or f"log{'_pressure' if kind == 'soak' else ''}_{name}_{batch}"
+                log_dir = checkpoint_dir(kind, settings, base, entry, batch, batches)
                 run = dataclasses.replace(base, model=model, log_dir=log_dir,
                                           measure=dataclasses.replace(base.measure, batch_size=batch, **measure),
                                           **{k: v for k, v in plan.run_overrides if k not in explicit})
                 if kind == "infer":
                     engine, precision = variant
                     run = dataclasses.replace(run, engine=engine, placement=dataclasses.replace(run.placement, precision=precision))
+                    run = guard_as_warmup(run, plan, explicit)
                     inference.preflight(run)
                     suffix = "" if variant == ("eager", "fp32") else f"_{engine}_{precision}"
                 else:
@@ -399,6 +416,38 @@ def configurations_of(kind: str, settings: SweepConfig, base: RunConfig, explici
                                "num_accelerators": getattr(run, "num_accelerators", 1), **config.flatten(run)}
                 out.append(Configuration(run, f"result_{name}_{batch}{tag}{suffix}.txt", base_record))
     return out
+
+
+def checkpoint_dir(kind: str, settings: SweepConfig, base: RunConfig, entry, batch: int, batches: list[int]) -> str:
+    """The configuration's checkpoint folder: --log-dir, else the original's log_<model>_<batch> (soak:
+    log_pressure_...), except that inference reads one checkpoint per model for every batch size unless
+    --weights-batch each (InferSweepConfig.weights_batch)."""
+    if base.log_dir:
+        return base.log_dir
+    if kind == "soak":
+        return f"log_pressure_{entry.name}_{batch}"
+    choice = getattr(settings, "weights_batch", "each")
+    if kind != "infer" or choice == "each":
+        return f"log_{entry.name}_{batch}"
+    if choice != "auto":
+        return f"log_{entry.name}_{int(choice)}"
+    backend = backends.get(base.framework)
+    for candidate in (f"log_{entry.name}_{b}" for b in batches):
+        try:
+            backend.check_weights(base, entry, Path(candidate))
+            return candidate
+        except errors.UsageError:
+            continue
+    return f"log_{entry.name}_{batch}"  # none has one: the run's own folder, which preflight names in its error
+
+
+def guard_as_warmup(run: InferConfig, plan: Plan, explicit: set[str]) -> InferConfig:
+    """A checked engine's guard runs it on whole batches of the run's shape before the window: where the plan says
+    so, those calls are its first warm-up batches and the warm-up steps are the rest (issue 26: warm-up shared)."""
+    if not plan.guard_warms_up or "measure.warmup" in explicit or (run.engine, run.placement.precision) == ("eager", "fp32"):
+        return run
+    warmup = max(0, plan.warmup - run.guard_batches)
+    return dataclasses.replace(run, measure=dataclasses.replace(run.measure, warmup=warmup))
 
 
 def engine_pairs(settings, device: torch.device, framework: str = "pytorch") -> list[tuple[str, str]]:
@@ -468,7 +517,8 @@ def fit_budget(configurations: list[Configuration], budget: float, kind: str, ra
     def fitted(duration: float) -> list[Configuration]:
         out = []
         for c in configurations:
-            measure = dataclasses.replace(c.run.measure, warmup=1, min_steady_steps=2, duration=duration)
+            measure = dataclasses.replace(c.run.measure, warmup=1, min_steady_steps=2, duration=duration,
+                                          stop_at_stderr=None)  # the budget's window, whole
             run = dataclasses.replace(c.run, measure=measure)
             out.append(Configuration(run, c.log_name, {**c.base_record, **config.flatten(run)}))
         estimate_each(out, kind, rates)

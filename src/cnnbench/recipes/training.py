@@ -173,7 +173,7 @@ def train(cfg: TrainConfig, t: Trainer, r: Resolved, world: World, backend: Back
         times = measure_together(
             step, lambda: backend.synchronize(r.placement), warmup=cfg.measure.warmup,
             max_steps=t.planned_steps - cfg.measure.warmup,
-            duration=None if cfg.data.num_epochs else cfg.measure.duration, min_steps=cfg.measure.min_steady_steps,
+            **cfg.measure.window(None if cfg.data.num_epochs else cfg.measure.duration),
             after_step=telemetry.marking(display, sampler, cfg.measure.warmup),
             slowest_elapsed=backend.slowest_elapsed(world))
     return times, display, sampler

@@ -229,13 +229,15 @@ def slowest_steps(per_rank: list[dict]) -> StepTimes:
     def slowest(key: str) -> list[float]:
         return [max(seconds) for seconds in zip(*(r[key] for r in per_rank))]
 
-    return StepTimes(warmup_seconds=slowest("warmup_seconds"), steady_seconds=slowest("steady_seconds"))
+    return StepTimes(warmup_seconds=slowest("warmup_seconds"), steady_seconds=slowest("steady_seconds"),
+                     ended_by=per_rank[0].get("ended_by"))  # the ranks run the same steps, so end alike
 
 
 def rank_report(device: torch.device, times: StepTimes) -> dict:
     """What each rank contributes to the record."""
     return {"host": socket.gethostname(), "device": str(device),
-            "warmup_seconds": list(times.warmup_seconds), "steady_seconds": list(times.steady_seconds)}
+            "warmup_seconds": list(times.warmup_seconds), "steady_seconds": list(times.steady_seconds),
+            "ended_by": times.ended_by}
 
 
 def record_fields(world: World, per_rank: list[dict], batch: int) -> dict:
