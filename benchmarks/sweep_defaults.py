@@ -5,6 +5,7 @@ what `cnnbench infer-all` runs by default against what it ran before (eager fp32
     .venv/bin/python benchmarks/sweep_defaults.py --run-sh                # ./run.sh, the whole default benchmark, timed
     .venv/bin/python benchmarks/sweep_defaults.py --infer-defaults        # infer-all defaults before/after, ResNet-50 batch 16
     .venv/bin/python benchmarks/sweep_defaults.py --train-all --models googlenet --batch-sizes 16   # any train-all, timed
+    .venv/bin/python benchmarks/sweep_defaults.py --records DIR --baseline OLD.jsonl   # a finished run's records only
 
 Each sweep runs in a scratch folder through the real command line; the estimate is the one the sweep
 prints before it starts, the actual time is the sweep's own wall time (its "Sweep finished in" line)
@@ -91,7 +92,7 @@ def configuration_times(rec: Recorder, scratch: Path, baseline: Path | None) -> 
                        engine_build_seconds=r.get("engine_build_seconds"), cache_hit=r.get("cache_hit"),
                        images_per_sec=r.get("images_per_sec"), images_per_sec_stderr=r.get("images_per_sec_stderr"),
                        warmup_steps=r.get("warmup_steps"), warmup_seconds=warm, steady_steps=r.get("steady_steps"),
-                       steady_seconds=steady, window_stop=window_stop(r, steady))
+                       steady_seconds=steady, window_stop=window_stop(r, steady), **step_figures(r))
             old = before.get(key(row))
             if old and old.get("images_per_sec") and row["images_per_sec"]:
                 row["images_per_sec_vs_baseline"] = row["images_per_sec"] / old["images_per_sec"] - 1
@@ -109,11 +110,45 @@ def configuration_times(rec: Recorder, scratch: Path, baseline: Path | None) -> 
                 + f", the rest (start-up, model and weights, guard, calibration, record) {(total - sum(parts.values())) / 60:.1f} min")
         stops = [window_stop(r, sum(r.get("steady_seconds") or [])) for r in rows]
         rec.say("  windows stopped: " + ", ".join(f"{s} {stops.count(s)}" for s in sorted(set(stops))))
-    changes = [r["images_per_sec_vs_baseline"] for r in rec.rows if "images_per_sec_vs_baseline" in r]
-    if changes:
-        ordered = sorted(abs(c) for c in changes)
-        rec.say(f"images/s against {baseline.name}: {len(changes)} configurations, median |change| "
-                f"{100 * ordered[len(ordered) // 2]:.1f}%, largest {100 * ordered[-1]:.1f}%")
+        spreads = sorted(row["step_spread_pct"] for row in rec.rows if row.get("sweep") == kind and row.get("step_spread_pct") is not None)
+        if spreads:
+            rec.say(f"  per-step images/s spread (std / mean): median {spreads[len(spreads) // 2]:.1f}%, "
+                    f"range {spreads[0]:.1f}-{spreads[-1]:.1f}%")
+        last = [row["warmup_vs_median"][-1] for row in rec.rows if row.get("sweep") == kind and row.get("warmup_vs_median")]
+        if last:
+            rec.say(f"  last warm-up step against the steady median: median x{sorted(last)[len(last) // 2]:.2f}, "
+                    f"{sum(x > 1.1 for x in last)} of {len(last)} more than 10% slower")
+        halves = sorted(abs(row["first_half_vs_window_pct"]) for row in rec.rows
+                        if row.get("sweep") == kind and row.get("first_half_vs_window_pct") is not None)
+        if halves:
+            rec.say(f"  images/s of the window's first half against the whole window: median |diff| "
+                    f"{halves[len(halves) // 2]:.1f}%, largest {halves[-1]:.1f}% ({len(halves)} configurations)")
+        changes = sorted(abs(row["images_per_sec_vs_baseline"]) for row in rec.rows
+                         if row.get("sweep") == kind and "images_per_sec_vs_baseline" in row)
+        if changes:
+            rec.say(f"  images/s against {baseline.name}: {len(changes)} configurations, median |change| "
+                    f"{100 * changes[len(changes) // 2]:.1f}%, largest {100 * changes[-1]:.1f}%")
+
+
+def step_figures(r: dict) -> dict:
+    """The spread of per-step images/s (what the standard-error stop sees) and each warm-up step over the steady median."""
+    steady = r.get("steady_seconds") or []
+    if len(steady) < 2:
+        return {}
+    speeds = [1 / t for t in steady]
+    mean = sum(speeds) / len(speeds)
+    spread = (sum((v - mean) ** 2 for v in speeds) / len(speeds)) ** 0.5 / mean
+    median = sorted(steady)[len(steady) // 2]
+    # the window's first half (at least 3 steps) against the whole: would a window half as long say the same?
+    half, elapsed = [], 0.0
+    for t in steady:
+        if elapsed >= sum(steady) / 2 and len(half) >= 3:
+            break
+        half.append(t)
+        elapsed += t
+    first_half = len(half) / sum(half) / (len(steady) / sum(steady)) - 1 if len(half) < len(steady) else None
+    return {"step_spread_pct": 100 * spread, "warmup_vs_median": [w / median for w in r.get("warmup_seconds") or []],
+            "first_half_vs_window_pct": None if first_half is None else 100 * first_half}
 
 
 def key(r: dict) -> tuple:
@@ -137,9 +172,15 @@ def main() -> int:
     p.add_argument("--model", default="resnet50", help="model of --infer-defaults (default resnet50)")
     p.add_argument("--batch-size", type=int, default=16, help="batch of --infer-defaults (default 16)")
     p.add_argument("--baseline", type=Path, help="an earlier output's .jsonl: each configuration's images/s against it")
+    p.add_argument("--records", type=Path, help="only break down the records of a finished run: a folder holding "
+                                                "results_train/ and results_infer/ (./run.sh's working folder)")
     add_save_option(p)
     args, extra = p.parse_known_args()
     rec = Recorder(__file__, args.save_to)
+    if args.records:
+        configuration_times(rec, args.records, args.baseline)
+        rec.save()
+        return 0
     with tempfile.TemporaryDirectory(prefix="cnnbench-sweep-") as tmp:
         scratch = Path(tmp)
         if args.run_sh_quick:

@@ -90,14 +90,15 @@ def test_relative_stderr_is_the_result_line_s_plus_minus_over_its_mean():
 
 
 def test_a_window_stops_on_its_duration_or_once_its_figure_is_known():
-    steady = [0.1] * 5  # no spread
-    assert not enough(steady, 0.5, 10.0, 6, 0.005, 0.0)        # fewer than the least steps
-    assert enough(steady, 0.5, 0.5, 3, None, 0.0)              # the duration
-    assert enough(steady, 0.5, 10.0, 3, 0.005, 0.4)            # known, past the floor
-    assert not enough(steady, 0.5, 10.0, 3, 0.005, 1.0)        # known, but under the floor
-    assert not enough(steady, 0.5, 10.0, 3, None, 0.0)         # no target: the whole duration
-    noisy = [0.1, 0.2] * 3
-    assert not enough(noisy, 0.9, 10.0, 3, 0.005, 0.0)         # a 11% standard error is not known to 0.5%
+    steady = [0.1] * 10  # no spread
+    assert not enough(steady, 1.0, 10.0, 11, 0.005, 0.0)       # fewer than the least steps
+    assert enough(steady, 1.0, 1.0, 3, None, 0.0)              # the duration
+    assert enough(steady, 1.0, 10.0, 3, 0.005, 0.9)            # known, past the floor
+    assert not enough(steady, 1.0, 10.0, 3, 0.005, 2.0)        # known, but under the floor
+    assert not enough(steady, 1.0, 10.0, 3, None, 0.0)         # no target: the whole duration
+    assert not enough(steady[:9], 0.9, 10.0, 3, 0.005, 0.0)    # too few steps to trust a spread
+    noisy = [0.1, 0.2] * 5
+    assert not enough(noisy, 1.5, 10.0, 3, 0.005, 0.0)         # a 11% standard error is not known to 0.5%
 
 
 def test_measure_stops_early_once_the_standard_error_is_small(monkeypatch):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cnnbench.cli import main
 from cnnbench.core.errors import UsageError
 from cnnbench.engines import table
 from cnnbench.tools import synth_validation
@@ -63,8 +64,7 @@ def validated(tmp_path_factory):
                                                                       {"type": "conv", "filters": 32, "kernel": [3, 3]},
                                                                       {"type": "globalpool"}]}],
                                   "head": {"fully_connected": {"outputs": 10}}}))
-    made = cnnbench_process("synth", "--target", target, "--image-size", "32", "--out", folder / "proxy.json", cwd=folder)
-    assert made.returncode == 0, made.stderr
+    assert main(["synth", "--target", str(target), "--image-size", "32", "--out", str(folder / "proxy.json")]) == 0
     args = ["synth", "validate", folder / "proxy.json", "--target", target, "--configs", "eager-fp32",
             "--batch-sizes", "2", "--num-batches", "2", "--warmup", "1", "--results-dir", folder / "out"]
     return folder, args, cnnbench_process(*args, cwd=folder)
@@ -268,24 +268,22 @@ def test_a_model_that_cannot_run_is_one_line_before_any_run(cli, tmp_path, targe
     assert not (tmp_path / "out/runs").exists()  # refused before planning: nothing timed
 
 
-def test_validate_against_a_torchvision_model_with_two_batch_sizes(tmp_path):
+def test_validate_against_a_torchvision_model_with_two_batch_sizes(cli, tmp_path):
     """A real validation against torchvision's mobilenet_v3_small (not registered): the overhead fit over two
     batch sizes reaches the records."""
     proxy = tmp_path / "proxy.json"
-    made = cnnbench_process("synth", "--target", "mobilenet_v3_small", "--image-size", "32", "--gflops", "0.005",
-                            "--out", proxy, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr[-2000:]
-    done = cnnbench_process("synth", "validate", proxy, "--target", "mobilenet_v3_small", "--configs", "eager-fp32",
-                            "--batch-sizes", "2,4", "--num-batches", "2", "--warmup", "1", "--results-dir",
-                            tmp_path / "out", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    code, _, err = cli("synth", "--target", "mobilenet_v3_small", "--image-size", "32", "--gflops", "0.005", "--out", proxy)
+    assert code == 0, err
+    code, out, err = cli("synth", "validate", proxy, "--target", "mobilenet_v3_small", "--configs", "eager-fp32",
+                         "--batch-sizes", "2,4", "--num-batches", "2", "--warmup", "1", "--results-dir", tmp_path / "out")
+    assert code == 0, err
     records = read_jsonl(tmp_path / "out/validation.jsonl")
     rows = [r for r in records if r["configuration"] == "eager-fp32"]
     assert len(rows) == 2 and rows[0]["targets_ms_per_image"]["mobilenet_v3_small"] > 0
     assert all(r["overhead_share_proxy"] is not None and "mobilenet_v3_small" in r["targets_overhead_share"] for r in rows)
     summary = next(r for r in records if r["configuration"] == "summary")
     assert summary["full_flop_proxy"] is False and summary["per_image_time_goal_met"] is None
-    assert summary["mix_gflops"] > summary["proxy_gflops"] > 0 and "framework overhead" in done.stdout
+    assert summary["mix_gflops"] > summary["proxy_gflops"] > 0 and "framework overhead" in out
 
 
 # --- Issue 25, item 5: synNet beside the proxy, against the same target runs ------------------------------------
