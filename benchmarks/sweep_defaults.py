@@ -92,7 +92,8 @@ def configuration_times(rec: Recorder, scratch: Path, baseline: Path | None) -> 
                        engine_build_seconds=r.get("engine_build_seconds"), cache_hit=r.get("cache_hit"),
                        images_per_sec=r.get("images_per_sec"), images_per_sec_stderr=r.get("images_per_sec_stderr"),
                        warmup_steps=r.get("warmup_steps"), warmup_seconds=warm, steady_steps=r.get("steady_steps"),
-                       steady_seconds=steady, window_stop=window_stop(r, steady), **step_figures(r))
+                       steady_seconds=steady, window_stop=window_stop(r, steady), peak_memory_mib=r.get("peak_memory_mib"),
+                       **step_figures(r))
             old = before.get(key(row))
             if old and old.get("images_per_sec") and row["images_per_sec"]:
                 row["images_per_sec_vs_baseline"] = row["images_per_sec"] / old["images_per_sec"] - 1
@@ -108,6 +109,9 @@ def configuration_times(rec: Recorder, scratch: Path, baseline: Path | None) -> 
                 + ", ".join(f"{m} {t / 60:.1f} min" for m, t in by_model.items()))
         rec.say(f"  of which " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in parts.items())
                 + f", the rest (start-up, model and weights, guard, calibration, record) {(total - sum(parts.values())) / 60:.1f} min")
+        peak = max(rows, key=lambda r: r.get("peak_memory_mib") or 0, default=None)
+        if peak and peak.get("peak_memory_mib"):
+            rec.say(f"  largest peak memory: {peak['peak_memory_mib'] / 1024:.1f} GiB ({peak['model']}, batch {peak['batch_size']})")
         stops = [window_stop(r, sum(r.get("steady_seconds") or [])) for r in rows]
         rec.say("  windows stopped: " + ", ".join(f"{s} {stops.count(s)}" for s in sorted(set(stops))))
         spreads = sorted(row["step_spread_pct"] for row in rec.rows if row.get("sweep") == kind and row.get("step_spread_pct") is not None)

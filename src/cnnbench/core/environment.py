@@ -140,6 +140,8 @@ def _static_environment() -> dict[str, object]:
         "env.cnnbench": cnnbench.__version__,
         "env.git_commit": _git_commit(),
         "env.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # glibc reads its malloc settings at process start; they move CPU training by a third (docs/options.md)
+        "env.glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "env.cuda": torch.version.cuda,
         "env.cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "env.gpu_count": 0,

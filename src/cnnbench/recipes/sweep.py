@@ -62,11 +62,12 @@ ORIGINAL, WARMUP = config.ORIGINAL_NUM_BATCHES, config.ORIGINAL_WARMUP
 ORIGINAL_PLAN = Plan("original", WARMUP, ORIGINAL, None, 3, f"the original's {ORIGINAL} timed batches after {WARMUP} warm-up steps")
 # A 2-core CPU trains ResNet-152 at batch 64 in tens of seconds per step: 15 x 520 steps would take days.
 # A CPU window ends at its duration, or earlier once Images/sec's +/- (the standard error) is within 0.5% of it
-# after a floor of steady time: on the 2-core EPYC per-step images/s varies by 2-3.5% (ResNet-50 batch 16: eager
-# fp32 inference 1.9%, onnxruntime int8 3.5%; GoogLeNet training 3.5%), so fast configurations are known to 0.5%
-# after 4-5 s, while slow ones need the whole window (issue 26; each record says when its window stopped,
-# benchmarks/sweep_defaults.py lists them). Training's second warm-up step was still 30% slower than the median
-# (GoogLeNet batch 16: 0.60 s against 0.46 s), so training keeps 2.
+# after a floor of steady time and 10 steps (timing.enough). In ./run.sh on the 2-core EPYC, per-step images/s
+# varied by a median 1.4% in inference (0.3-7.2%) and 5.4% in training (1.0-12.5%): 45 of 60 inference windows
+# ended early, no training window did; a window's first half gave the whole window's images/s within a median
+# 0.5% in inference, 1.8% in training (largest 6.7% and 7.6%). Training's last warm-up step was still more than
+# 10% slower than the steady median in 14 of 15 configurations, so training keeps 2 warm-up steps and its 20 s
+# (benchmarks/sweep_defaults.py --records, benchmarks/results/sweep_defaults-20261208T011027Z.txt; issue 26).
 STOP_AT_STDERR = 0.5
 CPU_PLANS = {
     "train": Plan("cpu", 2, ORIGINAL, 20.0, 3, "no GPU: 2 warm-up steps, then up to 20 s of steady-state time and at "
