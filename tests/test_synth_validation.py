@@ -3,8 +3,11 @@ Moved here from test_synth.py (the generator's tests stay there), every assertio
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from cnnbench.core.errors import UsageError
 from cnnbench.engines import table
 from cnnbench.tools import synth_validation
 
-from helpers import REPO, cnnbench_process, read_jsonl
+from helpers import REPO, read_jsonl
 
 SYNNET = REPO / "src/cnnbench/models/specs/synNet.json"
 NATIVE, AVX2 = frozenset({"avx2", "avx512f", "avx512_bf16"}), frozenset({"avx2"})
@@ -67,7 +70,15 @@ def validated(tmp_path_factory):
     assert main(["synth", "--target", str(target), "--image-size", "32", "--out", str(folder / "proxy.json")]) == 0
     args = ["synth", "validate", folder / "proxy.json", "--target", target, "--configs", "eager-fp32",
             "--batch-sizes", "2", "--num-batches", "2", "--warmup", "1", "--results-dir", folder / "out"]
-    return folder, args, cnnbench_process(*args, cwd=folder)
+    return folder, args, _in_process(args)
+
+
+def _in_process(args) -> subprocess.CompletedProcess:
+    """`cnnbench ARGS` run by this process (its runs are child processes either way), as a finished process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_validate_times_proxy_and_targets_and_records_the_comparison(validated):
@@ -89,7 +100,7 @@ def test_validate_times_proxy_and_targets_and_records_the_comparison(validated):
 
 def test_validate_reuses_matching_runs(validated):
     folder, args, _ = validated
-    again = cnnbench_process(*args, "--reuse", cwd=folder)
+    again = _in_process([*args, "--reuse"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("reused") == 2 and len(read_jsonl(folder / "out/runs/runs.jsonl")) == 2
     first, second = read_jsonl(folder / "out/validation.jsonl")[0], read_jsonl(folder / "out/validation.jsonl")[3]
