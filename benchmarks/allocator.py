@@ -15,9 +15,9 @@ GLIBC_TUNABLES at process start (the only time glibc reads it):
     keep:   glibc.malloc.mmap_max=0 (no mmapped blocks) and a 64 GiB trim threshold: freed memory stays in the
             heap for the next step
 
-For each: the warm-up and steady step times, the steady median and spread, and the process's peak resident
-memory (the record's peak_memory_mib). Nothing here changes cnnbench's defaults; the output says what a
-tuned allocator would buy and cost on this machine. The load average before and after is saved with it.
+For each: the warm-up and steady step times, the steady median and the spread of step times (std / mean),
+and the process's peak resident memory (the record's peak_memory_mib). Nothing here changes cnnbench's
+defaults; the output says what a tuned allocator would buy and cost on this machine. The load average before and after is saved with it.
 Output saved under benchmarks/results/ (record.py).
 """
 

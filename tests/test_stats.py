@@ -92,8 +92,8 @@ def test_relative_stderr_is_the_result_line_s_plus_minus_over_its_mean():
 def test_a_window_stops_on_its_duration_or_once_its_figure_is_known():
     steady = [0.1] * 10  # no spread
     assert not enough(steady, 1.0, 10.0, 11, 0.005, 0.0)       # fewer than the least steps
-    assert enough(steady, 1.0, 1.0, 3, None, 0.0)              # the duration
-    assert enough(steady, 1.0, 10.0, 3, 0.005, 0.9)            # known, past the floor
+    assert enough(steady, 1.0, 1.0, 3, None, 0.0) == "duration"       # the duration
+    assert enough(steady, 1.0, 10.0, 3, 0.005, 0.9) == "stderr"       # known, past the floor
     assert not enough(steady, 1.0, 10.0, 3, 0.005, 2.0)        # known, but under the floor
     assert not enough(steady, 1.0, 10.0, 3, None, 0.0)         # no target: the whole duration
     assert not enough(steady[:9], 0.9, 10.0, 3, 0.005, 0.0)    # too few steps to trust a spread

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import shutil
 import signal
@@ -162,6 +163,8 @@ def test_the_cpu_plan_s_windows_stop_on_their_standard_error_unless_the_user_set
     # 0.5%, of slow steps at its duration
     m = _configurations("infer")[1][-1].run.measure
     assert [estimate._window(m, step) for step in (0.01, 0.2, 0.5)] == [3.0, pytest.approx(7.2), 10.0]
+    loose = dataclasses.replace(m, stop_at_stderr=2.0)  # 3% spread to 2%: 2.25 steps, but the stop takes 10 at least
+    assert estimate._window(loose, 0.5) == pytest.approx(5.0)
     with pytest.raises(errors.UsageError, match="--stop-at-stderr must be a percentage between 0 and 100"):
         config.MeasureConfig(stop_at_stderr=0).validate()
 

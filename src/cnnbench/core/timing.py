@@ -67,10 +67,11 @@ def measure(
             synchronize()  # host sync: the callback's device work ends before the next clock read
         steady_total = 0.0
         while len(times.steady_seconds) < max_steps:
-            if duration is not None and enough(times.steady_seconds, steady_total, duration, min_steps, stderr_target,
-                                               min_duration):
-                times.ended_by = "duration" if steady_total >= duration else "stderr"
-                break
+            if duration is not None:
+                times.ended_by = enough(times.steady_seconds, steady_total, duration, min_steps, stderr_target,
+                                        min_duration)
+                if times.ended_by:
+                    break
             start = time.perf_counter()
             output = step()
             synchronize()  # host sync: a step has ended only when the device has finished it
@@ -94,16 +95,19 @@ STDERR_MIN_STEPS = 10
 
 
 def enough(steady: list[float], total: float, duration: float, min_steps: int, stderr_target: float | None,
-           min_duration: float) -> bool:
-    """Whether a time-bounded window (--duration) has measured enough: at least `min_steps` steps, and either
-    `duration` seconds or, with a target, `min_duration` seconds, STDERR_MIN_STEPS steps and a standard error
-    of the mean images/s (the result line's +/-) at most `stderr_target` of the mean."""
+           min_duration: float) -> str | None:
+    """What ends a time-bounded window (--duration) now, None while it has not measured enough: "duration" once
+    it has `min_steps` steps and `duration` seconds; "stderr", with a target, once it has `min_steps` and
+    STDERR_MIN_STEPS steps, `min_duration` seconds and a standard error of the mean images/s (the result line's
+    +/-) at most `stderr_target` of the mean."""
     if len(steady) < min_steps:
-        return False
+        return None
     if total >= duration:
-        return True
-    return (stderr_target is not None and total >= min_duration and len(steady) >= STDERR_MIN_STEPS
-            and relative_stderr(steady) <= stderr_target)
+        return "duration"
+    if (stderr_target is not None and total >= min_duration and len(steady) >= STDERR_MIN_STEPS
+            and relative_stderr(steady) <= stderr_target):
+        return "stderr"
+    return None
 
 
 def measure_together(step, synchronize, *, warmup: int, max_steps: int, duration: float | None, min_steps: int,

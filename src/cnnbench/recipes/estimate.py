@@ -1,9 +1,9 @@
 """How long a sweep will take, printed before it starts and set against the real time at its end.
 
 A configuration's time is its process start-up, its engine build, its guard and calibration passes,
-its warm-up and its steady steps (a window that stops on its standard error: at an assumed step spread). Step times come from the model's FLOPs and a measured step of
-ResNet-50 on this very device (training: a forward and backward; inference: a forward), not from a
-matmul rate: convolution efficiency differs by CPU vector unit (AVX2 against AVX-512) by 2x or more,
+its warm-up and its steady steps (a window that stops on its standard error: at an assumed step spread).
+Step times come from the model's FLOPs and a measured step of ResNet-50 on this very device (training: a
+forward and backward; inference: a forward), not from a matmul rate: convolution efficiency differs by CPU vector unit (AVX2 against AVX-512) by 2x or more,
 which a matmul calibration missed (issue 8: 2 h 34 min estimated on a 2-core AVX2 machine).
 
 The step is measured in a child process (`python -m cnnbench.recipes.estimate DEVICE` prints the rates as one
@@ -24,6 +24,7 @@ import torch
 
 from cnnbench.core.config import InferConfig, RunConfig, TrainConfig
 from cnnbench.core.errors import CnnbenchError
+from cnnbench.core.timing import STDERR_MIN_STEPS
 from cnnbench.engines import table
 from cnnbench.models.registry import forward_flops, resolve_entry
 
@@ -57,8 +58,8 @@ CUDA_REDUCED_SPEEDUP = 2.0
 INT8_QUANTISE_SECONDS = 10.0
 REFERENCE_GFLOPS = 8.2  # ResNet-50's forward GFLOPs per image at 224 px (`cnnbench models`), the unit of BUILD_SECONDS' scaling
 TRAIN_PASSES = 3.0  # a training step is about 3 forward passes (forward, backward for activations and weights)
-# Per-step images/s varies by 2-3.5% on the 2-core development CPUs (recipes/sweep.py, STOP_AT_STDERR's note): a
-# window with a standard-error stop is estimated at 3%.
+# Per-step images/s varied by a median 1.4% in inference and 5.4% in training in ./run.sh on the 2-core development
+# CPU (recipes/sweep.py, STOP_AT_STDERR's note): a window with a standard-error stop is estimated at 3%.
 STEP_SPREAD = 0.03
 # The calibration takes seconds on a CPU (docs/engines.md: a few seconds on a 2-core one); a child still running after
 # this long is stuck, and the sweep says so rather than wait for ever.
@@ -170,10 +171,11 @@ def configuration_seconds(run: RunConfig, kind: str, rates: Rates, done: set | N
 
 def _window(m, step: float) -> float:
     """Steady seconds of a time-bounded window: --duration, or with --stop-at-stderr the time the steps take to
-    bring the standard error of their mean to the target at STEP_SPREAD, within [--min-steady-seconds, --duration]."""
+    bring the standard error of their mean to the target at STEP_SPREAD (and no fewer than the stop's own least
+    steps, timing.STDERR_MIN_STEPS), within [--min-steady-seconds, --duration]."""
     if m.stop_at_stderr is None:
         return m.duration
-    steps = (STEP_SPREAD / (m.stop_at_stderr / 100)) ** 2
+    steps = max((STEP_SPREAD / (m.stop_at_stderr / 100)) ** 2, STDERR_MIN_STEPS)
     return min(m.duration, max(m.min_steady_seconds, steps * step))
 
 
