@@ -3,8 +3,9 @@
 A configuration's time is its process start-up, its engine build, its guard and calibration passes,
 its warm-up and its steady steps (a window that stops on its standard error: at an assumed step spread).
 Step times come from the model's FLOPs and a measured step of ResNet-50 on this very device (training: a
-forward and backward; inference: a forward), not from a matmul rate: convolution efficiency differs by CPU vector unit (AVX2 against AVX-512) by 2x or more,
-which a matmul calibration missed (issue 8: 2 h 34 min estimated on a 2-core AVX2 machine).
+forward and backward; inference: a forward), not from a matmul rate: convolution efficiency differs by CPU
+vector unit (AVX2 against AVX-512) by 2x or more, which a matmul calibration missed (issue 8: 2 h 34 min
+estimated on a 2-core AVX2 machine).
 
 The step is measured in a child process (`python -m cnnbench.recipes.estimate DEVICE` prints the rates as one
 JSON line): the sweep's own process never runs a model, so on a GPU it creates no CUDA context and
